@@ -1,0 +1,47 @@
+"""The three model families, built only from the module algebra.
+
+``build(arch, width, depth, **options)`` returns an ``lrtransfer.modular.Module``; the same
+model serves the normalized and the unnormalized optimizer.
+"""
+from __future__ import annotations
+
+import inspect
+
+from ..errors import ConfigError
+from ..modular import Module
+from .gpt import gpt
+from .mlp import resmlp
+from .resnet import rescnn
+
+ARCHS = {"mlp": resmlp, "resnet": rescnn, "gpt": gpt}
+
+
+def options(arch: str) -> dict:
+    """The options ``arch`` accepts beyond width and depth, with their defaults (None: required)."""
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
+    params = inspect.signature(ARCHS[arch]).parameters
+    return {name: (None if p.default is inspect.Parameter.empty else p.default)
+            for name, p in params.items() if name not in ("width", "depth")}
+
+
+def build(arch: str, width: int, depth: int, **kw) -> Module:
+    """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks."""
+    allowed = options(arch)
+    for name, value in (("width", width), ("depth", depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model.{name}: must be a positive integer, got {value!r}")
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model: unknown option(s) {', '.join(unknown)} for arch {arch!r}; "
+                          f"allowed: {', '.join(allowed)}")
+    missing = [k for k, v in allowed.items() if v is None and k not in kw]
+    if missing:
+        raise ConfigError(f"model: arch {arch!r} needs {', '.join(missing)}")
+    try:
+        return ARCHS[arch](width, depth, **kw)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+
+
+__all__ = ["build", "options", "ARCHS", "resmlp", "rescnn", "gpt"]

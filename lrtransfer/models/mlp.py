@@ -1,0 +1,18 @@
+"""ResMLP: input Linear, `depth` residual blocks of `block_depth` Linears, output Linear.
+
+Masses (SCIENCE.md §1): input 1, blocks 1 in total, output 1, so mass 3 and sensitivity 1;
+every residual Linear's share of a target eta is eta/(3·block_depth) at any width or depth.
+"""
+from __future__ import annotations
+
+from ..modular import Flatten, LayerNorm, Linear, Module, Residual, ScaledReLU
+
+
+def resmlp(width: int, depth: int, input_dim: int, output_dim: int,
+           block_depth: int = 2, blocks_mass: float = 1.0) -> Module:
+    initial = Linear(width, input_dim) @ Flatten()
+    layer = ScaledReLU() @ Linear(width, width) @ LayerNorm()   # pre-norm keeps RMS 1 inputs
+    blocks = Residual(layer ** block_depth, depth) ** depth
+    blocks.tare(blocks_mass)
+    final = Linear(output_dim, width) @ LayerNorm()
+    return final @ blocks @ initial

@@ -1,0 +1,158 @@
+"""Bonds: modules without weights (mass 0) and their sensitivities (SCIENCE.md §1)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .module import Bond
+
+_SQRT2 = math.sqrt(2.0)
+
+
+class Identity(Bond):
+    def forward(self, x):
+        return x
+
+
+class ReLU(Bond):
+    """relu(x); sensitivity 1/sqrt(2)."""
+
+    def __init__(self):
+        super().__init__(1 / _SQRT2)
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class ScaledReLU(Bond):
+    """sqrt(2)·relu(x): keeps the RMS of a symmetric input; sensitivity 1."""
+
+    def forward(self, x):
+        return F.relu(x) * _SQRT2
+
+
+class GELU(Bond):
+    """gelu(x); sensitivity 1/sqrt(2)."""
+
+    def __init__(self):
+        super().__init__(1 / _SQRT2)
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class ScaledGELU(Bond):
+    """sqrt(2)·gelu(x); sensitivity 1."""
+
+    def forward(self, x):
+        return F.gelu(x) * _SQRT2
+
+
+class MeanSubtract(Bond):
+    """x - mean(x) over ``dim`` (features: -1 for vectors, 1 for channels of an image)."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return x - x.mean(dim=self.dim, keepdim=True)
+
+
+class RMSDivide(Bond):
+    """x / RMS(x) over ``dim``: unit RMS features, no learned gain."""
+
+    def __init__(self, dim: int = -1, eps: float = 1e-12):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(dim=self.dim, keepdim=True) + self.eps)
+
+
+def LayerNorm(dim: int = -1):
+    """Mean-subtract then RMS-divide: a LayerNorm with no parameters (mass 0, sensitivity 1)."""
+    return RMSDivide(dim) @ MeanSubtract(dim)
+
+
+class Flatten(Bond):
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class AvgPool(Bond):
+    """Average pooling with a k×k window and stride k."""
+
+    def __init__(self, k: int = 2):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.k)
+
+
+class GlobalAvgPool(Bond):
+    """Mean over the spatial dimensions: (B, C, H, W) -> (B, C)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class Add(Bond):
+    """Sum of a tuple of inputs (sensitivity 1 in the tuple's norm)."""
+
+    def forward(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Mul(Bond):
+    """a·x; sensitivity |a|. ``a * M`` is ``Mul(a) @ M``."""
+
+    def __init__(self, a: float):
+        super().__init__(abs(float(a)))
+        self.a = float(a)
+
+    def forward(self, x):
+        return x * self.a
+
+    def extra_repr(self):
+        return f"a={self.a:g}"
+
+
+class Positions(Bond):
+    """Token ids (B, T) -> position ids (T,), for a position embedding."""
+
+    def forward(self, x):
+        return torch.arange(x.shape[-1], device=x.device)
+
+
+class CausalSelfAttention(Bond):
+    """softmax(q kᵀ / d_head + causal mask) v over ``heads`` heads; input the tuple (q, k, v).
+
+    The 1/d_head softmax scale (not 1/sqrt) is what makes attention well-normed with
+    sensitivity 1 (SCIENCE.md §1).
+    """
+
+    def __init__(self, heads: int):
+        super().__init__()
+        if not isinstance(heads, int) or heads < 1:
+            raise ValueError(f"CausalSelfAttention: heads must be a positive int, got {heads!r}")
+        self.heads = heads
+
+    def forward(self, qkv):
+        q, k, v = qkv
+        B, T, D = q.shape
+        if D % self.heads:
+            raise ValueError(f"CausalSelfAttention: width {D} is not divisible by heads={self.heads}")
+        d_head = D // self.heads
+        q, k, v = (t.view(B, T, self.heads, d_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / d_head)
+        return y.transpose(1, 2).reshape(B, T, D)
+
+    def extra_repr(self):
+        return f"heads={self.heads}"

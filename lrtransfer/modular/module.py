@@ -1,0 +1,328 @@
+"""The module algebra: every network is a tree of modules with a mass and a sensitivity.
+
+Read with ../shared/SCIENCE.md §1. Atoms carry weights, bonds carry none, and two
+combinators build everything else:
+
+* ``Sequence`` — composition. ``M2 @ M1`` runs M1 first. Mass adds, sensitivity multiplies.
+* ``Tuple`` — several modules applied to one input. Mass adds, sensitivity adds.
+
+Scalar multiplication ``a * M`` is composition with a ``Mul(a)`` bond, the sum ``M1 + M2``
+is an ``Add`` bond after a tuple, and ``M ** L`` composes L independently initialised copies.
+
+The modular norm of a list of per-atom tensors is a recursive max; ``normalize`` splits a
+target norm down the same tree so that every term of that max is equal (``targets``), and
+each atom rescales its own update to its share.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Real
+from typing import Sequence as Seq
+
+import torch
+from torch import nn
+
+
+def _check_positive(value, what: str, owner: str) -> float:
+    if isinstance(value, torch.Tensor):
+        value = float(value)
+    if not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {what} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+class Module(nn.Module):
+    """A module of the algebra: a forward map with a mass, a sensitivity and a norm.
+
+    Subclasses are atoms (weights, mass 1 by default), bonds (no weights, mass 0) and the
+    two combinators. ``mass`` and ``sensitivity`` are plain attributes on atoms and bonds and
+    derived properties on combinators, so ``tare`` on a subtree is seen everywhere above it.
+    """
+
+    # -- structure -------------------------------------------------------------------
+    def atoms(self) -> list["Atom"]:
+        """The weight-carrying atoms of this subtree, in a fixed order (forward order)."""
+        raise NotImplementedError
+
+    def _split(self, eta: float, out: list[float]) -> None:
+        """Append each atom's share of target ``eta`` to ``out`` (in ``atoms()`` order)."""
+        raise NotImplementedError
+
+    def _norm(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """Modular norm from the per-atom norms ``values`` (aligned with ``atoms()``)."""
+        raise NotImplementedError
+
+    # -- the public algebra ----------------------------------------------------------
+    def targets(self, eta: float) -> list[float]:
+        """Each atom's share of a modular-norm target ``eta``, aligned with ``atoms()``.
+
+        Linear in ``eta``; with the reference mass allocations it does not depend on width
+        or depth (SCIENCE.md §1).
+        """
+        eta = _check_positive(eta, "target", type(self).__name__)
+        if self.mass <= 0:
+            raise ValueError(f"{type(self).__name__}: mass is {self.mass}; a module without mass has no targets")
+        out: list[float] = []
+        self._split(eta, out)
+        return out
+
+    def norm(self, tensors: Seq[torch.Tensor], exact: bool = True) -> torch.Tensor:
+        """The modular norm of ``tensors`` (one per atom, e.g. weights or an update).
+
+        ``exact=True`` uses SVDs for spectral norms; ``False`` the cached power iteration.
+        """
+        self._check_aligned(tensors, "norm")
+        values = [atom.atom_norm(t, exact=exact) for atom, t in zip(self.atoms(), tensors)]
+        return self._norm(values)
+
+    def normalize(self, updates: Seq[torch.Tensor], target: float, exact: bool = False) -> list[torch.Tensor]:
+        """Return new tensors: ``updates`` rescaled so that their modular norm is ``target``.
+
+        Every atom's update ends with atom norm equal to its ``targets(target)`` entry (zero
+        updates stay zero). The input list and tensors are not modified. With
+        ``exact=False`` spectral norms come from one warm-started power-iteration step per
+        atom (a lower bound of the truth, so the result can overshoot slightly on a cold
+        start); ``exact=True`` uses SVDs.
+        """
+        self._check_aligned(updates, "normalize")
+        shares = self.targets(target)
+        return [u * (atom.unit_scale(u, exact=exact) * share)
+                for atom, u, share in zip(self.atoms(), updates, shares)]
+
+    @torch.no_grad()
+    def regularize(self, strength: float) -> list[float]:
+        """Decoupled weight decay split like ``normalize``: atom k's weight *= 1 - share_k.
+
+        Returns the per-atom shares applied. ``strength`` 0 is a no-op.
+        """
+        if strength == 0:
+            return [0.0] * len(self.atoms())
+        shares = self.targets(strength)
+        for atom, share in zip(self.atoms(), shares):
+            if share >= 1:
+                raise ValueError(f"regularize: decay share {share:g} for {atom!r} is >= 1; lower the strength")
+            atom.weight.mul_(1.0 - share)
+        return shares
+
+    def tare(self, absolute: float = 1.0) -> "Module":
+        """Re-allocate mass: scale every atom's mass in this subtree so it totals ``absolute``."""
+        absolute = float(absolute)
+        if absolute < 0:
+            raise ValueError(f"tare: mass must be >= 0, got {absolute}")
+        total = self.mass
+        if total <= 0:
+            raise ValueError(f"tare: {type(self).__name__} has no mass to re-allocate")
+        for atom in self.atoms():
+            atom.mass = atom.mass * absolute / total
+        return self
+
+    def _check_aligned(self, tensors, what: str) -> None:
+        atoms = self.atoms()
+        if not isinstance(tensors, (list, tuple)):
+            raise TypeError(f"{type(self).__name__}.{what}: expected a list of tensors aligned with atoms(), got {type(tensors).__name__}")
+        if len(tensors) != len(atoms):
+            raise ValueError(f"{type(self).__name__}.{what}: got {len(tensors)} tensors for {len(atoms)} atoms")
+        for i, (atom, t) in enumerate(zip(atoms, tensors)):
+            if not isinstance(t, torch.Tensor) or t.shape != atom.weight.shape:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{type(self).__name__}.{what}: tensor {i} has shape {shape}, "
+                                 f"atom {i} {atom!r} needs {tuple(atom.weight.shape)}")
+
+    # -- operators -------------------------------------------------------------------
+    def __matmul__(self, other) -> "Sequence":
+        """``self @ other``: run ``other`` first, then ``self``."""
+        if isinstance(other, tuple):
+            other = Tuple(*other)
+        if not isinstance(other, Module):
+            return NotImplemented
+        return Sequence(other, self)
+
+    def __rmatmul__(self, other) -> "Sequence":
+        if isinstance(other, tuple):
+            return Sequence(self, Tuple(*other))
+        return NotImplemented
+
+    def __mul__(self, a) -> "Sequence":
+        if not isinstance(a, Real):
+            return NotImplemented
+        from .bonds import Mul
+        return Sequence(self, Mul(a))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, a) -> "Sequence":
+        if not isinstance(a, Real):
+            return NotImplemented
+        return self * (1.0 / a)
+
+    def __add__(self, other) -> "Sequence":
+        if not isinstance(other, Module):
+            return NotImplemented
+        from .bonds import Add
+        return Sequence(Tuple(self, other), Add())
+
+    def __pow__(self, copies: int) -> "Module":
+        """``M ** L``: L copies composed, each with its own freshly initialised weights."""
+        if not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"{type(self).__name__} ** L: L must be a positive int, got {copies!r}")
+        chain = [self]
+        for _ in range(copies - 1):
+            clone = copy.deepcopy(self)
+            for atom in clone.atoms():
+                atom.reset_parameters()
+            chain.append(clone)
+        return Sequence(*chain) if copies > 1 else self
+
+
+class Atom(Module):
+    """A module with one weight tensor ``weight``, its own norm, mass 1 and sensitivity 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.mass = 1.0
+        self.sensitivity = 1.0
+
+    def atoms(self) -> list["Atom"]:
+        return [self]
+
+    def _split(self, eta: float, out: list[float]) -> None:
+        out.append(eta)
+
+    def _norm(self, values):
+        return values[0]
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def atom_norm(self, w: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """This atom's norm of a tensor shaped like its weight (0-d tensor)."""
+        raise NotImplementedError
+
+    def unit_scale(self, u: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """A tensor broadcastable to ``u`` such that ``u * scale`` has atom norm 1 (0 where u is 0)."""
+        raise NotImplementedError
+
+
+class Bond(Module):
+    """A module without weights: mass 0, a fixed sensitivity."""
+
+    def __init__(self, sensitivity: float = 1.0):
+        super().__init__()
+        self.mass = 0.0
+        self.sensitivity = float(sensitivity)
+
+    def atoms(self) -> list[Atom]:
+        return []
+
+    def _split(self, eta, out) -> None:
+        return None
+
+    def _norm(self, values):
+        raise ValueError(f"{type(self).__name__} has no weights and no norm")
+
+
+class _Combinator(Module):
+    def __init__(self, children: list[Module]):
+        super().__init__()
+        for c in children:
+            if not isinstance(c, Module):
+                raise TypeError(f"{type(self).__name__}: every part must be a lrtransfer Module, got {type(c).__name__}")
+        self.parts = nn.ModuleList(children)
+        # The tree is fixed once built, so the atom list and each part's slice of it are too.
+        self._atom_counts = [len(c.atoms()) for c in children]
+        self.__dict__["_atom_list"] = [a for c in children for a in c.atoms()]
+
+    def atoms(self) -> list[Atom]:
+        return list(self._atom_list)
+
+    def _slices(self):
+        start = 0
+        for part, n in zip(self.parts, self._atom_counts):
+            yield part, start, start + n
+            start += n
+
+
+class Sequence(_Combinator):
+    """Composition. ``Sequence(M1, M2, ..., Mn)`` runs M1 first; equals ``Mn @ ... @ M1``."""
+
+    def __init__(self, *modules: Module):
+        flat: list[Module] = []
+        for m in modules:  # keep one flat chain so state_dict keys and recursion stay shallow
+            flat.extend(m.parts if isinstance(m, Sequence) else [m])
+        super().__init__(flat)
+
+    @property
+    def mass(self) -> float:
+        return sum(p.mass for p in self.parts)
+
+    @property
+    def sensitivity(self) -> float:
+        return math.prod(p.sensitivity for p in self.parts)
+
+    def forward(self, x):
+        for part in self.parts:
+            x = part(x)
+        return x
+
+    def _after(self) -> list[float]:
+        """For each part, the product of the sensitivities of the parts that run after it."""
+        after, acc = [], 1.0
+        for part in reversed(self.parts):
+            after.append(acc)
+            acc *= part.sensitivity
+        return after[::-1]
+
+    def _split(self, eta, out) -> None:
+        mu = self.mass
+        for part, nu_after in zip(self.parts, self._after()):
+            if not part.atoms():
+                continue
+            share = 0.0 if mu == 0 or nu_after == 0 else part.mass / mu * eta / nu_after
+            part._split(share, out)
+
+    def _norm(self, values):
+        mu = self.mass
+        terms = []
+        for (part, a, b), nu_after in zip(self._slices(), self._after()):
+            if b > a and part.mass > 0:
+                terms.append(nu_after * (mu / part.mass) * part._norm(values[a:b]))
+        return torch.stack(terms).max() if terms else torch.zeros(())
+
+
+class Tuple(_Combinator):
+    """Several modules on one input; the output is the tuple of their outputs."""
+
+    def __init__(self, *modules: Module):
+        super().__init__(list(modules))
+
+    @property
+    def mass(self) -> float:
+        return sum(p.mass for p in self.parts)
+
+    @property
+    def sensitivity(self) -> float:
+        return sum(p.sensitivity for p in self.parts)
+
+    def forward(self, x):
+        return tuple(part(x) for part in self.parts)
+
+    def _split(self, eta, out) -> None:
+        mu = self.mass
+        for part in self.parts:
+            if part.atoms():
+                part._split(0.0 if mu == 0 else part.mass / mu * eta, out)
+
+    def _norm(self, values):
+        mu = self.mass
+        terms = [(mu / part.mass) * part._norm(values[a:b])
+                 for part, a, b in self._slices() if b > a and part.mass > 0]
+        return torch.stack(terms).max() if terms else torch.zeros(())
+
+
+def Residual(block: Module, depth: int) -> Module:
+    """(1 - 1/L)·Identity + (1/L)·block: sensitivity exactly 1 when the block's is 1."""
+    from .bonds import Identity
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"Residual: depth L must be a positive int, got {depth!r}")
+    return (1 - 1 / depth) * Identity() + (1 / depth) * block

@@ -1,0 +1,83 @@
+"""Base update rules: the direction an optimizer would step in, before any scaling.
+
+A rule turns the list of gradients into a list of update directions (the step is
+``-lr * direction``). Directions may be the rule's own buffers: callers must not modify them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SGD:
+    """Heavy-ball momentum: buf ← momentum·buf + g; direction = buf (or g + momentum·buf, Nesterov)."""
+
+    name = "sgd"
+
+    def __init__(self, momentum: float = 0.9, nesterov: bool = False):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"sgd: momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.buffers: list[torch.Tensor] | None = None
+
+    def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.momentum == 0:
+            return grads
+        if self.buffers is None:
+            self.buffers = [g.clone() for g in grads]
+        else:
+            torch._foreach_mul_(self.buffers, self.momentum)
+            torch._foreach_add_(self.buffers, grads)
+        if self.nesterov:
+            return torch._foreach_add(grads, self.buffers, alpha=self.momentum)
+        return self.buffers
+
+    def state_dict(self) -> dict:
+        return {"buffers": self.buffers}
+
+
+class Adam:
+    """Adam's direction m̂ / (sqrt(v̂) + eps) with bias correction.
+
+    With betas (0, 0) and eps 0 this is exactly sign(g), with 0 where g is 0 (SCIENCE.md §3).
+    """
+
+    name = "adam"
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8):
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"adam: betas must be in [0, 1), got {betas}")
+        if eps < 0:
+            raise ValueError(f"adam: eps must be >= 0, got {eps}")
+        self.b1, self.b2, self.eps = float(b1), float(b2), float(eps)
+        self.t = 0
+        self.m: list[torch.Tensor] | None = None
+        self.v: list[torch.Tensor] | None = None
+
+    def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.m is None:
+            self.m = [torch.zeros_like(g) for g in grads]
+            self.v = [torch.zeros_like(g) for g in grads]
+        self.t += 1
+        torch._foreach_lerp_(self.m, grads, 1 - self.b1)
+        torch._foreach_mul_(self.v, self.b2)
+        torch._foreach_addcmul_(self.v, grads, grads, 1 - self.b2)
+        bc1 = 1 - self.b1 ** self.t
+        bc2 = 1 - self.b2 ** self.t
+        denom = torch._foreach_sqrt(self.v)
+        if bc2 != 1:
+            torch._foreach_div_(denom, bc2 ** 0.5)
+        if self.eps:
+            torch._foreach_add_(denom, self.eps)
+        out = torch._foreach_div(self.m, denom)
+        if bc1 != 1:
+            torch._foreach_div_(out, bc1)
+        if not self.eps:  # 0/0 where the gradient history is all zero: no step there
+            out = [torch.where(d == 0, torch.zeros_like(o), o) for o, d in zip(out, denom)]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"t": self.t, "m": self.m, "v": self.v}
+
+
+RULES = {"sgd": SGD, "adam": Adam}

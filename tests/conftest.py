@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def need_shared_data(name: str) -> Path:
+    """The offline dataset file, or a skip (a failure under CI=true, where it must exist)."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing and CI=true: the offline datasets must be beside the repo")
+        pytest.skip(f"offline dataset {path} not found (expected ../shared/data beside the repo)")
+    return path
