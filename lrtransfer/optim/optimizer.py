@@ -54,28 +54,25 @@ class Optimizer:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         directions = self.rule.direction(grads)
         lr = self.current_lr()
+        self._check_finite(torch._foreach_norm(directions))
         if self.normalize:
             scales = [a.unit_scale(d, exact=self.exact) * (share * lr)
                       for a, d, share in zip(self.atoms, directions, self.unit_targets)]
-            self._check_finite([s.max() for s in scales] + torch._foreach_norm(directions))
             if self.weight_decay:
                 self.model.regularize(lr * self.weight_decay)
             for p, d, s in zip(self.params, directions, scales):
                 p.addcmul_(d, s, value=-1)
         else:
-            self._check_finite(torch._foreach_norm(directions))
             if self.weight_decay:
                 torch._foreach_mul_(self.params, 1 - lr * self.weight_decay)
             torch._foreach_add_(self.params, directions, alpha=-lr)
         self.t += 1
         return lr
 
-    def _check_finite(self, values: list[torch.Tensor]) -> None:
-        finite = torch.isfinite(torch.stack([v.float() for v in values]))
+    def _check_finite(self, norms) -> None:
+        finite = torch.isfinite(torch.stack(list(norms)))
         if not bool(finite.all()):  # one host sync per step, before anything is applied
-            n = len(self.atoms)
-            bad = sorted({i % n for i in torch.nonzero(~finite).flatten().tolist()})
-            raise Diverged(self.t, bad)
+            raise Diverged(self.t, torch.nonzero(~finite).flatten().tolist())
 
 
 def make_optimizer(model: Module, name: str, lr: float, normalize: bool = False,
