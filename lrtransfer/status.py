@@ -1,0 +1,83 @@
+"""Where a sweep stands: cells per state, per series and scale, and an ETA."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from .errors import UserError
+from .store import ResultStore
+from .sweep.queue import Queue, open_storage, redact
+from .sweep.sweep import _fmt_seconds
+
+STATES = ("waiting", "running", "done", "diverged", "failed")
+
+
+def _scale(values: dict) -> str:
+    return f"width={values.get('width')} depth={values.get('depth')}"
+
+
+def sweep_status(results_dir: str | Path | None = None, storage: str | None = None,
+                 study: str | None = None) -> dict:
+    """Counts per (series, scale): waiting and running from the study, finished from the tables.
+
+    A cell is counted once, in its latest state: a recorded result (done / diverged) wins; a
+    cell that failed and is waiting for its retry counts as waiting.
+    """
+    if results_dir is None and storage is None:
+        raise UserError("status: give a results directory or --storage URL --study NAME")
+    root = Path(results_dir) if results_dir is not None else None
+    if root is not None and not root.is_dir():
+        raise UserError(f"{root}: no such results directory")
+    experiment = ResultStore(root).experiment() if root is not None else None
+    name = study or (experiment or {}).get("study") or (root.name if root is not None else None)
+    if name is None:
+        raise UserError("status: --study NAME is needed with --storage")
+    queue = Queue(open_storage(storage, root), name, create=False)
+    if root is None:
+        recorded = queue.study.user_attrs.get("results_dir")
+        root = Path(recorded) if recorded and Path(recorded).is_dir() else None
+    runs = ResultStore(root).load_runs() if root is not None else None
+
+    cells: dict[str, dict] = {}   # run_id -> {"series", "scale", "state"}
+    for t in queue.trials():
+        rid = t.user_attrs.get("run_id")
+        if rid is None:
+            continue
+        values = json.loads(t.user_attrs["config"])
+        state = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}.get(t.state)
+        if t.state == TrialState.COMPLETE:
+            state = t.user_attrs.get("run_status", "done")
+        elif t.state == TrialState.FAIL:
+            state = "failed"
+        prev = cells.get(rid)
+        # a later trial of the same cell (a retry) supersedes an earlier failure
+        if prev is None or prev["state"] == "failed" or state in ("done", "diverged"):
+            cells[rid] = {"series": values["series"], "scale": _scale(values), "state": state}
+    if runs is not None and not runs.empty:
+        for row in runs.to_dict("records"):
+            if row["status"] in ("done", "diverged") or row["run_id"] not in cells:
+                cells[row["run_id"]] = {"series": row["series"], "scale": _scale(row), "state": row["status"]}
+
+    table: dict[tuple, dict] = {}
+    for c in cells.values():
+        key = (c["series"], c["scale"])
+        table.setdefault(key, {s: 0 for s in STATES})
+        if c["state"] in STATES:
+            table[key][c["state"]] += 1
+    rows = [{"series": s, "scale": sc, **counts} for (s, sc), counts in sorted(table.items())]
+    totals = {s: sum(r[s] for r in rows) for s in STATES}
+
+    eta = "nothing left"
+    left = totals["waiting"] + totals["running"]
+    if left:
+        secs = []
+        if runs is not None and not runs.empty and "wall_seconds" in runs:
+            secs = [s for s in runs.loc[runs["status"].isin(["done", "diverged"]), "wall_seconds"] if math.isfinite(s)]
+        workers = max(totals["running"], 1)
+        eta = _fmt_seconds(sum(secs) / len(secs) * left / workers) if secs else "unknown (no finished run yet)"
+    return {"study": name, "storage": redact(storage), "rows": rows, "totals": totals, "eta": eta,
+            "time": time.time()}

@@ -1,0 +1,300 @@
+"""Experiment files: TOML with [data], [model], [train], a [grid] and named [series.*].
+
+Every run is resolved to a flat, JSON-able dict (`RunConfig.values`): the dataset and its
+options under ``data.<key>``, the model and training keys by their bare names, and the series
+label. A run's id is a hash of that dict, so a run is a pure function of its config and seed.
+
+Grid values are lists (the cartesian product is taken); an LR grid can be written as
+``{log2 = [lo, hi], step = 0.5}``. A series overrides any key, grid lists included, so each
+series can carry its own LR window. Overrides from the command line (``--set key=value``)
+take TOML values: ``lr=0.01``, ``width=[32,64]``, ``series.adam.lr={log2=[-10,-4],step=1}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import options as model_options
+from ..optim import SCHEDULES
+
+# Keys filled from the dataset, not by the user.
+DATA_DERIVED = {"input_dim", "output_dim", "in_channels", "vocab_size", "context"}
+
+MODEL_DEFAULTS = {"arch": "mlp", "width": 128, "depth": 3}
+
+TRAIN_DEFAULTS = {
+    "optimizer": "adam",       # "adam" | "sgd"
+    "normalize": False,        # rescale each update to modular norm lr
+    "lr": 1e-3,
+    "steps": 1000,
+    "batch_size": 128,
+    "schedule": "linear",      # "constant" | "linear" (decay to 0) | "cosine"
+    "warmup": 0,
+    "weight_decay": 0.0,
+    "momentum": 0.9,           # sgd
+    "beta1": 0.9,              # adam
+    "beta2": 0.99,
+    "eps": 1e-8,
+    "seed": 0,
+    "log_every": 10,           # curves get the mean train loss of every log_every steps
+    "eval_every": 0,           # test loss during training every N steps (0: only at the end)
+    "eval_examples": 2048,     # test examples (or windows) used for test loss/accuracy
+    "final_k": 5,              # final_train_loss = mean of the last final_k logged values
+    "diverge_factor": 4.0,     # a loss above diverge_factor x the first loss counts as diverged
+    "exact_norm": False,       # SVD spectral norms in normalize (slow; tests) vs power iteration
+    "dtype": "float32",
+}
+
+_INT = {"width", "depth", "steps", "batch_size", "warmup", "seed", "log_every", "eval_every",
+        "eval_examples", "final_k", "block_depth", "heads", "mlp_ratio", "kernel", "downsample"}
+_POSITIVE = {"width", "depth", "steps", "batch_size", "log_every", "eval_examples", "final_k",
+             "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "lr", "diverge_factor"}
+_NON_NEGATIVE = {"warmup", "eval_every", "weight_decay", "momentum", "beta1", "beta2", "eps", "seed",
+                 "blocks_mass"}
+_FLOAT = {"lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "diverge_factor", "blocks_mass"}
+_BOOL = {"normalize", "exact_norm"}
+_CHOICES = {"optimizer": ("adam", "sgd"), "schedule": SCHEDULES, "dtype": ("float32", "float64", "bfloat16"),
+            "arch": ("mlp", "resnet", "gpt")}
+
+SCALE_AXES = ("width", "depth")
+
+
+@dataclass
+class RunConfig:
+    """One cell of the grid: the resolved values and the id derived from them."""
+    values: dict
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.values)
+
+    @property
+    def series(self) -> str:
+        return self.values["series"]
+
+    def describe(self) -> str:
+        v = self.values
+        return f"{v['series']} width={v['width']} depth={v['depth']} lr=2^{math.log2(v['lr']):.2f} seed={v['seed']}"
+
+
+def run_id(values: dict) -> str:
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Experiment:
+    name: str
+    data: dict
+    model: dict
+    train: dict
+    grid: dict = field(default_factory=dict)
+    series: dict = field(default_factory=dict)
+    description: str = ""
+    source: str = ""
+
+    def cells(self) -> list[RunConfig]:
+        """Every run of the experiment, series by series, in grid order."""
+        out = []
+        series = self.series or {"default": {}}
+        for label, overrides in series.items():
+            fixed = {**self.model, **self.train}
+            grid = dict(self.grid)
+            for key, value in overrides.items():
+                if isinstance(value, list):
+                    grid[key] = value
+                else:
+                    fixed[key] = value
+                    grid.pop(key, None)
+            keys = list(grid)
+            for combo in itertools.product(*(grid[k] for k in keys)):
+                values = {**fixed, **dict(zip(keys, combo))}
+                values = {"series": label, **{f"data.{k}": v for k, v in self.data.items()}, **values}
+                out.append(RunConfig(values))
+        if not out:
+            raise ConfigError("grid: the experiment resolves to no runs (an empty list in [grid] or a series?)")
+        return out
+
+    def scale_axes(self) -> list[str]:
+        """width and/or depth, where they take more than one value."""
+        cells = self.cells()
+        return [a for a in SCALE_AXES if len({c.values[a] for c in cells}) > 1]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "data": self.data, "model": self.model,
+                "train": self.train, "grid": self.grid, "series": self.series, "source": self.source}
+
+
+# -- parsing ----------------------------------------------------------------------------------
+def expand_values(key: str, value, where: str):
+    """A grid entry: a list, or {log2 = [lo, hi], step = s} for powers of two."""
+    if isinstance(value, dict):
+        if set(value) - {"log2", "step"} or "log2" not in value:
+            raise ConfigError(f"{where}.{key}: a range is written {{log2 = [lo, hi], step = 0.5}}, got {value!r}")
+        lohi, step = value["log2"], value.get("step", 1)
+        if (not isinstance(lohi, list) or len(lohi) != 2 or not all(isinstance(v, (int, float)) for v in lohi)
+                or not isinstance(step, (int, float)) or step <= 0 or lohi[0] > lohi[1]):
+            raise ConfigError(f"{where}.{key}: log2 needs [lo, hi] with lo <= hi and step > 0, got {value!r}")
+        n = int(math.floor((lohi[1] - lohi[0]) / step + 1e-9)) + 1
+        return [2.0 ** (lohi[0] + i * step) for i in range(n)]
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{where}.{key}: empty list; give at least one value")
+        return value
+    return value
+
+
+def _check_value(key: str, value, where: str):
+    name = f"{where}.{key}"
+    if key in _BOOL:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: must be true or false, got {value!r}")
+        return value
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"{name}: {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
+        return value
+    if key in _INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name}: must be an integer, got {value!r}")
+    elif key in _FLOAT:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a number, got {value!r}")
+        value = float(value)
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {value!r}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{name}: must be >= 0, got {value!r}")
+    return value
+
+
+def _allowed_model_keys(arch: str) -> set[str]:
+    return set(MODEL_DEFAULTS) | (set(model_options(arch)) - DATA_DERIVED)
+
+
+def _check_section(section: str, values: dict, allowed: set[str]) -> dict:
+    out = {}
+    for key, value in values.items():
+        if key not in allowed:
+            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+        out[key] = _check_value(key, value, section)
+    return out
+
+
+def _set_path(raw: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {p} is not a table")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` with a TOML value (bare words are strings)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source: str = "") -> Experiment:
+    raw = json.loads(json.dumps(raw))  # a private copy
+    model_keys_any = set(MODEL_DEFAULTS) | {k for a in _CHOICES["arch"] for k in model_options(a)} - DATA_DERIVED
+    for text in overrides:
+        key, value = parse_override(text)
+        head = key.split(".")[0]
+        if head in ("data", "model", "train", "grid", "series", "name", "description"):
+            _set_path(raw, key, value)
+        elif key in TRAIN_DEFAULTS:
+            _set_path(raw, f"train.{key}", value)
+        elif key in model_keys_any:
+            _set_path(raw, f"model.{key}", value)
+        else:
+            raise ConfigError(f"--set {key}: unknown key; use a model or train key (lr, width, ...) "
+                              f"or a dotted path (data.samples, series.adam.lr)")
+
+    top = {"name", "description", "data", "model", "train", "grid", "series"}
+    for key in raw:
+        if key not in top:
+            raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(top))}")
+    for sect in ("data", "model", "train", "grid", "series"):
+        if not isinstance(raw.get(sect, {}), dict):
+            raise ConfigError(f"[{sect}] must be a table")
+    name = raw.get("name", name)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"name: must be a non-empty string without '/', got {name!r}")
+
+    data = dict(raw.get("data", {}))
+    if "dataset" not in data:
+        raise ConfigError("data.dataset: missing; e.g. dataset = \"mnist1d\"")
+    from ..data import DATASETS
+    if data["dataset"] not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset {data['dataset']!r}; allowed: {', '.join(DATASETS)}")
+
+    model = {**MODEL_DEFAULTS, **raw.get("model", {})}
+    arch = model["arch"]
+    _check_value("arch", arch, "model")
+    model_allowed = _allowed_model_keys(arch)
+    model = _check_section("model", model, model_allowed)
+    train = _check_section("train", {**TRAIN_DEFAULTS, **raw.get("train", {})}, set(TRAIN_DEFAULTS))
+    grid_allowed = (model_allowed | set(TRAIN_DEFAULTS)) - {"arch"}
+
+    def check_grid(values: dict, where: str) -> dict:
+        out = {}
+        for key, value in values.items():
+            if key not in grid_allowed:
+                raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(grid_allowed))}")
+            value = expand_values(key, value, where)
+            if isinstance(value, list):
+                out[key] = [_check_value(key, v, where) for v in value]
+            else:
+                out[key] = _check_value(key, value, where)
+        return out
+
+    grid = check_grid(raw.get("grid", {}), "grid")
+    for key, value in grid.items():
+        if not isinstance(value, list):
+            grid[key] = [value]
+    series = {}
+    for label, overrides in raw.get("series", {}).items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"series.{label}: must be a table of overrides, got {overrides!r}")
+        series[label] = check_grid(overrides, f"series.{label}")
+    exp = Experiment(name=name, data=data, model=model, train=train, grid=grid, series=series,
+                     description=str(raw.get("description", "")), source=source)
+    for cell in exp.cells():  # cross-key checks on every resolved cell
+        v = cell.values
+        if v["warmup"] >= v["steps"] and v["warmup"] > 0:
+            raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {cell.series})")
+        if v["arch"] == "gpt" and v["width"] % v.get("heads", 4):
+            raise ConfigError(f"model.width: {v['width']} is not divisible by heads={v.get('heads', 4)} (series {cell.series})")
+    return exp
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read experiment file ({e})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return experiment_from_dict(raw, name=path.stem, overrides=overrides, source=text)

@@ -1,0 +1,216 @@
+"""The grid as an optuna study: optuna's storage is the work queue.
+
+Every cell is an enqueued trial (state WAITING) carrying its run id and resolved config in
+user attributes. A worker claims a cell by moving a WAITING trial to RUNNING through the
+storage — optuna's storages make that transition atomic, so two workers never get the same
+trial — runs it, and reports back with ``study.tell`` (objective: the run's final loss).
+
+Liveness: a running worker writes a heartbeat (a trial system attribute) every few
+seconds. A RUNNING trial whose worker is gone — its process is dead on this host, or its
+heartbeat is older than the grace period — is marked FAIL ("lost") and its cell enqueued
+again. A run that raises is marked FAIL with its error and re-enqueued up to ``retries``
+times. Storage: a journal file under the results directory by default (no server), or any
+SQLAlchemy URL optuna supports (``postgresql://user:pass@host/db``) for many machines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from ..errors import UserError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HEARTBEAT_SECONDS = 5.0
+GRACE_SECONDS = 60.0
+JOURNAL_NAME = "queue.journal"
+STORAGE_ENV = "LRTRANSFER_STORAGE"   # how a parent passes a URL with a password to its workers
+
+
+def redact(url: str | None) -> str:
+    """The storage URL with any password replaced by ***, for printing and for results."""
+    if not url:
+        return "journal"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str | None, results_dir: str | Path | None = None) -> BaseStorage:
+    """A journal file under ``results_dir`` when ``url`` is None, else the URL's storage."""
+    try:
+        if url is None:
+            if results_dir is None:
+                raise UserError("storage: give --storage URL or a results directory for the journal file")
+            path = Path(results_dir) / JOURNAL_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.endswith(".journal") or url.startswith("journal:"):
+            path = url.removeprefix("journal:")
+            return JournalStorage(JournalFileBackend(path))
+        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except UserError:
+        raise
+    except Exception as e:  # a bad URL or an unreachable server
+        raise UserError(f"--storage {redact(url)}: cannot open ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _alive_here(owner: dict | None) -> bool | None:
+    """Whether the worker process ``owner`` is alive, when it ran on this host (else None)."""
+    if not owner or owner.get("host") != platform.node():
+        return None
+    pid = owner.get("pid")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError):
+        return None
+    try:  # a killed child its parent has not reaped yet is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Queue:
+    """An optuna study holding the cells of one experiment."""
+
+    def __init__(self, storage: BaseStorage, study_name: str, create: bool = True):
+        self.storage = storage
+        try:
+            if create:
+                self.study = optuna.create_study(study_name=study_name, storage=storage,
+                                                 direction="minimize", load_if_exists=True)
+            else:
+                self.study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise UserError(f"--study {study_name}: no such study in this storage; studies: {', '.join(names) or 'none'}") from None
+        self.name = study_name
+
+    # -- reading ----------------------------------------------------------------------------
+    def trials(self, states=None):
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials():
+            out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+        return out
+
+    # -- filling ----------------------------------------------------------------------------
+    def enqueue(self, cells: list, finished: set[str], retries: int = 2) -> int:
+        """Enqueue every cell that is neither finished nor already waiting or running."""
+        active = {t.user_attrs.get("run_id") for t in self.trials(states=(TrialState.WAITING, TrialState.RUNNING))}
+        n = 0
+        for cell in cells:
+            rid = cell.run_id
+            if rid in finished or rid in active:
+                continue
+            self.push(rid, cell.values, attempt=0, retries=retries)
+            active.add(rid)
+            n += 1
+        return n
+
+    def push(self, rid: str, values: dict, attempt: int, retries: int) -> None:
+        self.study.enqueue_trial({}, user_attrs={"run_id": rid, "series": values["series"],
+                                                 "config": json.dumps(values, sort_keys=True),
+                                                 "attempt": attempt, "retries": retries})
+
+    # -- claiming and reporting -------------------------------------------------------------
+    def claim(self):
+        """Atomically take one WAITING cell; returns its FrozenTrial, or None if none wait."""
+        for t in self.trials(states=(TrialState.WAITING,)):
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it first
+            except UpdateFinishedTrialError:
+                continue
+            self.storage.set_trial_system_attr(t._trial_id, "lrtransfer_owner",
+                                               {"host": platform.node(), "pid": os.getpid()})
+            self.beat(t._trial_id)
+            return self.storage.get_trial(t._trial_id)
+        return None
+
+    def beat(self, trial_id: int) -> None:
+        self.storage.set_trial_system_attr(trial_id, "lrtransfer_heartbeat", time.time())
+
+    def finish(self, trial, value: float | None, state: TrialState = TrialState.COMPLETE, **attrs) -> bool:
+        """Report a cell; False if the trial was already ended (e.g. declared lost)."""
+        try:
+            for key, val in attrs.items():
+                self.storage.set_trial_user_attr(trial._trial_id, key, val)
+            self.study.tell(trial.number, value if state == TrialState.COMPLETE else None, state=state)
+            return True
+        except (UpdateFinishedTrialError, RuntimeError, ValueError):
+            return False
+
+    def fail(self, trial, error: str) -> bool:
+        """Mark a cell failed; enqueue it again while its retry budget lasts."""
+        if not self.finish(trial, None, TrialState.FAIL, failure="error", error=error[-2000:]):
+            return False
+        attempt, retries = trial.user_attrs.get("attempt", 0), trial.user_attrs.get("retries", 2)
+        if attempt < retries:
+            self.push(trial.user_attrs["run_id"], json.loads(trial.user_attrs["config"]), attempt + 1, retries)
+        return True
+
+    def reap(self, grace: float = GRACE_SECONDS) -> list[str]:
+        """Declare cells of dead or silent workers lost and enqueue them again; return their run ids."""
+        lost = []
+        now = time.time()
+        for t in self.trials(states=(TrialState.RUNNING,)):
+            owner = t.system_attrs.get("lrtransfer_owner")
+            last = t.system_attrs.get("lrtransfer_heartbeat")
+            if last is None:
+                last = t.datetime_start.timestamp() if t.datetime_start else now
+            alive = _alive_here(owner)
+            if alive is True or (alive is None and now - last < grace):
+                continue
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:
+                continue  # another reaper or the worker itself got there first
+            self.storage.set_trial_user_attr(t._trial_id, "failure", "lost")
+            self.push(t.user_attrs["run_id"], json.loads(t.user_attrs["config"]),
+                      t.user_attrs.get("attempt", 0), t.user_attrs.get("retries", 2))
+            lost.append(t.user_attrs["run_id"])
+        return lost
+
+
+class Heartbeat:
+    """A background thread that keeps a claimed trial's heartbeat fresh while it runs."""
+
+    def __init__(self, queue: Queue, trial_id: int, every: float = HEARTBEAT_SECONDS):
+        self.queue, self.trial_id, self.every = queue, trial_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            try:
+                self.queue.beat(self.trial_id)
+            except Exception:  # a missed beat is survivable; the grace period covers it
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,182 @@
+"""One training run: a pure function of its resolved config (and the seed inside it).
+
+``execute(values, device)`` builds the model and optimizer the config describes, trains,
+and returns a ``RunResult`` with one summary row (every config field plus the metrics) and
+the logged curve. Divergence is data: a non-finite loss or update, or a loss above
+``diverge_factor`` × the first loss, stops the run with status "diverged" and the step.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import lrtransfer
+
+from ..data import Dataset, load
+from ..models import build
+from ..optim import Diverged, make_optimizer
+from .config import run_id
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class RunResult:
+    row: dict
+    curves: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return self.row["run_id"]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import UserError
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+    return torch.device(device)
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        root = Path(lrtransfer.__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_options(values: dict) -> tuple[str, dict]:
+    opts = {k[5:]: v for k, v in values.items() if k.startswith("data.")}
+    return opts.pop("dataset"), opts
+
+
+_DATA_CACHE: dict = {}
+
+
+def dataset_for(values: dict, device: torch.device) -> Dataset:
+    """The run's dataset, loaded once per process and data config, already on ``device``."""
+    name, opts = data_options(values)
+    key = (name, tuple(sorted((k, repr(v)) for k, v in opts.items())), str(device))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one dataset at a time: experiments rarely vary data within a grid
+        _DATA_CACHE[key] = load(name, **opts).to(device)
+    return _DATA_CACHE[key]
+
+
+def model_for(values: dict, ds: Dataset):
+    from ..models import options
+    derived = {"input_dim": math.prod(ds.input_shape), "output_dim": ds.num_classes,
+               "in_channels": ds.input_shape[0], "vocab_size": ds.vocab_size, "context": ds.context}
+    allowed = options(values["arch"])
+    kw = {k: v for k, v in values.items() if k in allowed}
+    kw.update({k: v for k, v in derived.items() if k in allowed})
+    return build(values["arch"], values["width"], values["depth"], **kw)
+
+
+def _loss(model, x, y):
+    out = model(x)
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model, ds: Dataset, examples: int, batch_size: int) -> tuple[float, float]:
+    """Mean test loss and accuracy (token accuracy for language) over ``examples`` examples."""
+    total_loss, total_correct, total = 0.0, 0, 0
+    for x, y in ds.eval_batches("test", batch_size, max_examples=examples):
+        out = model(x).float()
+        flat, target = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+        total_loss += float(F.cross_entropy(flat, target, reduction="sum"))
+        total_correct += int((flat.argmax(-1) == target).sum())
+        total += target.numel()
+    return total_loss / max(total, 1), total_correct / max(total, 1)
+
+
+def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> RunResult:
+    """Train the run ``values`` describes; ``on_step(step, steps)`` is called as it goes."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    rid = run_id(values)
+    start = time.perf_counter()
+    torch.manual_seed(values["seed"])
+    ds = dataset_for(values, device)
+    model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
+    steps = values["steps"]
+    opt = make_optimizer(model, values["optimizer"], values["lr"], normalize=values["normalize"],
+                         weight_decay=values["weight_decay"], schedule=values["schedule"], steps=steps,
+                         warmup=values["warmup"], momentum=values["momentum"],
+                         betas=(values["beta1"], values["beta2"]), eps=values["eps"],
+                         exact=values["exact_norm"])
+    batches = torch.Generator().manual_seed(values["seed"])
+    log_every, eval_every = values["log_every"], values["eval_every"]
+    curve: list[dict] = []
+    window: list[float] = []
+    first_loss = None
+    status, diverged_at = "done", None
+    model.train()
+    for step in range(steps):
+        x, y = ds.sample("train", values["batch_size"], batches)
+        loss = _loss(model, x, y)
+        value = float(loss)  # one host sync per step: divergence is checked on every loss
+        if first_loss is None:
+            first_loss = value
+        if not math.isfinite(value) or value > values["diverge_factor"] * first_loss:
+            status, diverged_at = "diverged", step
+            break
+        lr_now = opt.current_lr()
+        opt.zero_grad()
+        loss.backward()
+        try:
+            opt.step()
+        except Diverged:
+            status, diverged_at = "diverged", step
+            break
+        window.append(value)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            point = {"step": step + 1, "train_loss": sum(window) / len(window), "test_loss": math.nan, "lr": lr_now}
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+                model.eval()
+                point["test_loss"] = evaluate(model, ds, values["eval_examples"], values["batch_size"])[0]
+                model.train()
+            curve.append(point)
+            window = []
+        if on_step is not None:
+            on_step(step + 1, steps)
+
+    row = dict(values)
+    row.update(run_id=rid, status=status, error=None,
+               diverged_at_step=math.nan if diverged_at is None else float(diverged_at),
+               final_train_loss=math.nan, final_test_loss=math.nan, final_test_acc=math.nan,
+               first_train_loss=first_loss, steps_done=(diverged_at if diverged_at is not None else steps))
+    if status == "done":
+        k = values["final_k"]
+        row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
+        model.eval()
+        row["final_test_loss"], acc = evaluate(model, ds, values["eval_examples"], values["batch_size"])
+        row["final_test_acc"] = acc
+        if curve:
+            curve[-1]["test_loss"] = row["final_test_loss"]
+    row.update(wall_seconds=time.perf_counter() - start, lrtransfer_version=lrtransfer.__version__,
+               git_sha=git_sha(), torch_version=torch.__version__, device=_device_name(device),
+               host=platform.node())
+    curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
+    curves.insert(0, "run_id", rid)
+    return RunResult(row=row, curves=curves)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type

@@ -1,0 +1,88 @@
+"""A worker: claim cells from the queue and run them until none are left."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+
+from ..store import FINISHED, ResultStore
+from .config import run_id
+from .queue import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Queue
+from .run import execute
+
+
+def objective(row: dict, metric: str = "final_train_loss") -> float:
+    """What the study minimises: the run's final loss; inf for a diverged run."""
+    value = row.get(metric)
+    if row.get("status") != "done" or value is None or not math.isfinite(value):
+        return math.inf
+    return float(value)
+
+
+def log_event(root: Path, **event) -> None:
+    """Append one line to events.jsonl (a single O_APPEND write: workers never interleave)."""
+    event = {"time": time.time(), "host": platform.node(), "pid": os.getpid(), **event}
+    line = (json.dumps(event, default=str) + "\n").encode()
+    fd = os.open(Path(root) / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def failed_row(values: dict, error: str) -> dict:
+    return {**values, "run_id": run_id(values), "status": "failed", "error": error,
+            "diverged_at_step": math.nan, "final_train_loss": math.nan, "final_test_loss": math.nan,
+            "final_test_acc": math.nan, "wall_seconds": math.nan}
+
+
+def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int | None = None,
+         grace: float = GRACE_SECONDS, heartbeat: float = HEARTBEAT_SECONDS, parent_pid: int | None = None,
+         on_start=None, on_step=None, on_finish=None) -> int:
+    """Run cells until the queue has none waiting; return how many this worker ran.
+
+    ``parent_pid``: stop between cells once that process is gone (workers of a killed sweep).
+    """
+    ran = 0
+    store.root.mkdir(parents=True, exist_ok=True)
+    while max_runs is None or ran < max_runs:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            break
+        queue.reap(grace)
+        trial = queue.claim()
+        if trial is None:
+            break
+        values = json.loads(trial.user_attrs["config"])
+        rid = trial.user_attrs["run_id"]
+        known = store.row(rid)
+        if known is not None and known.get("status") in FINISHED:  # enqueued twice: report, don't rerun
+            queue.finish(trial, objective(known), run_status=known["status"])
+            continue
+        if on_start:
+            on_start(trial, values)
+        log_event(store.root, event="start", run_id=rid, trial=trial.number)
+        try:
+            with Heartbeat(queue, trial._trial_id, heartbeat):
+                result = execute(values, device, on_step=on_step)
+        except Exception as e:  # the run raised: record it, retry within the budget
+            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+            store.write(failed_row(values, error), pd.DataFrame(columns=["run_id", "step", "train_loss", "test_loss", "lr"]))
+            queue.fail(trial, error)
+            log_event(store.root, event="fail", run_id=rid, trial=trial.number, error=f"{type(e).__name__}: {e}")
+            if on_finish:
+                on_finish(trial, {"status": "failed", "error": str(e), "run_id": rid})
+        else:
+            store.write(result.row, result.curves)
+            queue.finish(trial, objective(result.row), run_status=result.row["status"],
+                         wall_seconds=result.row["wall_seconds"])
+            log_event(store.root, event="finish", run_id=rid, trial=trial.number, status=result.row["status"])
+            if on_finish:
+                on_finish(trial, result.row)
+        ran += 1
+    return ran

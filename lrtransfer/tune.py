@@ -1,0 +1,198 @@
+"""Tune small, transfer big: search the LR at the base scale with an optuna sampler, then run
+the found LR at every larger scale and measure what it costs against a full grid.
+
+The search is an optuna study (``<experiment>.tune.<series>``) in the same storage as the
+grid, so it resumes after a kill: finished trials are kept and only the rest run. Runs are
+recorded as parquet under ``<results>/tune/`` (same schema as the grid's).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from .errors import UserError
+from .store import FINISHED, ResultStore
+from .sweep.config import Experiment, RunConfig, run_id
+from .sweep.queue import open_storage
+from .sweep.run import execute
+from .sweep.sweep import results_dir_for
+
+SAMPLERS = ("tpe", "gp", "random")
+METRICS = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
+
+
+@dataclass
+class SearchParam:
+    """An extra hyperparameter to search besides the LR: a float in [low, high]."""
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "SearchParam":
+        """``name=low:high`` or ``name=low:high:log``."""
+        try:
+            name, rng = text.split("=", 1)
+            parts = rng.split(":")
+            low, high = float(parts[0]), float(parts[1])
+            log = len(parts) > 2 and parts[2] == "log"
+            if len(parts) > 3 or (len(parts) == 3 and parts[2] != "log"):
+                raise ValueError
+        except (ValueError, IndexError):
+            raise UserError(f"--param {text!r}: expected name=low:high or name=low:high:log") from None
+        if not low < high or (log and low <= 0):
+            raise UserError(f"--param {text!r}: need low < high (and low > 0 with log)")
+        return cls(name.strip(), low, high, log)
+
+
+@dataclass
+class TuneResult:
+    series: str
+    axis: str
+    base_scale: int
+    lr: float
+    params: dict
+    trials: int
+    rows: list = field(default_factory=list)    # one per scale
+    grid_runs: int = 0
+    grid_base_lr: float | None = None
+    tune_seconds: float = 0.0
+    target_tuning_seconds: float = 0.0
+
+    @property
+    def octaves_from_grid(self) -> float | None:
+        if self.grid_base_lr is None:
+            return None
+        return abs(math.log2(self.lr) - math.log2(self.grid_base_lr))
+
+
+def _sampler(name: str, seed: int):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=4)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"--sampler {name!r}: allowed: {', '.join(SAMPLERS)}")
+
+
+def _run_cached(store: ResultStore, values: dict, device: str) -> dict:
+    """Run ``values`` unless the store already holds its finished result."""
+    known = store.row(run_id(values))
+    if known is not None and known["status"] in FINISHED:
+        return known
+    result = execute(values, device)
+    store.write(result.row, result.curves)
+    return result.row
+
+
+def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 8, sampler: str = "tpe",
+         params: list[SearchParam] = (), axis: str | None = None, metric: str = "train_loss",
+         results_dir=None, storage: str | None = None, device: str = "auto", seed: int = 0,
+         on_run=None) -> list[TuneResult]:
+    """Tune each series at its base (smallest) scale, then transfer the LR to the other scales."""
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric!r}: allowed: {', '.join(METRICS)}")
+    if trials < 1:
+        raise UserError(f"--trials: must be >= 1, got {trials}")
+    column = METRICS[metric]
+    cells = experiment.cells()
+    labels = list(dict.fromkeys(c.series for c in cells))
+    for s in series or []:
+        if s not in labels:
+            raise UserError(f"--series {s!r}: not in the experiment; series: {', '.join(labels)}")
+    axes = experiment.scale_axes()
+    axis = axis or (axes[0] if axes else None)
+    if axis not in ("width", "depth") or axis not in axes:
+        raise UserError(f"--axis {axis!r}: the experiment varies {', '.join(axes) or 'no scale'}; nothing to transfer")
+    root = results_dir_for(experiment, results_dir)
+    grid_store, tune_store = ResultStore(root), ResultStore(root / "tune")
+    tune_store.check_writable()
+    grid = grid_store.load_runs()
+    storage_obj = open_storage(storage, root)
+    out = []
+    for label in series or labels:
+        mine = [c for c in cells if c.series == label]
+        scales = sorted({c.values[axis] for c in mine})
+        base = scales[0]
+        template = dict(next(c for c in mine if c.values[axis] == base).values)
+        lrs = [c.values["lr"] for c in mine]
+        lo, hi = math.log2(min(lrs)), math.log2(max(lrs))
+        for p in params:
+            if p.name not in template or p.name in ("lr", "width", "depth", "series"):
+                raise UserError(f"--param {p.name}: not a searchable train/model key of this experiment")
+
+        def values_for(trial_params: dict, scale) -> dict:
+            v = dict(template)
+            v[axis] = scale
+            v["lr"] = 2.0 ** trial_params["log2_lr"]
+            for p in params:
+                v[p.name] = trial_params[p.name]
+            return v
+
+        def objective(trial: optuna.Trial) -> float:
+            tp = {"log2_lr": trial.suggest_float("log2_lr", lo, hi)}
+            for p in params:
+                tp[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+            row = _run_cached(tune_store, values_for(tp, base), device)
+            if on_run:
+                on_run(label, base, row)
+            trial.set_user_attr("run_id", row["run_id"])
+            value = row.get(column)
+            if row["status"] != "done" or value is None or not math.isfinite(value):
+                return float(row.get("first_train_loss") or 1e6)  # diverged: no better than the start
+            return float(value)
+
+        study = optuna.create_study(study_name=f"{experiment.name}.tune.{label}", storage=storage_obj,
+                                    sampler=_sampler(sampler, seed), direction="minimize", load_if_exists=True)
+        for t in study.get_trials(states=(TrialState.RUNNING,)):  # a killed tune left these behind
+            study.tell(t.number, state=TrialState.FAIL)
+        done = len(study.get_trials(states=(TrialState.COMPLETE,)))
+        if done < trials:
+            study.optimize(objective, n_trials=trials - done)
+        best = study.best_params
+        result = TuneResult(series=label, axis=axis, base_scale=base, lr=2.0 ** best["log2_lr"],
+                            params={k: v for k, v in best.items() if k != "log2_lr"}, trials=trials)
+        tuned_ids = {t.user_attrs.get("run_id") for t in study.get_trials(states=(TrialState.COMPLETE,))}
+        tune_rows = tune_store.load_runs()
+        result.tune_seconds = float(tune_rows.loc[tune_rows["run_id"].isin(tuned_ids), "wall_seconds"].sum())
+        gmine = grid[(grid["series"] == label)] if not grid.empty else grid
+        if not gmine.empty:
+            result.grid_runs = int(gmine["status"].isin(FINISHED).sum())
+            base_rows = gmine[(gmine[axis] == base) & (gmine["status"] == "done")]
+            if not base_rows.empty:
+                result.grid_base_lr = float(base_rows.groupby("lr")[column].mean().idxmin())
+        for scale in scales:
+            row = _run_cached(tune_store, values_for(best, scale), device) if scale != base else \
+                tune_store.row(study.best_trial.user_attrs["run_id"])
+            if on_run and scale != base:
+                on_run(label, scale, row)
+            if scale != base:
+                result.tune_seconds += float(row["wall_seconds"])
+                # tuning here instead would cost `trials` runs at this scale's price
+                result.target_tuning_seconds += trials * float(row["wall_seconds"])
+            grid_best = math.nan
+            if not gmine.empty:
+                at = gmine[(gmine[axis] == scale) & (gmine["status"] == "done")]
+                if not at.empty:
+                    grid_best = float(at.groupby("lr")[column].mean().min())
+            loss = row.get(column) if row["status"] == "done" else math.inf
+            result.rows.append({"scale": scale, "loss": loss, "status": row["status"], "grid_best": grid_best,
+                                "regret": (loss - grid_best) if math.isfinite(grid_best) else math.nan})
+        out.append(result)
+    return out
+
+
+def tune_table(results: list[TuneResult]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        for s in r.rows:
+            rows.append({"series": r.series, "axis": r.axis, "scale": s["scale"], "tuned_lr": r.lr,
+                         "tuned_log2_lr": math.log2(r.lr), "loss": s["loss"], "grid_best": s["grid_best"],
+                         "regret": s["regret"], "status": s["status"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,230 @@
+"""The suite end to end through the real CLI: sweep -> parquet -> plot / report, and bad input."""
+import json
+import math
+import os
+import stat
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lrtransfer.cli import app
+
+runner = CliRunner()
+
+TINY = """
+description = "tiny"
+[data]
+dataset = "mnist1d"
+samples = 600
+[model]
+arch = "mlp"
+depth = 1
+block_depth = 1
+[train]
+steps = 20
+batch_size = 32
+log_every = 5
+final_k = 2
+eval_examples = 128
+[grid]
+width = [8, 16]
+[series.adam]
+lr = [0.001, 0.01, 1000.0]
+[series.normed_adam]
+normalize = true
+lr = [0.25, 1.0]
+"""
+
+RUN_COLUMNS = {"run_id", "series", "width", "depth", "lr", "seed", "optimizer", "normalize", "steps",
+               "batch_size", "weight_decay", "final_train_loss", "final_test_loss", "final_test_acc",
+               "status", "diverged_at_step", "wall_seconds", "lrtransfer_version", "git_sha",
+               "torch_version", "device", "data.dataset", "data.samples"}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    exp = tmp / "tiny.toml"
+    exp.write_text(TINY)
+    res = tmp / "results"
+    r = invoke("sweep", exp, "--results", res, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    return exp, res
+
+
+def _starts(res):
+    lines = (res / "events.jsonl").read_text().splitlines()
+    return [json.loads(l) for l in lines if json.loads(l)["event"] == "start"]
+
+
+def test_sweep_writes_both_tables_with_the_schema(swept):
+    exp, res = swept
+    runs = pd.read_parquet(res / "runs.parquet")
+    curves = pd.read_parquet(res / "curves.parquet")
+    assert len(runs) == 2 * 3 + 2 * 2 and runs["run_id"].is_unique
+    assert RUN_COLUMNS <= set(runs.columns), RUN_COLUMNS - set(runs.columns)
+    assert list(curves.columns) == ["run_id", "step", "train_loss", "test_loss", "lr"]
+    done = runs[runs["status"] == "done"]
+    assert len(done) == 8
+    assert done["final_train_loss"].notna().all() and (done["final_test_acc"] >= 0).all()
+    # final_train_loss is the mean of the last final_k logged train losses
+    one = done.iloc[0]
+    c = curves[curves["run_id"] == one["run_id"]].sort_values("step")
+    assert list(c["step"]) == [5, 10, 15, 20]
+    assert one["final_train_loss"] == pytest.approx(c["train_loss"].iloc[-2:].mean())
+    # a linear decay to 0: logged LR falls
+    assert c["lr"].is_monotonic_decreasing
+
+
+def test_divergence_is_data(swept):
+    _, res = swept
+    runs = pd.read_parquet(res / "runs.parquet")
+    div = runs[runs["lr"] == 1000.0]
+    assert len(div) == 2 and (div["status"] == "diverged").all()
+    assert div["diverged_at_step"].notna().all() and div["final_train_loss"].isna().all()
+
+
+def test_second_sweep_runs_nothing_new(swept):
+    exp, res = swept
+    before = len(_starts(res))
+    assert before == 10
+    r = invoke("sweep", exp, "--results", res, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(_starts(res)) == before
+    assert "10 already finished, 0 queued" in r.output.replace("\n", " ")
+
+
+def test_dry_run_counts_and_runs_nothing(swept, tmp_path):
+    exp, res = swept
+    r = invoke("sweep", exp, "--results", res, "--dry-run", "--device", "cpu")
+    assert r.exit_code == 0 and "10 cells" in r.output and "10 already finished, 0 to run" in r.output
+    fresh = tmp_path / "fresh"
+    r = invoke("sweep", exp, "--results", fresh, "--dry-run", "--device", "cpu", "--set", "width=[8,16,32]")
+    assert r.exit_code == 0 and "15 cells" in r.output and "15 to run" in r.output
+    assert not fresh.exists()
+
+
+def test_plot_writes_png_and_svg(swept, tmp_path):
+    _, res = swept
+    for suffix in ("png", "svg"):
+        out = tmp_path / f"curves.{suffix}"
+        r = invoke("plot", res, "--out", out)
+        assert r.exit_code == 0, r.output
+        assert out.stat().st_size > 1000
+        assert (tmp_path / f"curves_transfer.{suffix}").stat().st_size > 1000
+
+
+def test_plot_one_curve_per_scale(swept):
+    from lrtransfer import plots
+    from lrtransfer.store import load_results
+    runs, _ = load_results(swept[1])
+    fig = plots.lr_curves(runs)
+    panels = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(panels) == 2
+    for ax in panels:
+        labels = {l.get_label() for l in ax.get_lines() if l.get_label().startswith("width=")}
+        assert labels == {"width=8", "width=16"}
+
+
+def test_report_json(swept):
+    _, res = swept
+    r = invoke("report", res, "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert {row["series"] for row in data["drift"]} == {"adam", "normed_adam"}
+
+
+def test_status_matches_tables(swept):
+    _, res = swept
+    r = invoke("status", res, "--format", "json")
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.output)
+    runs = pd.read_parquet(res / "runs.parquet")
+    assert st["totals"]["done"] == int((runs["status"] == "done").sum())
+    assert st["totals"]["diverged"] == int((runs["status"] == "diverged").sum())
+    assert st["totals"]["waiting"] == st["totals"]["running"] == 0
+
+
+# -- bad input: exit 2, one message naming the key or path, nothing written --------------------
+BAD = [
+    ("[train]\ncolour = 1", "train.colour: unknown key"),
+    ("[train]\nsteps = \"many\"", "train.steps: must be an integer"),
+    ("[grid]\nwidth = []", "grid.width: empty list"),
+    ("[grid]\nwidth = [0]", "grid.width: must be positive"),
+    ("[train]\nsteps = -5", "train.steps: must be positive"),
+    ("[grid]\nlr = [0.0]", "grid.lr: must be positive"),
+    ("[model]\narch = \"vit\"", "model.arch: 'vit' is not allowed"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_config_exit_2_nothing_written(tmp_path, extra, message):
+    text = TINY
+    section = extra.split("\n")[0]
+    if section in text:  # merge into the existing table
+        text = text.replace(section, extra, 1)
+    else:
+        text += "\n" + extra
+    exp = tmp_path / "bad.toml"
+    exp.write_text(text)
+    res = tmp_path / "results"
+    r = invoke("sweep", exp, "--results", res)
+    assert r.exit_code == 2, r.output
+    assert message in r.output.replace("\n", " ")
+    assert not res.exists()
+
+
+def test_unknown_dataset_unreadable_config_and_unwritable_output(tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(TINY.replace('dataset = "mnist1d"', 'dataset = "imagenet"'))
+    r = invoke("sweep", exp, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "data.dataset: unknown dataset 'imagenet'" in r.output
+    r = invoke("sweep", tmp_path / "missing.toml")
+    assert r.exit_code == 2 and "missing.toml: experiment file not found" in r.output
+    exp.write_text("[[[")
+    r = invoke("sweep", exp)
+    assert r.exit_code == 2 and "not valid TOML" in r.output
+    exp.write_text(TINY)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): covered by the file case below")
+        r = invoke("sweep", exp, "--results", locked / "r")
+        assert r.exit_code == 2 and "not writable" in r.output
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_unwritable_output_path_is_a_file(tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(TINY)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = invoke("sweep", exp, "--results", blocker / "r")
+    assert r.exit_code == 2 and "not writable" in r.output
+
+
+def test_missing_dataset_fails_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRTRANSFER_DATA", str(tmp_path / "nowhere"))
+    exp = tmp_path / "e.toml"
+    exp.write_text(TINY.replace('dataset = "mnist1d"\nsamples = 600', 'dataset = "text"\npath = "/nonexistent/book.txt"'))
+    r = invoke("sweep", exp, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "/nonexistent/book.txt" in r.output
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_plot_and_report_bad_input(swept, tmp_path):
+    _, res = swept
+    r = invoke("plot", tmp_path / "nothing")
+    assert r.exit_code == 2 and "no such results directory" in r.output
+    r = invoke("plot", res, "--out", tmp_path / "fig.bmp")
+    assert r.exit_code == 2 and "unsupported format .bmp" in r.output
+    r = invoke("report", res, "--metric", "accuracy")
+    assert r.exit_code == 2
