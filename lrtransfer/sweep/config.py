@@ -219,10 +219,17 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
         head = key.split(".")[0]
         if head in ("data", "model", "train", "grid", "series", "name", "description"):
             _set_path(raw, key, value)
-        elif key in TRAIN_DEFAULTS:
-            _set_path(raw, f"train.{key}", value)
-        elif key in model_keys_any:
-            _set_path(raw, f"model.{key}", value)
+        elif key in TRAIN_DEFAULTS or key in model_keys_any:
+            # A bare key applies to every cell: a list (or log2 range) becomes the grid's axis,
+            # a single value fixes the key; either way it replaces the series' own values.
+            for overrides in raw.get("series", {}).values():
+                if isinstance(overrides, dict):
+                    overrides.pop(key, None)
+            raw.get("grid", {}).pop(key, None)
+            if isinstance(value, (list, dict)):
+                _set_path(raw, f"grid.{key}", value)
+            else:
+                _set_path(raw, f"{'train' if key in TRAIN_DEFAULTS else 'model'}.{key}", value)
         else:
             raise ConfigError(f"--set {key}: unknown key; use a model or train key (lr, width, ...) "
                               f"or a dotted path (data.samples, series.adam.lr)")

@@ -181,11 +181,11 @@ class Queue:
             if alive is True or (alive is None and now - last < grace):
                 continue
             try:
+                self.storage.set_trial_user_attr(t._trial_id, "failure", "lost")
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     continue
             except UpdateFinishedTrialError:
                 continue  # another reaper or the worker itself got there first
-            self.storage.set_trial_user_attr(t._trial_id, "failure", "lost")
             self.push(t.user_attrs["run_id"], json.loads(t.user_attrs["config"]),
                       t.user_attrs.get("attempt", 0), t.user_attrs.get("retries", 2))
             lost.append(t.user_attrs["run_id"])

@@ -129,7 +129,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     for step in range(steps):
         x, y = ds.sample("train", values["batch_size"], batches)
         loss = _loss(model, x, y)
-        value = float(loss)  # one host sync per step: divergence is checked on every loss
+        value = loss.item()  # one host sync per step: divergence is checked on every loss
         if first_loss is None:
             first_loss = value
         if not math.isfinite(value) or value > values["diverge_factor"] * first_loss:
