@@ -73,7 +73,7 @@ def time_per_step(values: dict, device: str = "auto", steps: int = 3) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        float(loss)
+        loss.item()
         times.append(time.perf_counter() - t0)
     return sorted(times[1:])[len(times[1:]) // 2]
 
