@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from .analysis import optimum
 from .errors import UserError
 from .store import FINISHED, ResultStore
 from .sweep.config import Experiment, RunConfig, run_id
@@ -165,8 +166,9 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
         if not gmine.empty:
             result.grid_runs = int(gmine["status"].isin(FINISHED).sum())
             base_rows = gmine[(gmine[axis] == base) & (gmine["status"] == "done")]
-            if not base_rows.empty:
-                result.grid_base_lr = float(base_rows.groupby("lr")[column].mean().idxmin())
+            if not base_rows.empty:  # the grid's optimum, refined between grid points like `report`
+                means = base_rows.groupby("lr")[column].mean()
+                result.grid_base_lr = optimum(means.index, means.values)["lr_fit"]
         for scale in scales:
             row = _run_cached(tune_store, values_for(best, scale), device) if scale != base else \
                 tune_store.row(study.best_trial.user_attrs["run_id"])

@@ -30,9 +30,9 @@ def download_dir() -> Path:
     return Path(os.environ.get("LRTRANSFER_DATA") or Path.home() / ".cache" / "lrtransfer" / "data")
 
 
-def positive_int(value, key: str) -> int:
+def positive_int(value, key: str, prefix: str = "data.") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"data.{key}: must be a positive integer, got {value!r}")
+        raise ConfigError(f"{prefix}{key}: must be a positive integer, got {value!r}")
     return value
 
 
@@ -45,7 +45,10 @@ def fraction(value, key: str) -> float:
 @dataclass
 class Dataset:
     """Classification: x (N, *input_shape) float32, y (N,) int64. Language: a 1-D int64 token
-    stream per split (y is None) from which windows of ``context`` + 1 tokens are drawn."""
+    stream per split (y is None) from which windows of ``context`` + 1 tokens are drawn.
+    ``n_train``/``n_test`` count examples (classification) or window start positions (language);
+    ``num_classes`` is the output dimension (the vocabulary size for language); ``classes`` holds
+    the class names (the characters, for language)."""
     name: str
     kind: str
     x_train: torch.Tensor
@@ -70,6 +73,7 @@ class Dataset:
         return len(x) if self.kind == "classification" else max(len(x) - self.context, 0)
 
     def to(self, device) -> "Dataset":
+        """Move the tensors to ``device`` (once; a no-op when already there) and return self."""
         for name in ("x_train", "y_train", "x_test", "y_test"):
             t = getattr(self, name)
             if t is not None:
@@ -85,7 +89,7 @@ class Dataset:
             return self.x_train, self.y_train
         if split == "test":
             return self.x_test, self.y_test
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
 
     def _windows(self, tokens: torch.Tensor, starts: torch.Tensor):
         idx = starts.to(tokens.device).unsqueeze(1) + torch.arange(self.context + 1, device=tokens.device)
@@ -93,7 +97,11 @@ class Dataset:
         return w[:, :-1], w[:, 1:]
 
     def sample(self, split: str, batch_size: int, generator: torch.Generator):
-        """A batch drawn uniformly with replacement by ``generator`` (a CPU generator)."""
+        """A batch drawn uniformly with replacement by ``generator`` (a CPU generator): indices
+        (classification) or window starts (language) are drawn on the CPU, then moved to the
+        data's device. Language: x and y are (B, context) int64 with y = x shifted by one."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            positive_int(batch_size, "batch_size", "")
         x, y = self._split(split)
         if self.kind == "classification":
             idx = torch.randint(0, len(x), (batch_size,), generator=generator).to(x.device)
@@ -104,6 +112,9 @@ class Dataset:
     def eval_batches(self, split: str, batch_size: int, max_examples: int | None = None):
         """Deterministic batches covering the split (or its first ``max_examples`` examples;
         for language, ``max_examples`` windows evenly spaced through the split, default 64)."""
+        positive_int(batch_size, "batch_size", "")
+        if max_examples is not None:
+            positive_int(max_examples, "max_examples", "")
         x, y = self._split(split)
         if self.kind == "classification":
             n = len(x) if max_examples is None else min(len(x), max_examples)

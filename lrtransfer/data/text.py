@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import Dataset, data_dirs, download_dir, fraction, positive_int
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -18,25 +18,28 @@ def load_text(path: str | None = None, context: int = 128, test_fraction: float 
     """Characters of a UTF-8 file; the vocabulary is its sorted set of characters and the last
     ``test_fraction`` of the text is the test split."""
     if path is None:
-        raise DataError("data.path: the text dataset needs a path to a UTF-8 text file")
+        raise ConfigError("data.path: the text dataset needs a path to a UTF-8 text file")
     positive_int(context, "context")
     fraction(test_fraction, "test_fraction")
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_bytes().decode("utf-8")  # exact characters: no newline translation
     except FileNotFoundError:
         raise DataError(f"data.path: {file} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"data.path: {file} is a directory, not a UTF-8 text file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"data.path: cannot read {file} as UTF-8 text ({e})") from None
-    vocab = sorted(set(text))
-    if not vocab:
+    if not text:
         raise DataError(f"data.path: {file} is empty")
-    lookup = {c: i for i, c in enumerate(vocab)}
-    tokens = torch.as_tensor(np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text)))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    vocab_codes = np.unique(codes)  # sorted: token i is the i-th smallest code point
+    vocab = [chr(c) for c in vocab_codes]
+    tokens = torch.from_numpy(np.searchsorted(vocab_codes, codes).astype(np.int64))
     n_test = int(len(tokens) * test_fraction)
     train, test = tokens[:len(tokens) - n_test], tokens[len(tokens) - n_test:]
     if min(len(train), len(test)) <= context + 1:
-        raise DataError(f"data.context: {context} is too long for {file} ({len(train)} train / {len(test)} test characters)")
+        raise ConfigError(f"data.context: {context} is too long for {file} ({len(train)} train / {len(test)} test characters)")
     return Dataset(name, "language", train, None, test, None, num_classes=len(vocab), input_shape=(context,),
                    vocab_size=len(vocab), context=context, classes=tuple(vocab))
 
@@ -44,7 +47,15 @@ def load_text(path: str | None = None, context: int = 128, test_fraction: float 
 def load_shakespeare(path: str | None = None, context: int = 128, test_fraction: float = 0.1,
                      download: bool = False) -> Dataset:
     """Tiny Shakespeare: an explicit path, an offline copy, or a download from its public URL."""
-    candidates = [Path(path).expanduser()] if path else [d / SHAKESPEARE_FILE for d in data_dirs()]
+    if not isinstance(download, bool):
+        raise ConfigError(f"data.download: must be true or false, got {download!r}")
+    if path:
+        candidates = [Path(path).expanduser()]
+    else:
+        dirs = data_dirs()
+        if download_dir() not in dirs:  # where an earlier ``download = true`` put it
+            dirs.append(download_dir())
+        candidates = [d / SHAKESPEARE_FILE for d in dirs]
     for file in candidates:
         if file.exists():
             return load_text(str(file), context, test_fraction, name="shakespeare")
@@ -52,9 +63,13 @@ def load_shakespeare(path: str | None = None, context: int = 128, test_fraction:
         target = download_dir() / SHAKESPEARE_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            urllib.request.urlretrieve(SHAKESPEARE_URL, target)
+            tmp = target.with_name(target.name + ".part")
+            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as response, open(tmp, "wb") as f:
+                f.write(response.read())
+            tmp.replace(target)  # never leave a half-downloaded file under the final name
         except OSError as e:
             raise DataError(f"shakespeare: download from {SHAKESPEARE_URL} failed ({e})") from None
         return load_text(str(target), context, test_fraction, name="shakespeare")
-    raise DataError(f"shakespeare: {SHAKESPEARE_FILE} not found (looked in {', '.join(str(c.parent) for c in candidates)}); "
-                    f"set LRTRANSFER_DATA to a directory holding it, set data.path, or set data.download = true")
+    raise DataError(f"shakespeare: {SHAKESPEARE_FILE} not found (looked for {', '.join(str(c) for c in candidates)}). "
+                    f"Set LRTRANSFER_DATA to a directory holding {SHAKESPEARE_FILE}, pass data.path, "
+                    f"or set data.download = true to fetch it from {SHAKESPEARE_URL}")
