@@ -16,8 +16,8 @@ from .sweep.sweep import _fmt_seconds
 STATES = ("waiting", "running", "done", "diverged", "failed")
 
 
-def _scale(values: dict) -> str:
-    return f"width={values.get('width')} depth={values.get('depth')}"
+def _scale(values: dict) -> tuple:
+    return (values.get("width"), values.get("depth"))
 
 
 def sweep_status(results_dir: str | Path | None = None, storage: str | None = None,
@@ -68,7 +68,15 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
         table.setdefault(key, {s: 0 for s in STATES})
         if c["state"] in STATES:
             table[key][c["state"]] += 1
-    rows = [{"series": s, "scale": sc, **counts} for (s, sc), counts in sorted(table.items())]
+    # label scales by the axes that vary (width, depth or both), in numeric order
+    varying = [i for i in (0, 1) if len({sc[i] for _, sc in table}) > 1] or [0]
+    names = ("width", "depth")
+
+    def label(sc):
+        return " ".join(f"{names[i]}={sc[i]}" for i in varying)
+
+    rows = [{"series": s, "scale": label(sc), **counts}
+            for (s, sc), counts in sorted(table.items(), key=lambda kv: (kv[0][0], tuple(x or 0 for x in kv[0][1])))]
     totals = {s: sum(r[s] for r in rows) for s in STATES}
 
     eta = "nothing left"

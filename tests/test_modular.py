@@ -187,7 +187,14 @@ def test_power_iteration_is_a_lower_bound_that_converges_when_warm():
         sigma, v = power_step(a, v)
     assert rel(sigma, exact) < 1e-3
     zero_sigma, v2 = power_step(torch.zeros(64, 48), v)
-    assert zero_sigma == 0 and torch.equal(v2, v)
+    assert torch.isnan(zero_sigma) and torch.equal(v2, v)  # 0/0, and the kept vector survives
+    lin = Linear(64, 48)
+    assert lin.atom_norm(torch.zeros(64, 48), exact=False) == 0
+    assert torch.equal(lin.normalize([torch.zeros(64, 48)], 1.0)[0], torch.zeros(64, 48))
+    nan = torch.full((64, 48), float("nan"))
+    kept = lin._power_v.clone()
+    lin.unit_scale(nan)
+    assert torch.equal(lin._power_v, kept)  # a NaN update does not poison the warm start
 
 
 def test_regularize_splits_decay_like_normalize():

@@ -23,7 +23,7 @@ def _positive_int(value, name: str, owner: str) -> int:
 
 def _inverse(sigma: torch.Tensor) -> torch.Tensor:
     """1/sigma where sigma > 0, else 0 (a zero update stays zero)."""
-    return torch.where(sigma > 0, 1.0 / sigma.clamp_min(1e-30), torch.zeros_like(sigma))
+    return torch.where(sigma > 0, sigma.reciprocal(), 0.0)  # NaN (0/0 of a zero update) is not > 0
 
 
 class Linear(Atom):
@@ -47,15 +47,19 @@ class Linear(Atom):
     def forward(self, x):
         return F.linear(x, self.weight) * self.scale
 
-    def atom_norm(self, w, exact=True):
+    def _sigma(self, w, exact):
+        """Spectral norm: SVD, or one warm power step (NaN for a zero matrix)."""
         if exact:
             return exact_spectral_norm(w)
         sigma, v = power_step(w, self._power_v)
         self._power_v.copy_(v)
         return sigma
 
+    def atom_norm(self, w, exact=True):
+        return torch.nan_to_num(self._sigma(w, exact), nan=0.0)
+
     def unit_scale(self, u, exact=False):
-        return _inverse(self.atom_norm(u, exact=exact))
+        return _inverse(self._sigma(u, exact))
 
     def extra_repr(self):
         return f"d_out={self.d_out}, d_in={self.d_in}, mass={self.mass:g}"
@@ -136,7 +140,7 @@ class Conv2D(Atom):
         return sigma.reshape(self.k, self.k)
 
     def atom_norm(self, w, exact=True):
-        return self.position_norms(w, exact=exact).max()
+        return torch.nan_to_num(self.position_norms(w, exact=exact), nan=0.0).max()
 
     def unit_scale(self, u, exact=False):
         return _inverse(self.position_norms(u, exact=exact)).reshape(1, 1, self.k, self.k)

@@ -19,19 +19,22 @@ def exact_spectral_norm(m: torch.Tensor) -> torch.Tensor:
 
 
 def power_step(m: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One power-iteration step on ``m`` (…, rows, cols) from right vectors ``v`` (…, cols).
+    """One power-iteration step on ``m`` (…, rows, cols) from unit right vectors ``v`` (…, cols).
 
     Returns (sigma estimate (…), new unit right vectors (…, cols)). A zero matrix gives
-    sigma 0 and keeps ``v``; a non-finite matrix gives a non-finite sigma and keeps ``v``.
+    sigma NaN (0/0: callers treat "not > 0" as "nothing to scale") and keeps ``v``; so does a
+    NaN matrix, so a bad update never poisons the kept vector. Kept to a handful of kernels:
+    this runs once per atom per optimizer step.
     """
-    mf = m.float()
-    w = (mf @ v.unsqueeze(-1)).squeeze(-1)                     # M v
-    u = (mf.transpose(-1, -2) @ w.unsqueeze(-1)).squeeze(-1)   # Mᵀ M v
+    mf = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    if mf.dim() == 2:
+        w = torch.mv(mf, v)                       # M v
+        u = torch.mv(mf.t(), w)                   # Mᵀ M v
+    else:
+        w = torch.bmm(mf, v.unsqueeze(-1))
+        u = torch.bmm(mf.transpose(-1, -2), w).squeeze(-1)
+        w = w.squeeze(-1)
     w_norm = torch.linalg.vector_norm(w, dim=-1)
-    u_norm = torch.linalg.vector_norm(u, dim=-1)
-    sigma = u_norm / w_norm.clamp_min(_TINY)
-    sigma = torch.where(w_norm > 0, sigma, w_norm)  # 0 for a zero matrix; nan/inf propagate
-    fresh = u / u_norm.clamp_min(_TINY).unsqueeze(-1)
-    keep = (u_norm > 0) & torch.isfinite(u_norm)
-    new_v = torch.where(keep.unsqueeze(-1), fresh, v)
-    return sigma, new_v
+    u_norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    new_v = torch.where(u_norm > 0, u / u_norm, v)
+    return u_norm.squeeze(-1) / w_norm, new_v

@@ -124,11 +124,12 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
     """Run every unfinished cell of ``experiment``; return the merged runs table.
 
     Finished runs (done or diverged) are skipped, failed ones run again. ``jobs`` > 1 starts
-    that many local worker processes on the same study; ``storage`` is an optuna storage URL
+    that many local worker processes on the same study, 0 only enqueues the cells for workers
+    started elsewhere; ``storage`` is an optuna storage URL
     (default: a journal file in the results directory).
     """
-    if jobs < 1:
-        raise UserError(f"--jobs: must be >= 1, got {jobs}")
+    if jobs < 0:
+        raise UserError(f"--jobs: must be >= 0 (0: only enqueue the cells for workers), got {jobs}")
     console = console or Console(stderr=True)
     queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device)
     cells = experiment.cells()
@@ -137,6 +138,11 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
     if progress:
         console.print(f"[bold]{experiment.name}[/]: {len(cells)} cells, {already} already finished, "
                       f"{enqueued} queued; study {experiment.name!r} in {redact(storage)}")
+    if jobs == 0:  # workers elsewhere (`lrtransfer worker --study NAME`) will run them
+        if progress:
+            console.print(f"enqueued only; start workers with: lrtransfer worker --study {experiment.name}"
+                          + ("" if storage else f" --results {store.root}"))
+        return store.load_runs()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
