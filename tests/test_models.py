@@ -99,3 +99,13 @@ def test_build_rejects_bad_input():
         build("gpt", 8, 1, context=4)
     with pytest.raises(ConfigError, match="divisible by heads"):
         build("gpt", 10, 1, vocab_size=5, context=4, heads=4)
+
+
+def test_torch_compile_captures_the_whole_model():
+    # fullgraph=True fails on any graph break: the algebra is plain traceable torch code
+    model = build("gpt", 32, 1, vocab_size=17, context=16, heads=4)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randint(0, 17, (4, 16))
+    assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    compiled(x).sum().backward()
+    assert all(a.weight.grad is not None for a in model.atoms())
