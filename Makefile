@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/normalize_overhead.py
+	$(PY) benchmarks/transfer_quickstart.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -80,6 +80,14 @@ def test_four_workers_run_every_cell_exactly_once(tmp_path, backend):
     complete = [t for t in queue.trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 24 and len({t.user_attrs["run_id"] for t in complete}) == 24
     assert len({json.loads(l)["pid"] for l in (tmp_path / "events.jsonl").read_text().splitlines()}) > 1
+    if storage:  # the password is in no file the sweep wrote, nor in the workers' output
+        from urllib.parse import urlsplit
+        secret = urlsplit(storage).password
+        assert secret and all(secret not in o for o in outs)
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes(), f
+        assert "***" in (tmp_path / "experiment.json").read_text()
 
 
 def _slow_grid(steps=150):
