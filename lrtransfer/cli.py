@@ -87,7 +87,7 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
 @app.command()
 @user_errors
 def worker(study: str = typer.Option(..., help="study name (the experiment's name)"),
-           storage: Optional[str] = typer.Option(None, help=f"optuna storage URL (or env LRTRANSFER_STORAGE); default: the journal in --results"),
+           storage: Optional[str] = typer.Option(None, help="optuna storage URL (or env LRTRANSFER_STORAGE); default: the journal in --results"),
            results: Optional[Path] = typer.Option(None, help="results directory (default: the one the sweep recorded in the study)"),
            device: str = typer.Option("auto"),
            grace: float = typer.Option(60.0, help="seconds without a heartbeat before a running cell counts as lost"),

@@ -1,14 +1,12 @@
 """Figures: loss vs LR per scale and series, and the transfer view (optimum and regret vs scale)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .analysis import TRANSFER_COLUMNS, cells, metric_column, resolve_axes, transfer_table  # noqa: E402

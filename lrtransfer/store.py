@@ -57,6 +57,7 @@ def write_json(obj, path: Path) -> None:
 class ResultStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._status: dict[str, tuple[int, str]] = {}   # file name -> (mtime_ns, status)
 
     @property
     def runs_dir(self) -> Path:
@@ -86,8 +87,25 @@ class ResultStore:
         return pq.read_table(path).to_pylist()[0]
 
     def finished_ids(self) -> set[str]:
-        """Runs recorded as done or diverged (failed runs are run again)."""
-        return set(self.load_runs().query("status in @FINISHED")["run_id"]) if self.runs_dir.exists() else set()
+        """Runs recorded as done or diverged (failed runs are run again).
+
+        Polled while a sweep runs, so each file's status is read once and re-read only when
+        the file is replaced (a failed run that ran again).
+        """
+        if not self.runs_dir.exists():
+            return set()
+        done = set()
+        for entry in os.scandir(self.runs_dir):
+            if not entry.name.endswith(".parquet") or entry.name.startswith("."):
+                continue
+            mtime = entry.stat().st_mtime_ns
+            cached = self._status.get(entry.name)
+            if cached is None or cached[0] != mtime:
+                status = pq.read_table(entry.path, columns=["status"]).column("status")[0].as_py()
+                cached = self._status[entry.name] = (mtime, status)
+            if cached[1] in FINISHED:
+                done.add(entry.name[:-len(".parquet")])
+        return done
 
     def load_runs(self) -> pd.DataFrame:
         return _concat(sorted(self.runs_dir.glob("*.parquet")) if self.runs_dir.exists() else [])

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from .analysis import optimum
 from .errors import UserError
 from .store import FINISHED, ResultStore
-from .sweep.config import Experiment, RunConfig, run_id
+from .sweep.config import Experiment, run_id
 from .sweep.queue import open_storage
 from .sweep.run import execute
 from .sweep.sweep import results_dir_for

@@ -1,6 +1,5 @@
 """The suite end to end through the real CLI: sweep -> parquet -> plot / report, and bad input."""
 import json
-import math
 import pandas as pd
 import pytest
 from typer.testing import CliRunner

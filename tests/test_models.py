@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 from lrtransfer.errors import ConfigError
-from lrtransfer.modular import Sequence
 from lrtransfer.models import build
 from lrtransfer.optim import make_optimizer
 

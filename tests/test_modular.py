@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lrtransfer.modular import (GELU, Add, Conv2D, Embed, Identity, Linear, Module, Mul, ReLU,
-                                Residual, ScaledReLU, Sequence, Tuple, exact_spectral_norm,
+from lrtransfer.modular import (Conv2D, Embed, Linear, Module, Mul, ReLU,
+                                Residual, ScaledReLU, Tuple, exact_spectral_norm,
                                 power_step)
 from lrtransfer.models import build
 

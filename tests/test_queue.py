@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lrtransfer.store import ResultStore
 from lrtransfer.sweep import experiment_from_dict, prepare
 from lrtransfer.sweep.queue import STORAGE_ENV, redact
 

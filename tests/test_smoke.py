@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from conftest import need_shared_data
