@@ -79,6 +79,11 @@ def test_four_workers_run_every_cell_exactly_once(tmp_path, backend):
     complete = [t for t in queue.trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 24 and len({t.user_attrs["run_id"] for t in complete}) == 24
     assert len({json.loads(l)["pid"] for l in (tmp_path / "events.jsonl").read_text().splitlines()}) > 1
+    from lrtransfer.status import sweep_status  # status counts match the parquet tables
+    st = sweep_status(None if storage else tmp_path, storage, name)
+    counts = runs["status"].value_counts()
+    assert st["totals"] == {"waiting": 0, "running": 0, "done": int(counts.get("done", 0)),
+                            "diverged": int(counts.get("diverged", 0)), "failed": 0}
     if storage:  # the password is in no file the sweep wrote, nor in the workers' output
         from urllib.parse import urlsplit
         secret = urlsplit(storage).password
@@ -160,3 +165,28 @@ def test_passwords_are_redacted():
     assert redact("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert redact(None) == "journal"
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_a_run_that_raises_is_recorded_failed_retried_and_rerun_later(tmp_path, monkeypatch):
+    from lrtransfer.sweep import run_sweep, worker as worker_module
+    g = _slow_grid(steps=5)
+    exp = experiment_from_dict(g, f"fail-{uuid.uuid4().hex[:8]}")
+    bad = exp.cells()[1].run_id
+    real = worker_module.execute
+
+    def flaky(values, *args, **kwargs):
+        from lrtransfer.sweep.config import run_id
+        if run_id(values) == bad:
+            raise RuntimeError("out of memory (simulated)")
+        return real(values, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "execute", flaky)
+    runs = run_sweep(exp, tmp_path, device="cpu", progress=False, retries=2)
+    row = runs.set_index("run_id").loc[bad]
+    assert row["status"] == "failed" and "out of memory (simulated)" in row["error"]
+    assert events(tmp_path, "fail")[bad] == 3            # the first try and 2 retries
+    assert (runs.drop(index=runs.index[runs["run_id"] == bad])["status"] == "done").all()
+    monkeypatch.setattr(worker_module, "execute", real)
+    runs = run_sweep(exp, tmp_path, device="cpu", progress=False)  # failed runs run again
+    assert (runs["status"] == "done").all() and events(tmp_path, "start")[bad] == 4
+    assert max(v for k, v in events(tmp_path, "start").items() if k != bad) == 1
