@@ -214,14 +214,14 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
         grid = (f"; grid optimum at the base scale 2^{math.log2(r.grid_base_lr):.1f}, "
                 f"{r.octaves_from_grid:.2f} octaves away" if r.grid_base_lr else "")
         out.print(f"[bold]{r.series}[/]: tuned LR 2^{math.log2(r.lr):.2f} at {r.axis}={r.base_scale} "
-                  f"in {r.trials} runs{grid}")
+                  f"in {r.trials} runs{grid}", soft_wrap=True)
         out.print(table[table["series"] == r.series].to_markdown(index=False) if _has_tabulate()
-                  else table[table["series"] == r.series].to_string(index=False), highlight=False)
+                  else table[table["series"] == r.series].to_string(index=False), highlight=False, soft_wrap=True)
         ratio = r.target_tuning_seconds / r.tune_seconds if r.tune_seconds else math.nan
         out.print(f"compute: {r.tune_seconds:.1f} s to tune small and transfer "
                   f"({r.trials + len(r.rows) - 1} runs) vs ~{r.target_tuning_seconds:.1f} s to tune "
                   f"at every target scale ({ratio:.1f}x)" + (f"; the full grid took {r.grid_runs} runs" if r.grid_runs else ""),
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def _has_tabulate() -> bool:

@@ -108,7 +108,15 @@ class ResultStore:
         return done
 
     def load_runs(self) -> pd.DataFrame:
-        return _concat(sorted(self.runs_dir.glob("*.parquet")) if self.runs_dir.exists() else [])
+        """Every recorded run, ordered as the experiment lists its series, then by scale and LR."""
+        runs = _concat(sorted(self.runs_dir.glob("*.parquet")) if self.runs_dir.exists() else [])
+        if runs.empty or "series" not in runs:
+            return runs
+        listed = list((self.experiment() or {}).get("series") or {})
+        order = {name: i for i, name in enumerate(listed + sorted(set(runs["series"]) - set(listed)))}
+        keys = [k for k in ("width", "depth", "lr", "seed") if k in runs]
+        runs = runs.assign(_order=runs["series"].map(order)).sort_values(["_order", *keys], kind="stable")
+        return runs.drop(columns="_order").reset_index(drop=True)
 
     def load_curves(self) -> pd.DataFrame:
         return _concat(sorted(self.curves_dir.glob("*.parquet")) if self.curves_dir.exists() else [])
