@@ -1,135 +1,234 @@
-"""Figures: loss vs LR per scale and series, and the transfer view (optimum and regret vs scale)."""
+"""Figures: loss vs LR per scale and series, and the transfer view (optimum and regret vs scale).
+
+Figures are plain ``matplotlib.figure.Figure`` objects rendered with the Agg/SVG/PDF canvases:
+no pyplot state, no GUI, nothing to close. Numbers come from ``analysis`` (one implementation).
+
+Every curve is a ``Line2D`` labelled ``"<axis>=<scale>"`` (``lr_curves``) or with the series
+label (``transfer_plot``); markers and helpers carry labels starting with ``_`` (``_minimum``,
+``_diverged``, ``_clipped``, ``_fit``...) so that curves can be counted per panel.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .analysis import TRANSFER_COLUMNS, cells, metric_column, resolve_axes, transfer_table  # noqa: E402
-from .errors import UserError  # noqa: E402
+from .analysis import CELL_STATS, cells, group_columns, metric_column, resolve_axes, transfer_table
+from .errors import UserError
 
 FORMATS = (".png", ".svg", ".pdf")
+DIVERGED = {"marker": "x", "ms": 8, "mew": 2, "ls": "none", "clip_on": False, "zorder": 6}
+CLIPPED = {"marker": "^", "ms": 6, "ls": "none", "mfc": "white", "clip_on": False, "zorder": 6}
+MINIMUM = {"marker": "*", "ms": 13, "ls": "none", "mec": "black", "mew": 0.6, "zorder": 5}
 
 
-def _save(fig, out):
+def _check_out(out) -> Path | None:
     if out is None:
-        return
+        return None
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"--out {out}: unsupported format {out.suffix or '(none)'}; allowed: {', '.join(FORMATS)}")
-    fig.savefig(out, dpi=130, bbox_inches="tight")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: directory {out.parent} does not exist")
+    return out
 
 
-def _ylim(c: pd.DataFrame, runs: pd.DataFrame, metric: str) -> tuple[float, float]:
-    """From a little below the best loss to about the loss at initialisation: one huge loss
-    (a run near divergence) must not flatten every curve."""
-    vals = c["loss"].dropna()
+def _save(fig: Figure, out: Path | None) -> None:
+    if out is not None:
+        fig.savefig(out, dpi=130, bbox_inches="tight")
+
+
+def _initial_loss(runs: pd.DataFrame) -> float | None:
+    if "first_train_loss" not in runs:
+        return None
+    start = pd.to_numeric(runs["first_train_loss"], errors="coerce").astype(float)
+    start = start[np.isfinite(start)]
+    return float(start.median()) if len(start) else None
+
+
+def _robust_range(values, initial: float | None = None) -> tuple[float, float]:
+    """Y limits from a little below the smallest value to a robust upper bound: the smallest
+    of the largest value, 1.1 x the loss at initialisation (``first_train_loss`` median, when
+    recorded) and Q3 + 3 IQR of the values, so that one huge loss (a run near divergence)
+    cannot flatten every curve. Callers draw points above it at the top edge."""
+    vals = pd.Series(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
     if vals.empty:
         return 0.0, 1.0
-    lo = float(vals.min())
-    start = runs["first_train_loss"].dropna() if "first_train_loss" in runs else pd.Series(dtype=float)
-    hi = float(vals.max())
-    if not start.empty:
-        hi = min(hi, 1.1 * float(start.median()))
-    hi = max(hi, lo + 1e-3)
-    pad = 0.05 * (hi - lo)
-    return lo - pad, hi + pad
+    lo, hi = float(vals.min()), float(vals.max())
+    caps = [1.1 * initial] if initial is not None else []
+    q1, q3 = np.quantile(vals, [0.25, 0.75])
+    if q3 > q1:
+        caps.append(float(q3 + 3 * (q3 - q1)))
+    caps = [x for x in caps if x > lo]
+    if caps:
+        hi = min(hi, *caps)
+    if hi <= lo:  # one value: centre it
+        half = max(abs(lo), 1e-3) * 0.1
+        return lo - half, lo + half
+    span = hi - lo
+    return lo - 0.06 * span, lo + 1.08 * span
 
 
-def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None):
-    """Loss vs LR (log2 axis), one curve per scale, one panel per series, shared y.
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
-    A star marks each curve's minimum, ✕ at the top edge a diverged LR; with several seeds the
-    line is their mean and the band their min-max.
+
+def _group_label(keys: list[str], values: tuple) -> str:
+    return "".join(f", {k}={v}" for k, v in zip(keys, values) if not _missing(v))
+
+
+def _select(c: pd.DataFrame, keys: list[str], values: tuple) -> pd.DataFrame:
+    for k, v in zip(keys, values):
+        c = c[c[k].isna()] if _missing(v) else c[c[k] == v]
+    return c
+
+
+def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None) -> Figure:
+    """Loss vs LR (log2 x-axis): one panel per series (order of first appearance; one row of
+    panels per value of any other varying key, e.g. depth), one curve per scale coloured by a
+    sequential colormap, shared y.
+
+    ★ marks each curve's minimum; ✕ at the top edge an LR whose seeds all diverged; △ at the
+    top edge a loss above the robust upper limit. With several seeds the line is the seed mean
+    and the band their min-max. When both width and depth vary and ``axis`` is None, the
+    curves are drawn across width, one row per depth. ``out``: .png, .svg or .pdf.
     """
+    out = _check_out(out)
     metric_column(metric)
     ax_name = resolve_axes(runs, axis)[0]
     c = cells(runs, metric, ax_name)
-    extra = [k for k in c.columns if k not in ("series", ax_name, "lr", "loss", "std", "lo", "hi", "n_done",
-                                               "n_runs", "n_diverged", "diverged")]
-    series = list(dict.fromkeys(runs["series"]))
-    groups = [()] if not extra else list(dict.fromkeys(map(tuple, c[extra].itertuples(index=False, name=None))))
-    scales = sorted(c[ax_name].unique())
-    cmap = plt.get_cmap("viridis")
+    extra = [k for k in c.columns if k not in ("series", ax_name, "lr", *CELL_STATS)]
+    series = list(dict.fromkeys(c["series"]))
+    groups = list(dict.fromkeys(c[extra].itertuples(index=False, name=None))) if extra else [()]
+    scales = sorted(c[ax_name].dropna().unique())
+    cmap = mpl.colormaps["viridis"]
     colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
-    fig, axes = plt.subplots(len(groups), len(series), figsize=(4.2 * len(series), 3.6 * len(groups)),
-                             sharey=True, squeeze=False)
-    ylo, yhi = _ylim(c, runs, metric)
+    fig = Figure(figsize=(1.2 + 3.9 * len(series), 0.6 + 3.3 * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), len(series), sharey=True, sharex=False, squeeze=False)
+    ylo, yhi = _robust_range(pd.concat([c["lo"], c["hi"], c["loss"]]), _initial_loss(runs))
     for gi, gval in enumerate(groups):
         for si, name in enumerate(series):
             ax = axes[gi][si]
-            sel = c[c["series"] == name]
-            for k, v in zip(extra, gval):
-                sel = sel[sel[k] == v]
+            sel = _select(c[c["series"] == name], extra, gval)
             for scale in scales:
                 s = sel[sel[ax_name] == scale].sort_values("lr")
                 if s.empty:
                     continue
-                ok = s[s["n_done"] > 0]
-                line, = ax.plot(ok["lr"], ok["loss"], "-o", ms=3, color=colors[scale], label=f"{ax_name}={scale}")
-                if (ok["n_done"] > 1).any():
-                    ax.fill_between(ok["lr"], ok["lo"], ok["hi"], color=colors[scale], alpha=0.2, linewidth=0)
+                col = colors[scale]
+                ok = s[s["n_seeds"] > 0]
+                y = np.minimum(ok["loss"].to_numpy(float), yhi)
+                ax.plot(ok["lr"], y, "-o", ms=3, lw=1.6, color=col, label=f"{ax_name}={scale}")
+                if (ok["n_seeds"] > 1).any():
+                    ax.fill_between(ok["lr"], np.minimum(ok["lo"], yhi), np.minimum(ok["hi"], yhi), color=col,
+                                    alpha=0.18, linewidth=0, label="_band")
+                above = ok[ok["loss"] > yhi]
+                if not above.empty:
+                    ax.plot(above["lr"], [yhi] * len(above), color=col, label="_clipped", **CLIPPED)
                 if not ok.empty:
                     best = ok.loc[ok["loss"].idxmin()]
-                    ax.plot([best["lr"]], [best["loss"]], "*", ms=13, color=colors[scale], mec="black",
-                            mew=0.6, zorder=5, label="_minimum")
+                    ax.plot([best["lr"]], [min(best["loss"], yhi)], color=col, label="_minimum", **MINIMUM)
                 div = s[s["diverged"]]
                 if not div.empty:
-                    ax.plot(div["lr"], [yhi] * len(div), "x", ms=8, mew=2, color=colors[scale], clip_on=False,
-                            zorder=6, label="_diverged")
+                    ax.plot(div["lr"], [yhi] * len(div), color=col, label="_diverged", **DIVERGED)
             ax.set_xscale("log", base=2)
             ax.set_ylim(ylo, yhi)
-            title = name + "".join(f", {k}={v}" for k, v in zip(extra, gval))
-            ax.set_title(title)
-            ax.set_xlabel("learning rate")
+            ax.set_title(f"{name}{_group_label(extra, gval)}")
             ax.grid(alpha=0.3)
+            if sel.empty:
+                ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+            if gi == len(groups) - 1:
+                ax.set_xlabel("learning rate")
             if si == 0:
                 ax.set_ylabel(metric.replace("_", " "))
-    # every scale, once, in order, for the legend
-    handles = {}
-    for ax in axes.flat:
-        for h in ax.get_lines():
-            if not h.get_label().startswith("_"):
-                handles.setdefault(h.get_label(), h)
-    axes[0][-1].legend(handles=[handles[f"{ax_name}={s}"] for s in scales if f"{ax_name}={s}" in handles],
-                       fontsize=8, loc="best")
-    fig.suptitle(f"{metric.replace('_', ' ')} vs learning rate across {ax_name} (★ minimum, ✕ diverged)")
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colors[s], marker="o", ms=3, label=f"{ax_name}={s}") for s in scales]
+    handles += [Line2D([], [], color="gray", label="minimum", **{**MINIMUM, "clip_on": True}),
+                Line2D([], [], color="gray", label="diverged", **{**DIVERGED, "clip_on": True})]
+    if any(line.get_label() == "_clipped" for a in axes.flat for line in a.get_lines()):
+        handles.append(Line2D([], [], color="gray", label="above y range", **{**CLIPPED, "clip_on": True}))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"{metric.replace('_', ' ')} vs learning rate across {ax_name}")
     _save(fig, out)
     return fig
 
 
-def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None):
-    """Left: optimal log2 LR vs scale per series. Right: loss at the base-scale LR (solid) and
-    the best loss (dashed) vs scale — the gap is the regret of transferring the LR."""
+def _scale_axis(ax, scales) -> None:
+    """log2 x-axis with a tick, written plainly, at each scale that was run."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(scales), [f"{s:g}" for s in scales])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(scales) == 1:
+        ax.set_xlim(scales[0] / 2, scales[0] * 2)
+
+
+def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None) -> Figure:
+    """Two panels per scale axis. Left: log2 optimal LR vs scale per series (solid: grid
+    argmin, hollow where it sits at the edge of the LR grid; dotted: parabola fit). Right:
+    loss at the base-scale LR (solid; ✕ at the top edge where it diverged) and the best loss
+    (dashed) vs scale; the gap is the regret of transferring the LR. Numbers from
+    ``analysis.transfer_table``; ``out``: .png, .svg or .pdf.
+    """
+    out = _check_out(out)
     table = transfer_table(runs, metric, axis)
-    ax_name = table["axis"].iloc[0]
-    table = table[table["axis"] == ax_name]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = plt.get_cmap("tab10")
-    keys = ["series", *[k for k in table.columns if k not in TRANSFER_COLUMNS]]
-    for i, (gkey, g) in enumerate(table.groupby(keys, sort=False)):
-        label = gkey if isinstance(gkey, str) else ", ".join(map(str, gkey))
-        g = g.sort_values("scale")
-        col = colors(i % 10)
-        left.plot(g["scale"], g["opt_log2_lr"], "-o", color=col, label=label)
-        left.plot(g["scale"], g["opt_log2_lr_fit"], ":", color=col, label="_fit")
-        right.plot(g["scale"], g["loss_at_base_lr"], "-o", color=col, label=f"{label} @ base LR")
-        right.plot(g["scale"], g["best_loss"], "--", color=col, alpha=0.7, label=f"{label} best")
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(ax_name)
-        ax.grid(alpha=0.3)
-    left.set_ylabel("log2 optimal LR (dotted: parabola fit)")
-    left.set_title("optimal learning rate")
-    right.set_ylabel(metric.replace("_", " "))
-    right.set_title("loss at the base-scale LR vs best (regret)")
-    left.legend(fontsize=8)
-    right.legend(fontsize=7)
-    fig.tight_layout()
+    axes_names = list(dict.fromkeys(table["axis"]))
+    fig = Figure(figsize=(11, 0.6 + 3.6 * len(axes_names)), layout="constrained")
+    panels = fig.subplots(len(axes_names), 2, squeeze=False)
+    palette = mpl.colormaps["tab10"]
+    for row, ax_name in enumerate(axes_names):
+        t = table[table["axis"] == ax_name]
+        keys = [k for k in group_columns(t) if t[k].notna().any()]
+        left, right = panels[row]
+        ylo, top = _robust_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), _initial_loss(runs))
+        marked = False
+        for i, (gkey, g) in enumerate(t.groupby(["series", *keys], sort=False, dropna=False)):
+            gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+            label = f"{gkey[0]}{_group_label(keys, gkey[1:])}"
+            g = g.sort_values("scale")
+            col = palette(i % 10)
+            left.plot(g["scale"], g["opt_log2_lr"], "-o", color=col, label=label)
+            edge = g[g["edge"]]
+            if not edge.empty:
+                left.plot(edge["scale"], edge["opt_log2_lr"], "o", color=col, mfc="white", ms=7, zorder=5,
+                          label="_edge")
+            left.plot(g["scale"], g["opt_log2_lr_fit"], ":", color=col, label="_fit")
+            right.plot(g["scale"], np.minimum(g["loss_at_base_lr"].astype(float), top), "-o", color=col,
+                       label=f"{label} @ base LR")
+            right.plot(g["scale"], np.minimum(g["best_loss"].astype(float), top), "--", color=col, alpha=0.75,
+                       label=f"{label} best")
+            div = g[g["base_lr_diverged"]]
+            if not div.empty:
+                right.plot(div["scale"], [top] * len(div), color=col, label="_diverged", **DIVERGED)
+            above = g[g["loss_at_base_lr"] > top]
+            if not above.empty:
+                right.plot(above["scale"], [top] * len(above), color=col, label="_clipped", **CLIPPED)
+            marked |= not div.empty
+        scales = sorted(t["scale"].dropna().unique())
+        for ax in (left, right):
+            _scale_axis(ax, scales)
+            ax.set_xlabel(ax_name)
+            ax.grid(alpha=0.3)
+        right.set_ylim(ylo, top)
+        left.yaxis.set_major_locator(MaxNLocator(integer=True))
+        y0, y1 = left.get_ylim()
+        if y1 - y0 < 2:  # at least two octaves tall, so the integer ticks read as octaves
+            mid = (y0 + y1) / 2
+            left.set_ylim(mid - 1, mid + 1)
+        left.set_ylabel("log2 optimal LR")
+        left.set_title(f"optimal LR vs {ax_name} (dotted: parabola fit, hollow: grid edge)", fontsize=10)
+        right.set_ylabel(metric.replace("_", " "))
+        right.set_title(f"{metric.replace('_', ' ')} at the base-{ax_name} LR (solid) vs best (dashed)", fontsize=10)
+        left.legend(fontsize=8)
+        handles = [h for h in right.get_lines() if h.get_label().endswith(" @ base LR")]
+        handles += [Line2D([], [], color="gray", ls="--", label="best at that scale")]
+        if marked:
+            handles.append(Line2D([], [], color="gray", label="base LR diverged", **{**DIVERGED, "clip_on": True}))
+        right.legend(handles=handles, fontsize=8)
+    fig.suptitle(f"LR transfer across {' and '.join(axes_names)}: {metric.replace('_', ' ')}")
     _save(fig, out)
     return fig

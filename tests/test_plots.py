@@ -1,7 +1,6 @@
-"""Figures: files written, one curve per scale per series panel, diverged runs marked."""
+"""Figures: files written, one curve per scale per series panel, diverged runs marked, robust y limits."""
 import math
 
-import matplotlib
 import pandas as pd
 import pytest
 
@@ -9,50 +8,148 @@ from lrtransfer import plots
 from lrtransfer.errors import UserError
 
 
-def runs(widths=(32, 128, 512), series=("adam", "normed"), diverge=True):
+def runs(widths=(32, 128, 512), series=("adam", "normed"), diverge=True, seeds=(0,), depths=(2,)):
+    """Loss (log2 lr + 2 + i)^2 / 10 + 1/width; the top LR diverges at the largest width."""
     rows = []
     for s_i, s in enumerate(series):
-        for w in widths:
-            for x in range(-6, 1):
-                status = "diverged" if diverge and x == 0 and w == widths[-1] else "done"
-                loss = (x + 2 + s_i) ** 2 / 10 + 1 / w if status == "done" else math.nan
-                rows.append({"run_id": f"{s}{w}{x}", "series": s, "width": w, "depth": 2, "lr": 2.0 ** x,
-                             "seed": 0, "status": status, "final_train_loss": loss, "final_test_loss": loss,
-                             "first_train_loss": 2.3})
+        for d in depths:
+            for w in widths:
+                for x in range(-6, 1):
+                    for seed in seeds:
+                        status = "diverged" if diverge and x == 0 and w == widths[-1] else "done"
+                        loss = (x + 2 + s_i) ** 2 / 10 + 1 / w + 0.01 * seed + 0.01 * d
+                        loss = loss if status == "done" else math.nan
+                        rows.append({"run_id": f"{s}{w}{d}{x}{seed}", "series": s, "width": w, "depth": d,
+                                     "lr": 2.0 ** x, "seed": seed, "status": status, "final_train_loss": loss,
+                                     "final_test_loss": loss, "first_train_loss": 2.3})
     return pd.DataFrame(rows)
 
 
 def curve_labels(ax):
-    return [l.get_label() for l in ax.get_lines() if not l.get_label().startswith("_")]
+    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
-def test_one_panel_per_series_one_curve_per_scale(tmp_path):
-    fig = plots.lr_curves(runs(), out=tmp_path / "c.png")
-    panels = fig.axes[:2]
-    assert [ax.get_title() for ax in panels] == ["adam", "normed"]
-    for ax in panels:
+def marks(ax, kind):
+    return [line for line in ax.get_lines() if line.get_label() == kind]
+
+
+def test_png_and_svg_written(tmp_path):
+    for suffix in ("png", "svg", "pdf"):
+        plots.lr_curves(runs(), out=tmp_path / f"c.{suffix}")
+        plots.transfer_plot(runs(), out=tmp_path / f"t.{suffix}")
+        for name in ("c", "t"):
+            assert (tmp_path / f"{name}.{suffix}").stat().st_size > 1000
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:2000]
+
+
+def test_unsupported_format_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="unsupported format .gif"):
+        plots.lr_curves(runs(), out=tmp_path / "c.gif")
+    with pytest.raises(UserError, match="unsupported format"):
+        plots.transfer_plot(runs(), out=tmp_path / "t")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(UserError, match="--metric 'acc'"):
+        plots.lr_curves(runs(), metric="acc")
+
+
+def test_one_panel_per_series_one_curve_per_scale():
+    fig = plots.lr_curves(runs(series=("normed", "adam", "sgd")))
+    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes] == ["normed", "adam", "sgd"]  # order of first appearance
+    for ax in fig.axes:
         assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
-    assert (tmp_path / "c.png").stat().st_size > 5000
+        assert len(marks(ax, "_minimum")) == 3
+        assert ax.get_xscale() == "log"
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # shared y
+    title = fig._suptitle.get_text()
+    assert "train loss" in title and "width" in title
+
+
+def test_minimum_star_sits_on_the_argmin():
+    fig = plots.lr_curves(runs(series=("adam",), widths=(32,)))
+    star = marks(fig.axes[0], "_minimum")[0]
+    assert star.get_xdata()[0] == 2.0 ** -2 and star.get_marker() == "*"
 
 
 def test_diverged_runs_drawn_as_crosses_at_the_top():
     fig = plots.lr_curves(runs())
+    for ax in fig.axes:
+        crosses = marks(ax, "_diverged")
+        assert len(crosses) == 1 and crosses[0].get_marker() == "x"
+        assert list(crosses[0].get_xdata()) == [1.0]
+        assert crosses[0].get_ydata()[0] == pytest.approx(ax.get_ylim()[1]) and not crosses[0].get_clip_on()
+
+
+def test_all_runs_of_a_scale_diverged():
+    r = runs(series=("adam",))
+    r.loc[r["width"] == 512, ["status", "final_train_loss"]] = ["diverged", math.nan]
+    fig = plots.lr_curves(r)
     ax = fig.axes[0]
-    crosses = [l for l in ax.get_lines() if l.get_label() == "_diverged"]
-    assert len(crosses) == 1
-    assert crosses[0].get_ydata()[0] == pytest.approx(ax.get_ylim()[1])
+    assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
+    assert len(marks(ax, "_diverged")[0].get_xdata()) == 7
+    assert len(marks(ax, "_minimum")) == 2
+    fig = plots.transfer_plot(r)
+    right = fig.axes[1]
+    crosses = marks(right, "_diverged")
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [512]
 
 
-def test_svg_pdf_and_transfer_figure(tmp_path):
-    for suffix in ("svg", "pdf"):
-        plots.lr_curves(runs(), out=tmp_path / f"c.{suffix}")
-        plots.transfer_plot(runs(), out=tmp_path / f"t.{suffix}")
-        assert (tmp_path / f"c.{suffix}").stat().st_size > 1000 and (tmp_path / f"t.{suffix}").stat().st_size > 1000
-    with pytest.raises(UserError, match="unsupported format .gif"):
-        plots.lr_curves(runs(), out=tmp_path / "c.gif")
+def test_huge_loss_does_not_blow_up_the_axis():
+    r = runs(series=("adam",), diverge=False).drop(columns="first_train_loss")
+    r.loc[(r["width"] == 128) & (r["lr"] == 1.0), "final_train_loss"] = 1e6
+    fig = plots.lr_curves(r)
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi < 10 and lo < r["final_train_loss"].min()
+    clipped = marks(ax, "_clipped")
+    assert len(clipped) == 1 and clipped[0].get_ydata()[0] == pytest.approx(hi)
 
 
-def test_single_scale_and_single_series():
-    fig = plots.lr_curves(runs(widths=(64,), series=("adam",), diverge=False))
-    assert curve_labels(fig.axes[0]) == ["width=64"]
-    matplotlib.pyplot.close("all")
+def test_y_limits_follow_initial_loss():
+    fig = plots.lr_curves(runs(series=("adam",), diverge=False).assign(first_train_loss=1.0))
+    _lo, hi = fig.axes[0].get_ylim()
+    assert hi == pytest.approx(1.1 + 0.08 * (1.1 - (1 / 512 + 0.02)), rel=1e-6)
+
+
+def test_several_seeds_get_a_band():
+    fig = plots.lr_curves(runs(series=("adam",), seeds=(0, 1, 2)))
+    ax = fig.axes[0]
+    assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
+    assert len(ax.collections) == 3  # one min-max band per curve
+    line = ax.get_lines()[0]
+    assert line.get_ydata()[0] == pytest.approx((-6 + 2) ** 2 / 10 + 1 / 32 + 0.01 + 0.02)  # seed mean
+
+
+def test_single_scale_and_single_series(tmp_path):
+    r = runs(widths=(64,), series=("adam",), diverge=False)
+    fig = plots.lr_curves(r, out=tmp_path / "one.png")
+    assert len(fig.axes) == 1 and curve_labels(fig.axes[0]) == ["width=64"]
+    fig = plots.transfer_plot(r, out=tmp_path / "t.png")
+    assert len(fig.axes) == 2
+    assert curve_labels(fig.axes[0]) == ["adam"]
+    assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_transfer_plot_panels_and_curves():
+    fig = plots.transfer_plot(runs())
+    left, right = fig.axes
+    assert curve_labels(left) == ["adam", "normed"]
+    assert curve_labels(right) == ["adam @ base LR", "adam best", "normed @ base LR", "normed best"]
+    adam = left.get_lines()[0]
+    assert list(adam.get_xdata()) == [32, 128, 512] and list(adam.get_ydata()) == [-2, -2, -2]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["32", "128", "512"]
+
+
+def test_width_by_depth_grid():
+    r = runs(depths=(2, 4))
+    fig = plots.lr_curves(r)
+    assert len(fig.axes) == 4  # rows: depth, columns: series
+    assert [ax.get_title() for ax in fig.axes] == ["adam, depth=2", "normed, depth=2", "adam, depth=4",
+                                                   "normed, depth=4"]
+    for ax in fig.axes:
+        assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
+    fig = plots.transfer_plot(r)
+    assert len(fig.axes) == 4  # two panels per scale axis
+    fig = plots.lr_curves(r, axis="depth")
+    assert curve_labels(fig.axes[0]) == ["depth=2", "depth=4"]
