@@ -190,3 +190,18 @@ def test_a_run_that_raises_is_recorded_failed_retried_and_rerun_later(tmp_path, 
     runs = run_sweep(exp, tmp_path, device="cpu", progress=False)  # failed runs run again
     assert (runs["status"] == "done").all() and events(tmp_path, "start")[bad] == 4
     assert max(v for k, v in events(tmp_path, "start").items() if k != bad) == 1
+
+
+def test_one_study_cannot_feed_two_results_directories(tmp_path):
+    """A shared storage keyed by experiment name: a second directory under the same name is refused,
+    since a worker would otherwise write one sweep's runs into the other's directory."""
+    from lrtransfer.errors import UserError
+    shared = str(tmp_path / "shared.journal")
+    exp = experiment_from_dict(GRID, name="same_name")
+    prepare(exp, tmp_path / "a", storage=shared)
+    prepare(exp, tmp_path / "a", storage=shared)  # resuming the same directory is fine
+    with pytest.raises(UserError, match=r"same_name.*already belongs to results directory .*[/\\]a"):
+        prepare(exp, tmp_path / "b", storage=shared)
+    assert not (tmp_path / "b" / "experiment.json").exists()  # nothing recorded for the refused sweep
+    prepare(experiment_from_dict(GRID, name="other_name"), tmp_path / "b", storage=shared)
+    assert (tmp_path / "b" / "experiment.json").exists()

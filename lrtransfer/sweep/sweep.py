@@ -109,9 +109,15 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
     dataset_for(cells[0].values, resolve_device(device))  # a missing dataset fails before any run
     store = ResultStore(root)
     store.check_writable()
+    queue = Queue(open_storage(storage, root), experiment.name)
+    recorded = queue.study.user_attrs.get("results_dir")
+    if storage is not None and recorded is not None and Path(recorded) != root.resolve():
+        # one study feeding two directories would let a worker write one sweep's runs into the other
+        raise UserError(f"study {experiment.name!r} in {redact(storage)} already belongs to results directory "
+                        f"{recorded}, not {root.resolve()}: give this experiment another name "
+                        f"(name = \"...\" in the TOML) or use another --storage")
     write_json({**experiment.to_dict(), "storage": redact(storage), "study": experiment.name,
                 "cells": len(cells)}, root / "experiment.json")
-    queue = Queue(open_storage(storage, root), experiment.name)
     queue.study.set_user_attr("results_dir", str(root.resolve()))
     queue.reap(grace)
     n = queue.enqueue(cells, store.finished_ids(), retries=retries)
