@@ -70,8 +70,6 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
     """Run every unfinished cell of an experiment's grid (finished runs are skipped, failed ones rerun)."""
     from .sweep import load_experiment, plan, run_sweep
     from .sweep.sweep import results_dir_for
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
     exp = load_experiment(experiment, set_)
     if dry_run:
         p = plan(exp, results, device)
@@ -150,11 +148,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     from . import plots
     from .store import load_results
     runs, _ = load_results(results_dir)
-    target = out_ or results_dir / "lr_curves.png"
-    if target.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise UserError(f"--out {target}: unsupported format {target.suffix or '(none)'}; allowed: .png, .svg, .pdf")
-    if not target.parent.exists():
-        raise UserError(f"--out {target}: directory {target.parent} does not exist")
+    target = plots.check_out(out_ or results_dir / "lr_curves.png")
     second = target.with_name(target.stem.replace("lr_curves", "transfer") if "lr_curves" in target.stem
                               else target.stem + "_transfer").with_suffix(target.suffix)
     a = axis.value if axis else None

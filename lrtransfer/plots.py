@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from .analysis import CELL_STATS, cells, group_columns, metric_column, resolve_axes, transfer_table
 from .errors import UserError
+from .store import atomic_write
 
 FORMATS = (".png", ".svg", ".pdf")
 DIVERGED = {"marker": "x", "ms": 8, "mew": 2, "ls": "none", "clip_on": False, "zorder": 6}
@@ -28,7 +29,8 @@ CLIPPED = {"marker": "^", "ms": 6, "ls": "none", "mfc": "white", "clip_on": Fals
 MINIMUM = {"marker": "*", "ms": 13, "ls": "none", "mec": "black", "mew": 0.6, "zorder": 5}
 
 
-def _check_out(out) -> Path | None:
+def check_out(out) -> Path | None:
+    """``out`` as a Path after checking its format and directory (None stays None)."""
     if out is None:
         return None
     out = Path(out)
@@ -40,8 +42,8 @@ def _check_out(out) -> Path | None:
 
 
 def _save(fig: Figure, out: Path | None) -> None:
-    if out is not None:
-        fig.savefig(out, dpi=130, bbox_inches="tight")
+    if out is not None:  # atomically: an interrupted save never leaves a truncated figure
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=130, bbox_inches="tight"))
 
 
 def _initial_loss(runs: pd.DataFrame) -> float | None:
@@ -100,7 +102,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None =
     and the band their min-max. When both width and depth vary and ``axis`` is None, the
     curves are drawn across width, one row per depth. ``out``: .png, .svg or .pdf.
     """
-    out = _check_out(out)
+    out = check_out(out)
     metric_column(metric)
     ax_name = resolve_axes(runs, axis)[0]
     c = cells(runs, metric, ax_name)
@@ -174,7 +176,7 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
     (dashed) vs scale; the gap is the regret of transferring the LR. Numbers from
     ``analysis.transfer_table``; ``out``: .png, .svg or .pdf.
     """
-    out = _check_out(out)
+    out = check_out(out)
     table = transfer_table(runs, metric, axis)
     axes_names = list(dict.fromkeys(table["axis"]))
     fig = Figure(figsize=(11, 0.6 + 3.6 * len(axes_names)), layout="constrained")

@@ -25,9 +25,12 @@ import pyarrow.parquet as pq
 from .errors import UserError
 
 FINISHED = ("done", "diverged")   # statuses a sweep does not run again
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it into place (all or nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -35,6 +38,7 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared like any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,20 +48,20 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
-    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json(obj, path: Path) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=str)
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 class ResultStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._status: dict[str, tuple[int, str]] = {}   # file name -> (mtime_ns, status)
+        self._status: dict[str, tuple[tuple, str]] = {}   # file name -> ((inode, mtime_ns, size), status)
 
     @property
     def runs_dir(self) -> Path:
@@ -98,11 +102,13 @@ class ResultStore:
         for entry in os.scandir(self.runs_dir):
             if not entry.name.endswith(".parquet") or entry.name.startswith("."):
                 continue
-            mtime = entry.stat().st_mtime_ns
+            st = entry.stat()
+            # a rewrite is a rename of a new file: a new inode even where mtimes are coarse
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             cached = self._status.get(entry.name)
-            if cached is None or cached[0] != mtime:
+            if cached is None or cached[0] != stamp:
                 status = pq.read_table(entry.path, columns=["status"]).column("status")[0].as_py()
-                cached = self._status[entry.name] = (mtime, status)
+                cached = self._status[entry.name] = (stamp, status)
             if cached[1] in FINISHED:
                 done.add(entry.name[:-len(".parquet")])
         return done

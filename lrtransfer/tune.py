@@ -19,7 +19,7 @@ from .errors import UserError
 from .store import FINISHED, ResultStore
 from .sweep.config import Experiment, run_id
 from .sweep.queue import open_storage
-from .sweep.run import execute
+from .sweep.run import execute, resolve_device
 from .sweep.sweep import results_dir_for
 
 SAMPLERS = ("tpe", "gp", "random")
@@ -101,6 +101,7 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
         raise UserError(f"--metric {metric!r}: allowed: {', '.join(METRICS)}")
     if trials < 1:
         raise UserError(f"--trials: must be >= 1, got {trials}")
+    resolve_device(device)
     column = METRICS[metric]
     cells = experiment.cells()
     labels = list(dict.fromkeys(c.series for c in cells))

@@ -209,3 +209,20 @@ def test_plot_and_report_bad_input(swept, tmp_path):
     assert r.exit_code == 2 and "unsupported format .bmp" in r.output
     r = invoke("report", res, "--metric", "accuracy")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda:99"])
+def test_bad_device_exit_2_before_anything_runs(swept, tmp_path, device):
+    exp, res = swept
+    r = invoke("sweep", exp, "--results", tmp_path / "r", "--device", device)
+    assert r.exit_code == 2 and device in r.output
+    assert not (tmp_path / "r" / "runs").exists() and not (tmp_path / "r" / "experiment.json").exists()
+    r = invoke("tune", exp, "--results", tmp_path / "t", "--device", device, "--trials", "1")
+    assert r.exit_code == 2 and device in r.output
+    assert not (tmp_path / "t" / "tune" / "runs").exists()
+    # a worker with a bad device refuses before claiming a cell: every cell is still waiting
+    assert invoke("sweep", exp, "--results", tmp_path / "w", "--jobs", "0", "--device", "cpu").exit_code == 0
+    r = invoke("worker", "--study", "tiny", "--results", tmp_path / "w", "--device", device)
+    assert r.exit_code == 2 and device in r.output
+    r = invoke("status", tmp_path / "w", "--format", "json")
+    assert json.loads(r.output)["totals"] == {"waiting": 10, "running": 0, "done": 0, "diverged": 0, "failed": 0}

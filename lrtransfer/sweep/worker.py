@@ -14,7 +14,7 @@ import pandas as pd
 from ..store import FINISHED, ResultStore
 from .config import run_id
 from .queue import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Queue
-from .run import execute
+from .run import execute, resolve_device
 
 
 def objective(row: dict, metric: str = "final_train_loss") -> float:
@@ -49,6 +49,7 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
 
     ``parent_pid``: stop between cells once that process is gone (workers of a killed sweep).
     """
+    resolve_device(device)  # a bad --device fails here, before a cell is claimed and recorded failed
     ran = 0
     store.root.mkdir(parents=True, exist_ok=True)
     while max_runs is None or ran < max_runs:
