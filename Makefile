@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench reference readme clean
 
 venv: $(STAMP)
 
@@ -15,18 +15,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The quickstart from scratch into results/demo/ (the committed reference stays untouched).
 demo: $(STAMP)
-	$(PY) cli.py sweep experiments/quickstart.toml
-	$(PY) cli.py plot results/quickstart
-	$(PY) cli.py report results/quickstart
-	@echo "figures: results/quickstart/lr_curves.png results/quickstart/transfer.png"
+	$(PY) cli.py sweep experiments/quickstart.toml --results results/demo/quickstart
+	$(PY) cli.py plot results/demo/quickstart
+	$(PY) cli.py report results/demo/quickstart
+	@echo "figures: results/demo/quickstart/lr_curves.png results/demo/quickstart/transfer.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/normalize_overhead.py
+	$(PY) benchmarks/normalize_accuracy.py
+	$(PY) benchmarks/jobs_speedup.py
 	$(PY) benchmarks/transfer_quickstart.py
+
+# Every shipped experiment at its committed size -> results/<experiment>/ and the README's
+# generated sections (only cells that are not current run).
+reference: $(STAMP)
+	$(PY) scripts/reference.py
+
+readme: $(STAMP)
+	$(PY) scripts/reference.py --readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

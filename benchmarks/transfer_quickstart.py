@@ -22,7 +22,7 @@ def main():
     p.add_argument("--metric", default="train_loss")
     args = p.parse_args()
     exp = load_experiment(ROOT / "experiments" / "quickstart.toml", args.overrides)
-    runs = run_sweep(exp, args.results)
+    runs = run_sweep(exp, args.results).runs
     drift = analysis.drift_table(analysis.transfer_table(runs, metric=args.metric))
     print(drift[["series", "axis", "drift_octaves", "drift_octaves_fit", "max_regret", "flags"]].to_string(index=False))
     d = dict(zip(drift["series"], drift["drift_octaves"]))

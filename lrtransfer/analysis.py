@@ -1,27 +1,67 @@
-"""Transfer numbers from a runs table: optimal LR per scale, drift in octaves, and regret.
+"""Transfer numbers from a runs table: optimal LR per scale, drift, slope, regret, with seed
+bootstrap confidence intervals and a transfer verdict.
 
 Pure pandas/numpy; importable without torch.
 
-Definitions (per series, scale axis and every other varying config key):
+Definitions (per series, scale axis and every other varying config key: a *group*):
 
 * a *cell* is one (scale, lr). Its loss is the mean of the metric over the seeds that
   finished (status ``"done"`` and a finite metric), with ``std``/``lo``/``hi`` across those
   seeds and ``n_seeds`` their number. A cell where no seed finished and at least one diverged
-  is *diverged*; diverged cells never enter an optimum and are counted in ``n_diverged``.
-* the *optimal LR* at a scale is the grid argmin over finished cells (ties: the smaller LR),
-  refined by a parabola in log2(lr) through the argmin and its two neighbours. The vertex is
-  kept only when both neighbours exist and the parabola is convex, and is clipped to the
-  neighbours' interval; otherwise the fitted optimum is the grid argmin. ``edge`` flags an
-  argmin at the smallest or largest LR run at that scale (the true optimum may be outside).
+  is *diverged*; a cell whose runs all failed counts as *not run*. Diverged cells never
+  enter an optimum and are counted in ``n_diverged``. The cells of one scale, ordered by LR,
+  are that scale's *seed-mean curve*. (Runs sharing a cell and a seed are averaged into one
+  seed first; without a ``seed`` column the runs of a cell are numbered as its seeds.)
+* the *optimal LR* at a scale is the grid argmin of the seed-mean curve over finished cells
+  (ties: the smaller LR), refined by a parabola in log2(lr) through the argmin and its two
+  finished neighbours. The vertex is kept only when both neighbours exist and the parabola
+  is convex, and is clipped to the neighbours' interval; otherwise the *fitted optimum* is
+  the grid argmin (``optimum``). ``edge`` flags an argmin at the smallest or largest LR run
+  at that scale (the true optimum may be outside).
 * the *base scale* is the smallest scale of a group that has a finished run (normally simply
-  the smallest scale); its grid-optimal LR is the *base LR*.
-* **regret** at a scale = loss at the base LR at that scale − best loss at that scale (≥ 0,
-  0 at the base scale). It is ``inf`` when the base LR diverged there
-  (``base_lr_diverged``), NaN when the base LR was not run (or only failed) there
-  (``base_lr_missing``).
-* **drift** = max − min of log2 optimal LR across the scales that have an optimum (octaves);
-  ``drift_octaves_fit`` the same with the fitted optimum; ``slope`` the least-squares slope
-  of the fitted log2 optimum against log2(scale) (octaves of LR per octave of scale).
+  the smallest scale); its fitted optimum is the *base LR* (``base_lr``; not a grid point in
+  general).
+* **regret** at a scale = the loss at the base LR read off that scale's seed-mean curve by
+  linear interpolation in log2(lr) between the two nearest LRs that finished or diverged
+  (an exact grid LR is read directly), minus the best seed-mean loss at that scale (≥ 0). It
+  is ``inf`` when the interpolation touches a diverged cell (``base_lr_diverged``), NaN when
+  the base LR lies outside the LRs run (finished or diverged) at that scale
+  (``base_lr_missing``). At the base scale it is 0 when the base LR is a grid LR, and
+  otherwise the error of linear interpolation there (the grid's resolution floor).
+* **drift** = fitted log2 optimum at the largest scale with a finished run (``max_scale``)
+  minus at the base scale: signed octaves, negative when the optimum moves to smaller LR as
+  the scale grows. ``drift_octaves`` = max − min of the *grid* log2 optimum across the scales
+  with an optimum (``n_scales``), ``drift_octaves_fit`` the same with the fitted optimum.
+* **slope** = least-squares slope of the fitted log2 optimum against log2(scale) over the
+  scales with an optimum: octaves of LR per octave of scale (NaN below 2 scales).
+* **loss change at the base LR** = loss at the base LR at ``max_scale`` − at the base scale
+  (both read as for the regret); ``worse_with_scale`` when its CI lies above 0.
+
+Bootstrap: a replicate redraws, independently at every scale, as many seeds as that scale
+has, with replacement, and recomputes every cell's mean over the drawn seeds that finished
+there (a cell none of whose drawn seeds finished is diverged if one of them diverged, else
+not run), then every number above from those curves (the base LR too). The CI at level
+``ci`` (default 0.9) is the (1 − ci)/2 and (1 + ci)/2 percentiles (inverted-CDF, no
+interpolation, so infinite regrets stay exact) of ``n_boot`` replicates (default 1000),
+leaving out replicates where the number is undefined (NaN); it is NaN when more than half
+are. Point values come from all seeds, so a point value may sit outside its percentile CI.
+Each group's RNG is seeded from (``seed``, the group's label), so reports are reproducible
+and one group's CI does not depend on which other series are in the table.
+
+Verdict per group, with ``tolerance`` (default 1 octave over the whole scale range):
+
+* ``transfers``: the drift CI lies inside [−tolerance, +tolerance];
+* ``drifts``: the drift CI lies wholly outside it (hi < −tolerance or lo > +tolerance);
+* ``inconclusive``: the CI straddles ±tolerance or is undefined, or some scale has its
+  optimum on a grid edge (``edge``), fewer than ``min_runs`` finished LRs (``too-few``,
+  ``no-finished``) or fewer than 2 finished seeds at its optimum (``too-few-seeds``), or
+  fewer than 2 scales have an optimum (``single-scale``).
+
+Flags (space-separated; ``kind@scale`` where per scale): no-finished, edge, too-few,
+too-few-seeds, flat (informational: the LRs whose seed-mean loss is within one standard
+error, seed std / sqrt(n_seeds), of the minimum cell's loss span ≥ 2 octaves: the optimum is
+poorly determined), base-lr-diverged, base-lr-not-run; per group single-scale and
+worse-with-scale (informational, ``verdict_table`` only: it needs the bootstrap).
 
 Grouping: the scale axis is ``width`` or ``depth``; ``axis=None`` takes the one that varies,
 or both when both vary (rows for one axis then carry the other axis' value in its column).
@@ -36,13 +76,22 @@ except the metric and metadata columns, which never do:
   point, such as a parameter count (they would otherwise split every scale into its own
   group).
 
-JSON output has no NaN: NaN and missing values are ``null``, infinities the strings
-``"inf"`` / ``"-inf"``.
+Tables: ``transfer_table`` (one row per group and scale, ``TRANSFER_COLUMNS``; the fitted
+optimum's CI in ``opt_log2_lr_fit_lo``/``_hi``, the regret's in ``regret_ci_lo``/``_hi``),
+``drift_table`` (point values per group from a transfer table, ``DRIFT_COLUMNS``) and
+``verdict_table`` (per group with CIs and verdict, ``VERDICT_COLUMNS``: ``regret`` there is
+the regret at ``max_scale``, ``n_seeds`` the fewest finished seeds at an optimum over the
+scales). CIs are two columns ``<name>_ci_lo`` / ``<name>_ci_hi`` in tables and CSV; JSON
+writes each pair as one list ``<name>_ci: [lo, hi]`` (``opt_log2_lr_fit_ci`` for the
+optimum). JSON output has no NaN: NaN and missing values are ``null``, infinities the
+strings ``"inf"`` / ``"-inf"``.
 """
 from __future__ import annotations
 
 import json
 import math
+import numbers
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -52,19 +101,26 @@ from .errors import UserError
 METRICS = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
 AXES = ("width", "depth")
 FORMATS = ("markdown", "json", "csv")
+VERDICTS = ("transfers", "drifts", "inconclusive")
 METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
             "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
-            "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study"}
+            "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study",
+            "git_dirty", "torch_threads"}
 METADATA_PREFIXES = ("final_", "first_")
-METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time")
+METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time", "_fingerprint")
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")
 TRANSFER_COLUMNS = ("series", "axis", "scale", "opt_lr", "opt_log2_lr", "opt_lr_fit", "opt_log2_lr_fit",
-                    "best_loss", "best_loss_std", "n_seeds", "base_scale", "base_lr", "loss_at_base_lr", "regret",
-                    "base_lr_diverged", "base_lr_missing", "n_lrs", "n_finished", "n_diverged", "edge", "too_few")
-DRIFT_COLUMNS = ("series", "axis", "base_scale", "base_lr", "drift_octaves", "drift_octaves_fit", "slope",
-                 "max_regret", "n_scales", "flags")
-
-
+                    "opt_log2_lr_fit_lo", "opt_log2_lr_fit_hi", "best_loss", "best_loss_std", "n_seeds",
+                    "base_scale", "base_lr", "loss_at_base_lr", "regret", "regret_ci_lo", "regret_ci_hi",
+                    "base_lr_diverged", "base_lr_missing", "n_lrs", "n_finished", "n_diverged", "edge", "too_few",
+                    "too_few_seeds", "flat")
+DRIFT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "base_lr", "drift", "drift_octaves",
+                 "drift_octaves_fit", "slope", "regret", "max_regret", "n_scales", "n_seeds", "flags")
+VERDICT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "n_seeds", "base_lr",
+                   "drift", "drift_ci_lo", "drift_ci_hi", "slope", "slope_ci_lo", "slope_ci_hi",
+                   "regret", "regret_ci_lo", "regret_ci_hi", "max_regret", "verdict", "flags", "tolerance", "ci",
+                   "drift_octaves", "drift_octaves_fit", "n_scales", "loss_change_at_base_lr",
+                   "loss_change_ci_lo", "loss_change_ci_hi", "worse_with_scale", "n_boot")
 def is_metadata(col: str) -> bool:
     """True for metric, timing and provenance columns, which are never grouping keys."""
     col = str(col)
@@ -146,11 +202,26 @@ def _series_order(runs: pd.DataFrame) -> dict:
     return {name: i for i, name in enumerate(dict.fromkeys(runs["series"]))}
 
 
-def cells(runs: pd.DataFrame, metric: str = "train_loss", axis: str = "width") -> pd.DataFrame:
-    """One row per (series, group keys, scale, lr), series in order of first appearance:
-    ``loss`` (seed mean of finished runs), ``std``, ``lo``/``hi`` (min/max over seeds),
-    ``n_seeds`` (finished seeds), ``n_runs``, ``n_diverged``, ``n_failed`` and ``diverged``."""
-    runs = _prepare(runs)
+def _check_options(min_runs=3, ci=0.9, tolerance=1.0, n_boot=1000, seed=0) -> None:
+    """UserError naming the option for any value outside what the analysis can use."""
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not is_int(min_runs) or min_runs < 1:
+        raise UserError(f"--min-runs {min_runs!r}: allowed: an integer >= 1")
+    if isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
+        raise UserError(f"--ci {ci!r}: allowed: a confidence level strictly between 0 and 1, e.g. 0.9")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 < tolerance < math.inf:
+        raise UserError(f"--tolerance {tolerance!r}: allowed: a finite number of octaves > 0, e.g. 1.0")
+    if not is_int(n_boot) or n_boot < 1:
+        raise UserError(f"--n-boot {n_boot!r}: allowed: an integer >= 1 (bootstrap replicates), e.g. 1000")
+    if not is_int(seed) or seed < 0:
+        raise UserError(f"--seed {seed!r}: allowed: an integer >= 0")
+
+
+def _run_frame(runs: pd.DataFrame, metric: str, axis: str) -> tuple[pd.DataFrame, list[str]]:
+    """Per run: the cell keys (series, group keys, axis, lr), ``_value`` (the metric where the
+    run finished, else NaN), ``_div``/``_fail`` (0/1) and ``_seed``; and the cell keys."""
     col = metric_column(metric, runs)
     if axis not in runs:
         raise UserError(f"--axis {axis}: the runs table has no {axis} column")
@@ -160,14 +231,66 @@ def cells(runs: pd.DataFrame, metric: str = "train_loss", axis: str = "width") -
     value = value.where((status == "done") & np.isfinite(value))
     r = runs[keys].assign(_value=value, _div=(status == "diverged").astype(int),
                           _fail=(~status.isin(["done", "diverged"])).astype(int))
+    if "seed" in runs:
+        r["_seed"] = runs["seed"]
+    else:  # the runs of a cell are exchangeable: number them
+        r["_seed"] = r.groupby(keys, dropna=False, sort=False).cumcount()
+    return r, keys
+
+
+def _cell_stats(r: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     g = r.groupby(keys, dropna=False, sort=False)
     out = g.agg(loss=("_value", "mean"), std=("_value", "std"), lo=("_value", "min"), hi=("_value", "max"),
                 n_seeds=("_value", "count"), n_runs=("_value", "size"), n_diverged=("_div", "sum"),
                 n_failed=("_fail", "sum")).reset_index()
     out["diverged"] = (out["n_seeds"] == 0) & (out["n_diverged"] > 0)
-    order = _series_order(runs)
-    out = out.sort_values(keys, key=lambda s: s.map(order) if s.name == "series" else s, kind="stable")
-    return out.reset_index(drop=True)
+    return out
+
+
+def _sort_cells(c: pd.DataFrame, keys: list[str], order: dict) -> pd.DataFrame:
+    c = c.sort_values(keys, key=lambda s: s.map(order) if s.name == "series" else s, kind="stable")
+    return c.reset_index(drop=True)
+
+
+def cells(runs: pd.DataFrame, metric: str = "train_loss", axis: str = "width") -> pd.DataFrame:
+    """One row per (series, group keys, scale, lr), series in order of first appearance:
+    ``loss`` (seed mean of finished runs), ``std``, ``lo``/``hi`` (min/max over seeds),
+    ``n_seeds`` (finished seeds), ``n_runs``, ``n_diverged``, ``n_failed`` and ``diverged``."""
+    runs = _prepare(runs)
+    r, keys = _run_frame(runs, metric, axis)
+    return _sort_cells(_cell_stats(r, keys), keys, _series_order(runs))
+
+
+# ----------------------------------------------------------------------------- optimum (vectorized)
+
+def _fit_rows(x: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid argmin and parabola vertex of every row of ``losses`` (R x L) over ascending log2
+    LRs ``x`` (L); non-finite losses are ignored. Returns the argmin column (-1 for a row with
+    nothing finite), the fitted log2 optimum (NaN there) and whether the vertex was used.
+    One implementation for ``optimum`` and every bootstrap replicate."""
+    losses = np.atleast_2d(losses)
+    n_rows, n_lr = losses.shape
+    ok = np.isfinite(losses)
+    has = ok.any(axis=1)
+    if n_lr == 0:
+        return np.full(n_rows, -1), np.full(n_rows, math.nan), np.zeros(n_rows, bool)
+    i = np.argmin(np.where(ok, losses, np.inf), axis=1)  # first minimum: ties go to the smaller LR
+    col = np.arange(n_lr)
+    # neighbours are the adjacent *finished* LRs (diverged and missing ones are skipped)
+    prev = np.where(ok & (col < i[:, None]), col, -1).max(axis=1)
+    nxt = np.where(ok & (col > i[:, None]), col, n_lr).min(axis=1)
+    inner = has & (prev >= 0) & (nxt < n_lr)
+    p, n = np.clip(prev, 0, n_lr - 1), np.clip(nxt, 0, n_lr - 1)
+    x0, x1, x2 = x[p], x[i], x[n]
+    rows = np.arange(n_rows)
+    y0, y1, y2 = losses[rows, p], losses[rows, i], losses[rows, n]
+    with np.errstate(all="ignore"):
+        d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+        a = (d12 - d01) / (x2 - x0)  # the parabola's leading coefficient
+        vertex = (x0 + x1) / 2 - d01 / (2 * a)  # where the derivative d01 + a(2x - x0 - x1) is 0
+    fitted = inner & (a > 0)
+    fit = np.where(fitted, np.clip(vertex, x0, x2), x1)
+    return np.where(has, i, -1), np.where(has, fit, math.nan), fitted
 
 
 def optimum(lrs, losses, grid_lrs=None) -> dict:
@@ -182,69 +305,163 @@ def optimum(lrs, losses, grid_lrs=None) -> dict:
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     grid = np.asarray(grid_lrs if grid_lrs is not None else lrs, dtype=float)
-    ok = np.isfinite(losses) & np.isfinite(lrs) & (lrs > 0)
-    lrs, losses = lrs[ok], losses[ok]
-    if len(lrs) == 0:
-        return {"lr_grid": math.nan, "lr_fit": math.nan, "loss_grid": math.nan, "fitted": False, "on_edge": False}
+    keep = np.isfinite(lrs) & (lrs > 0)
+    lrs, losses = lrs[keep], losses[keep]
     order = np.argsort(lrs, kind="stable")
     lrs, losses = lrs[order], losses[order]
-    i = int(np.argmin(losses))
+    idx, fit, fitted = _fit_rows(np.log2(lrs), losses[None, :])
+    i = int(idx[0])
+    if i < 0:
+        return {"lr_grid": math.nan, "lr_fit": math.nan, "loss_grid": math.nan, "fitted": False, "on_edge": False}
     grid = grid[np.isfinite(grid)]
     on_edge = bool(len(grid) == 0 or lrs[i] <= grid.min() or lrs[i] >= grid.max())
-    fit, fitted = float(lrs[i]), False
-    if 0 < i < len(lrs) - 1:
-        (x0, x1, x2), (y0, y1, y2) = np.log2(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
-        d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
-        a = (d12 - d01) / (x2 - x0)  # the parabola's leading coefficient
-        if a > 0:
-            vertex = (x0 + x1) / 2 - d01 / (2 * a)  # where the derivative d01 + a(2x - x0 - x1) is 0
-            fit, fitted = float(2.0 ** np.clip(vertex, x0, x2)), True
-    return {"lr_grid": float(lrs[i]), "lr_fit": fit, "loss_grid": float(losses[i]), "fitted": fitted,
-            "on_edge": on_edge}
+    return {"lr_grid": float(lrs[i]), "lr_fit": float(lrs[i]) if not fitted[0] else float(2.0 ** fit[0]),
+            "loss_grid": float(losses[i]), "fitted": bool(fitted[0]), "on_edge": on_edge}
+
+
+def _interp_rows(x: np.ndarray, means: np.ndarray, usable: np.ndarray, diverged: np.ndarray,
+                 at: np.ndarray) -> np.ndarray:
+    """Every row's curve (``means``, R x L over ascending log2 LRs ``x``) read at ``at`` (R,)
+    by linear interpolation between the nearest usable (finished or diverged) LRs on either
+    side; an LR within 1e-9 octaves of a grid LR reads that LR alone. inf when a point used
+    is diverged, NaN when ``at`` is NaN or not bracketed by usable LRs."""
+    n_rows, n_lr = means.shape
+    if n_lr == 0:
+        return np.full(n_rows, math.nan)
+    col = np.arange(n_lr)
+    target = at[:, None]
+    lo = np.where(usable & (x <= target + 1e-9), col, -1).max(axis=1)
+    hi = np.where(usable & (x >= target - 1e-9), col, n_lr).min(axis=1)
+    valid = np.isfinite(at) & (lo >= 0) & (hi < n_lr)
+    lo, hi = np.clip(lo, 0, n_lr - 1), np.clip(hi, 0, n_lr - 1)
+    rows = np.arange(n_rows)
+    y_lo, y_hi = means[rows, lo], means[rows, hi]
+    span = x[hi] - x[lo]
+    with np.errstate(all="ignore"):
+        t = np.where(span > 0, (at - x[lo]) / span, 0.0)
+        value = np.where(lo == hi, y_lo, y_lo + t * (y_hi - y_lo))
+    touched_diverged = diverged[rows, lo] | diverged[rows, hi]
+    return np.where(valid, np.where(touched_diverged, math.inf, value), math.nan)
+
+
+def _slope_rows(u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of every row of ``y`` (R x K) against ``u`` (K); NaN below 2 points
+    or where a row has a NaN."""
+    if len(u) < 2:
+        return np.full(y.shape[0], math.nan)
+    du = u - u.mean()
+    return (y - y.mean(axis=1, keepdims=True)) @ du / (du @ du)
+
+
+def _ci(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the defined (non-NaN) replicates; NaN when more than half are NaN."""
+    samples = np.asarray(samples, dtype=float)
+    defined = samples[~np.isnan(samples)]
+    if len(defined) == 0 or 2 * len(defined) < len(samples):
+        return math.nan, math.nan
+    # inverted-CDF quantiles pick order statistics, so an infinite regret never meets inf - inf
+    lo, hi = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def _log2(x) -> float:
     return math.log2(x) if x is not None and np.isfinite(x) and x > 0 else math.nan
 
 
-def _same_lr(lrs: pd.Series, lr: float) -> pd.Series:
-    return pd.Series(np.isclose(lrs.to_numpy(float), lr, rtol=1e-9, atol=0.0), index=lrs.index)
+# ----------------------------------------------------------------------------- one group
+
+def _group_rng(seed: int, label: tuple) -> np.random.Generator:
+    # from the label, not the group's position: adding a series leaves the others' CIs as they were
+    return np.random.default_rng([seed, zlib.crc32(repr(tuple(str(v) for v in label)).encode())])
 
 
-def _scale_rows(g: pd.DataFrame, ax: str, min_runs: int) -> list[dict]:
-    """Transfer rows (without the group labels) for one group's cells, scales ascending."""
-    per_scale = []
-    for scale, s in g.groupby(ax, sort=True):
-        per_scale.append((scale, s, optimum(s["lr"], s["loss"], grid_lrs=s["lr"])))
-    base = next(((sc, o["lr_grid"]) for sc, _, o in per_scale if math.isfinite(o["lr_grid"])), (math.nan, math.nan))
-    base_scale, base_lr = base
+def _analyse_group(g_cells: pd.DataFrame, g_seeds: pd.DataFrame, ax: str, min_runs: int, ci: float,
+                   n_boot: int, rng: np.random.Generator) -> tuple[list[dict], dict]:
+    """Transfer rows (scales ascending, without the group labels) and the group's bootstrap
+    numbers. Every curve below is (1 + n_boot) x n_lrs: row 0 is all seeds (the point values),
+    rows 1.. the bootstrap replicates."""
+    scales = []
+    for scale, s in g_cells.groupby(ax, sort=True):
+        s = s.sort_values("lr", kind="stable")
+        lrs = s["lr"].to_numpy(float)
+        x = np.log2(lrs)
+        seeds = g_seeds[g_seeds[ax] == scale]
+        lr_col = np.searchsorted(lrs, seeds["lr"].to_numpy(float))
+        seed_row, seed_ids = pd.factorize(seeds["_seed"], use_na_sentinel=False)
+        n_seed, n_lr = len(seed_ids), len(lrs)
+        value, finished, diverged = np.zeros((n_seed, n_lr)), np.zeros((n_seed, n_lr)), np.zeros((n_seed, n_lr))
+        fin = seeds["n_fin"].to_numpy() > 0
+        value[seed_row, lr_col] = np.where(fin, seeds["value"].to_numpy(float), 0.0)
+        finished[seed_row, lr_col] = fin
+        diverged[seed_row, lr_col] = (~fin) & (seeds["n_div"].to_numpy() > 0)
+        # resampling n seeds with replacement = multinomial counts of how often each seed is drawn
+        weights = np.vstack([np.ones((1, n_seed)),
+                             rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
+        count = weights @ finished
+        with np.errstate(all="ignore"):
+            means = np.where(count > 0, (weights @ value) / count, math.nan)
+        div_cell = (count == 0) & ((weights @ diverged) > 0)
+        idx, fit, _ = _fit_rows(x, means)
+        best = np.where(idx >= 0, means[np.arange(len(idx)), np.clip(idx, 0, None)], math.nan)
+        scales.append({"scale": scale, "cells": s, "lrs": lrs, "x": x, "means": means, "usable": (count > 0) | div_cell,
+                       "div": div_cell, "idx": idx, "fit": fit, "best": best})
+
+    with_opt = [k for k, sc in enumerate(scales) if sc["idx"][0] >= 0]
+    base = scales[with_opt[0]] if with_opt else None
+    base_fit = base["fit"] if base else np.full(n_boot + 1, math.nan)
     rows = []
-    for scale, s, opt in per_scale:
-        at_base = s[_same_lr(s["lr"], base_lr)] if math.isfinite(base_lr) else s.iloc[0:0]
-        base_diverged = bool(len(at_base) and at_base["diverged"].all())
-        finished_at_base = at_base[at_base["n_seeds"] > 0]
-        loss_at_base = float(finished_at_base["loss"].iloc[0]) if len(finished_at_base) else math.nan
-        base_missing = math.isfinite(base_lr) and not base_diverged and not math.isfinite(loss_at_base)
-        best = opt["loss_grid"]
-        if base_diverged:
-            regret = math.inf
-        elif math.isfinite(loss_at_base) and math.isfinite(best):
-            regret = max(loss_at_base - best, 0.0)
-        else:
-            regret = math.nan
-        best_cell = s[_same_lr(s["lr"], opt["lr_grid"])] if math.isfinite(opt["lr_grid"]) else s.iloc[0:0]
+    for sc in scales:
+        sc["at_base"] = _interp_rows(sc["x"], sc["means"], sc["usable"], sc["div"], base_fit)
+        # the best loss is read the same way, at the scale's own fitted optimum: a reading
+        # between grid points then costs nothing by itself (regret 0 at the base scale)
+        own = _interp_rows(sc["x"], sc["means"], sc["usable"], sc["div"], sc["fit"])
+        with np.errstate(invalid="ignore"):  # a diverged base LR is infinite regret even where nothing finished
+            sc["regret"] = np.where(sc["at_base"] == math.inf, math.inf, np.maximum(sc["at_base"] - own, 0.0))
+        s, i = sc["cells"], int(sc["idx"][0])
         n_finished = int((s["n_seeds"] > 0).sum())
-        rows.append({"axis": ax, "scale": scale,
-                     "opt_lr": opt["lr_grid"], "opt_log2_lr": _log2(opt["lr_grid"]),
-                     "opt_lr_fit": opt["lr_fit"], "opt_log2_lr_fit": _log2(opt["lr_fit"]),
-                     "best_loss": best,
-                     "best_loss_std": float(best_cell["std"].iloc[0]) if len(best_cell) else math.nan,
-                     "n_seeds": int(best_cell["n_seeds"].iloc[0]) if len(best_cell) else 0,
-                     "base_scale": base_scale, "base_lr": base_lr, "loss_at_base_lr": loss_at_base,
-                     "regret": regret, "base_lr_diverged": base_diverged, "base_lr_missing": bool(base_missing),
+        best_cell = s.iloc[i] if i >= 0 else None
+        n_seeds = int(best_cell["n_seeds"]) if best_cell is not None else 0
+        std = float(best_cell["std"]) if best_cell is not None else math.nan
+        flat = False
+        if i >= 0:  # LRs within one standard error of the minimum span >= 2 octaves
+            se = std / math.sqrt(n_seeds) if math.isfinite(std) else 0.0
+            m0 = sc["means"][0]
+            near = np.isfinite(m0) & (m0 <= m0[i] + se + 1e-12)
+            flat = bool(np.ptp(sc["x"][near]) >= 2 - 1e-9)
+        at_base, regret = float(sc["at_base"][0]), float(sc["regret"][0])
+        opt_lr = float(sc["lrs"][i]) if i >= 0 else math.nan
+        fit_lo, fit_hi = _ci(sc["fit"][1:], ci)
+        reg_lo, reg_hi = _ci(sc["regret"][1:], ci)
+        rows.append({"axis": ax, "scale": sc["scale"],
+                     "opt_lr": opt_lr, "opt_log2_lr": _log2(opt_lr),
+                     "opt_lr_fit": 2.0 ** float(sc["fit"][0]), "opt_log2_lr_fit": float(sc["fit"][0]),
+                     "opt_log2_lr_fit_lo": fit_lo, "opt_log2_lr_fit_hi": fit_hi,
+                     "best_loss": float(sc["best"][0]), "best_loss_std": std, "n_seeds": n_seeds,
+                     "base_scale": base["scale"] if base else math.nan, "base_lr": 2.0 ** float(base_fit[0]),
+                     "loss_at_base_lr": at_base if math.isfinite(at_base) else math.nan,
+                     "regret": regret, "regret_ci_lo": reg_lo, "regret_ci_hi": reg_hi,
+                     "base_lr_diverged": at_base == math.inf,
+                     "base_lr_missing": bool(base is not None and math.isnan(at_base)),
                      "n_lrs": len(s), "n_finished": n_finished, "n_diverged": int(s["diverged"].sum()),
-                     "edge": bool(opt["on_edge"] and n_finished > 0), "too_few": n_finished < min_runs})
-    return rows
+                     "edge": bool(i >= 0 and (i == 0 or i == len(s) - 1)),
+                     "too_few": n_finished < min_runs, "too_few_seeds": bool(i >= 0 and n_seeds < 2),
+                     "flat": flat})
+
+    boot = {"drift": np.full(n_boot + 1, math.nan), "slope": np.full(n_boot + 1, math.nan),
+            "regret": np.full(n_boot + 1, math.nan), "loss_change": np.full(n_boot + 1, math.nan)}
+    if with_opt:
+        top = scales[with_opt[-1]]
+        u = np.log2(np.array([float(scales[k]["scale"]) for k in with_opt]))
+        boot["drift"] = top["fit"] - base["fit"]
+        boot["slope"] = _slope_rows(u, np.column_stack([scales[k]["fit"] for k in with_opt]))
+        boot["regret"] = top["regret"]
+        with np.errstate(invalid="ignore"):
+            boot["loss_change"] = top["at_base"] - base["at_base"]
+    group = {}
+    for name, samples in boot.items():
+        group[name] = float(samples[0])
+        group[f"{name}_ci_lo"], group[f"{name}_ci_hi"] = _ci(samples[1:], ci)
+    return rows, group
 
 
 def _tidy_keys(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -258,71 +475,147 @@ def _tidy_keys(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table
 
 
-def transfer_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
-                   min_runs: int = 3) -> pd.DataFrame:
-    """One row per (series, group keys, axis, scale): the optimum and the regret of the base LR.
+def _flags(g: pd.DataFrame) -> str:
+    """Per-scale flags of one group's transfer rows, ``kind@scale``, kind by kind."""
+    def at(mask, name):
+        return [f"{name}@{s}" for s in g.loc[mask, "scale"]]
+    return " ".join(at(g["n_finished"] == 0, "no-finished") + at(g["edge"], "edge")
+                    + at(g["too_few"] & (g["n_finished"] > 0), "too-few") + at(g["too_few_seeds"], "too-few-seeds")
+                    + at(g["flat"], "flat")
+                    + at(g["base_lr_diverged"], "base-lr-diverged") + at(g["base_lr_missing"], "base-lr-not-run"))
 
-    Columns: ``series``, the group keys (e.g. ``depth`` when axis is width in a width x depth
-    grid), then ``TRANSFER_COLUMNS[1:]`` (see the module doc). Rows are in order of series'
-    first appearance, then group, then ascending scale.
-    """
+
+def _group_point(g: pd.DataFrame) -> dict:
+    """Point values of one group from its transfer rows (scales ascending): ``DRIFT_COLUMNS``."""
+    has = g[g["opt_log2_lr"].notna()]
+    grid, fit = has["opt_log2_lr"].astype(float), has["opt_log2_lr_fit"].astype(float)
+    u = np.log2(has["scale"].astype(float).to_numpy())
+    regrets = g["regret"].dropna()
+    top = has.iloc[-1] if len(has) else None
+    flags = _flags(g) + (" single-scale" if len(has) < 2 else "")
+    return {"base_scale": g["base_scale"].iloc[0], "max_scale": top["scale"] if top is not None else math.nan,
+            "base_lr": g["base_lr"].iloc[0],
+            "drift": float(fit.iloc[-1] - fit.iloc[0]) if len(fit) else math.nan,
+            "drift_octaves": float(grid.max() - grid.min()) if len(grid) else math.nan,
+            "drift_octaves_fit": float(fit.max() - fit.min()) if len(fit) else math.nan,
+            "slope": float(_slope_rows(u, fit.to_numpy()[None, :])[0]),
+            "regret": float(top["regret"]) if top is not None else math.nan,
+            "max_regret": float(regrets.max()) if len(regrets) else math.nan,
+            "n_scales": len(has), "n_seeds": int(has["n_seeds"].min()) if len(has) else 0,
+            "flags": flags.strip()}
+
+
+def verdict(drift_ci_lo: float, drift_ci_hi: float, tolerance: float = 1.0, blocked: bool = False) -> str:
+    """``transfers`` / ``drifts`` / ``inconclusive`` from the drift CI (see the module doc);
+    ``blocked``: a data problem (edge, too few runs or seeds, one scale) forces inconclusive."""
+    lo, hi = drift_ci_lo, drift_ci_hi
+    if blocked or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if -tolerance <= lo and hi <= tolerance:
+        return "transfers"
+    if hi < -tolerance or lo > tolerance:
+        return "drifts"
+    return "inconclusive"
+
+
+def _blocked(g: pd.DataFrame) -> bool:
+    """Whether one group's transfer rows make any drift verdict premature."""
+    return bool(g["edge"].any() or g["too_few"].any() or g["too_few_seeds"].any() or (g["n_finished"] == 0).any()
+                or g["opt_log2_lr"].notna().sum() < 2)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def analyse(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
+            ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000,
+            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(transfer_table, verdict_table)`` from one bootstrap (see those and the module doc)."""
+    _check_options(min_runs, ci, tolerance, n_boot, seed)
     runs = _prepare(runs)
     metric_column(metric, runs)
-    rows, all_keys = [], []
+    order = _series_order(runs)
+    rows, summaries, all_keys = [], [], []
     for ax in resolve_axes(runs, axis):
-        c = cells(runs, metric, ax)
-        extra = [k for k in c.columns if k not in ("series", ax, "lr", *CELL_STATS)]
+        r, keys = _run_frame(runs, metric, ax)
+        extra = keys[1:-2]
         all_keys += [k for k in extra if k not in all_keys]
-        for gkey, g in c.groupby(["series", *extra], dropna=False, sort=False):
-            label = {"series": gkey[0], **dict(zip(extra, gkey[1:]))}
-            rows += [{**label, **r} for r in _scale_rows(g, ax, min_runs)]
+        # one id per group, so cells and per-seed rows can be matched even with NaN keys
+        r["_gid"] = r.groupby(keys[:-2], dropna=False, sort=False).ngroup()
+        c = _sort_cells(_cell_stats(r, ["_gid", *keys]), keys, order)
+        per_seed = r.groupby(["_gid", ax, "lr", "_seed"], dropna=False, sort=False).agg(
+            value=("_value", "mean"), n_fin=("_value", "count"), n_div=("_div", "sum")).reset_index()
+        seeds_by_gid = dict(iter(per_seed.groupby("_gid", sort=False)))
+        for gid in dict.fromkeys(c["_gid"]):
+            g = c[c["_gid"] == gid]
+            label = {"series": g["series"].iloc[0], **{k: g[k].iloc[0] for k in extra}}
+            rng = _group_rng(seed, (ax, *label.values()))
+            scale_rows, boot = _analyse_group(g, seeds_by_gid[gid], ax, min_runs, ci, n_boot, rng)
+            g_rows = pd.DataFrame(scale_rows)
+            point = _group_point(g_rows)
+            worse = boot["loss_change_ci_lo"] > 0
+            flags = (point["flags"] + (" worse-with-scale" if worse else "")).strip()
+            rows += [{**label, **row} for row in scale_rows]
+            summaries.append({**label, "axis": ax, **point, **boot, "drift": point["drift"], "slope": point["slope"],
+                              "regret": point["regret"], "loss_change_at_base_lr": boot["loss_change"],
+                              "verdict": verdict(boot["drift_ci_lo"], boot["drift_ci_hi"], tolerance,
+                                                 _blocked(g_rows)),
+                              "flags": flags, "tolerance": float(tolerance), "ci": float(ci),
+                              "worse_with_scale": bool(worse), "n_boot": n_boot})
     table = pd.DataFrame(rows)
     if table.empty:
         raise UserError("no runs to analyse")
     if table["opt_lr"].isna().all():
         raise UserError(f"no finished runs with a finite {METRICS[metric]}: every run diverged or failed "
                         f"(statuses: {', '.join(sorted(set(runs['status'].astype(str))))})")
-    table = table[["series", *all_keys, *TRANSFER_COLUMNS[1:]]]
-    return _tidy_keys(table, all_keys)
+    table = _tidy_keys(table[["series", *all_keys, *TRANSFER_COLUMNS[1:]]], all_keys)
+    summary = pd.DataFrame(summaries)
+    summary = _tidy_keys(summary[["series", *all_keys, *VERDICT_COLUMNS[1:]]], all_keys)
+    return table, summary
+
+
+def transfer_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
+                   ci: float = 0.9, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (series, group keys, axis, scale): the optimum with its bootstrap CI and the
+    regret of the base LR.
+
+    Columns: ``series``, the group keys (e.g. ``depth`` when axis is width in a width x depth
+    grid), then ``TRANSFER_COLUMNS[1:]`` (see the module doc). Rows are in order of series'
+    first appearance, then group, then ascending scale.
+    """
+    return analyse(runs, metric, axis, min_runs, ci, 1.0, n_boot, seed)[0]
+
+
+def verdict_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
+                  ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (series, group keys, axis): ``series``, the group keys, then
+    ``VERDICT_COLUMNS[1:]``: base and largest scale, ``n_seeds`` (fewest finished seeds at an
+    optimum over the scales), the fitted base LR, the signed drift, slope and regret at
+    ``max_scale`` each with its CI (``<name>_ci_lo``/``_hi``), ``max_regret``, ``verdict``,
+    ``flags``, the ``tolerance`` and ``ci`` level used (see the module doc)."""
+    return analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)[1]
 
 
 def group_columns(table: pd.DataFrame) -> list[str]:
-    """The group-key columns of a transfer (or drift) table: those not in its fixed schema."""
-    return [k for k in table.columns if k not in TRANSFER_COLUMNS and k not in DRIFT_COLUMNS]
-
-
-def _flags(g: pd.DataFrame) -> str:
-    def at(mask, name):
-        return [f"{name}@{s}" for s in g.loc[mask, "scale"]]
-    return " ".join(at(g["n_finished"] == 0, "no-finished") + at(g["edge"], "edge")
-                    + at(g["too_few"] & (g["n_finished"] > 0), "too-few")
-                    + at(g["base_lr_diverged"], "base-lr-diverged") + at(g["base_lr_missing"], "base-lr-not-run"))
+    """The group-key columns of a transfer, drift or verdict table: those not in its fixed schema."""
+    fixed = {*TRANSFER_COLUMNS, *DRIFT_COLUMNS, *VERDICT_COLUMNS}
+    return [k for k in table.columns if k not in fixed]
 
 
 def drift_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (series, group keys, axis) of a transfer table.
+    """One row per (series, group keys, axis) of a transfer table: its point values, no CIs.
 
-    ``drift_octaves`` / ``drift_octaves_fit``: max − min of the grid / fitted log2 optimal LR
-    over the scales with an optimum (``n_scales`` of them); ``slope``: least-squares slope of
-    the fitted log2 optimum vs log2(scale) (NaN below 2 scales); ``max_regret`` (inf when the
-    base LR diverged somewhere); ``flags``: space-separated ``kind@scale`` with kind one of
-    no-finished, edge, too-few, base-lr-diverged, base-lr-not-run.
+    ``base_scale``/``max_scale`` (smallest / largest scale with an optimum), ``base_lr``
+    (fitted), ``drift`` (signed, fitted, max_scale − base scale), ``drift_octaves`` /
+    ``drift_octaves_fit`` (max − min of the grid / fitted log2 optimum over the ``n_scales``
+    scales with an optimum), ``slope``, ``regret`` (at max_scale), ``max_regret`` (inf when the
+    base LR diverged somewhere), ``n_seeds`` and ``flags`` (the per-scale flags; see
+    ``verdict_table`` for the CIs, the verdict and worse-with-scale).
     """
     extra = group_columns(table)
     rows = []
     for gkey, g in table.groupby(["series", *extra, "axis"], dropna=False, sort=False):
-        has = g[g["opt_log2_lr"].notna()]
-        opt, fit = has["opt_log2_lr"], has["opt_log2_lr_fit"]
-        slope = math.nan
-        if len(has) >= 2:
-            slope = float(np.polyfit(np.log2(has["scale"].astype(float)), fit.astype(float), 1)[0])
-        regrets = g["regret"].dropna()
         rows.append({"series": gkey[0], **dict(zip(extra, gkey[1:-1])), "axis": gkey[-1],
-                     "base_scale": g["base_scale"].iloc[0], "base_lr": g["base_lr"].iloc[0],
-                     "drift_octaves": float(opt.max() - opt.min()) if len(opt) else math.nan,
-                     "drift_octaves_fit": float(fit.max() - fit.min()) if len(fit) else math.nan,
-                     "slope": slope, "max_regret": float(regrets.max()) if len(regrets) else math.nan,
-                     "n_scales": len(has), "flags": _flags(g)})
+                     **_group_point(g.sort_values("scale", kind="stable"))})
     drift = pd.DataFrame(rows, columns=["series", *extra, *DRIFT_COLUMNS[1:]])
     return _tidy_keys(drift, extra)
 
@@ -347,7 +640,20 @@ def _json_value(v):
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
-    return [{str(k): _json_value(v) for k, v in row.items()} for row in df.astype(object).to_dict("records")]
+    """Strict-JSON rows; each ``<name>_lo``/``<name>_hi`` CI pair becomes ``<name>_ci: [lo, hi]``
+    (``<name>`` already ending in ``_ci`` keeps its name)."""
+    out = []
+    for row in df.astype(object).to_dict("records"):
+        rec = {}
+        for k, v in row.items():
+            k = str(k)
+            if k.endswith("_lo") and f"{k[:-3]}_hi" in row:
+                stem = k[:-3]
+                rec[stem if stem.endswith("_ci") else f"{stem}_ci"] = [_json_value(v), _json_value(row[f"{stem}_hi"])]
+            elif not (k.endswith("_hi") and f"{k[:-3]}_lo" in row):
+                rec[k] = _json_value(v)
+        out.append(rec)
+    return out
 
 
 def _missing(x) -> bool:
@@ -370,70 +676,117 @@ def _num(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _signed(x, digits: int = 2) -> str:
+    """``+0.05`` / ``−0.31`` (a real minus sign), for numbers whose sign is the point."""
+    if _missing(x) or math.isinf(x):
+        return _num(x, digits)
+    text = f"{abs(x):.{digits}f}"
+    if float(text) == 0:
+        return text
+    return ("−" if x < 0 else "+") + text
+
+
+def _interval(lo, hi, fmt) -> str:
+    return "—" if _missing(lo) or _missing(hi) else f"[{fmt(lo)}, {fmt(hi)}]"
+
+
 def _label(row: dict, extra: list[str]) -> str:
     return str(row["series"]) + "".join(f", {k}={row[k]}" for k in extra if not _missing(row[k]))
 
 
-def _markdown(table: pd.DataFrame, drift: pd.DataFrame, metric: str, min_runs: int) -> str:
+def _pct(ci: float) -> str:
+    return f"{ci * 100:g}%"
+
+
+def summary_line(row: dict, extra: list[str] = ()) -> str:
+    """One quotable sentence for a ``verdict_table`` row (markdown bold on the verdict)."""
+    ax, n = row["axis"], row["n_seeds"]
+    scales = f"{row['base_scale']}→{row['max_scale']}" if not _missing(row["max_scale"]) else "—"
+    line = (f"{_label(row, list(extra))} across {ax} {scales} ({n} seed{'' if n == 1 else 's'}): "
+            f"**{row['verdict']}** — drift {_signed(row['drift'])} octaves "
+            f"[{_pct(row['ci'])} CI {_signed(row['drift_ci_lo'])}, {_signed(row['drift_ci_hi'])}], "
+            f"slope {_signed(row['slope'])} {_interval(row['slope_ci_lo'], row['slope_ci_hi'], _signed)} "
+            f"octaves/octave, regret at {ax} {row['max_scale']} {_num(row['regret'], 3)} nats "
+            f"{_interval(row['regret_ci_lo'], row['regret_ci_hi'], lambda v: _num(v, 3))}")
+    return line + (f"; flags: {row['flags']}" if row["flags"] else "")
+
+
+def _markdown(table: pd.DataFrame, summary: pd.DataFrame, metric: str, min_runs: int, ci: float,
+              tolerance: float, n_boot: int) -> str:
     extra = group_columns(table)
+    pct = _pct(ci)
     lines = [f"## LR transfer: {metric} ({METRICS[metric]})", "",
-             (f"Optimal LR = grid argmin of the seed-mean {metric}; fitted = parabola vertex in log2(lr); "
-             f"regret = loss at the base-scale optimal LR − best loss; flags: edge (optimum at the end of the "
-             f"LR grid), too-few (< {min_runs} finished LRs), base-lr-diverged, base-lr-not-run, no-finished."), ""]
+             f"Verdict per series and axis from the {pct} bootstrap CI (over seeds, {n_boot} replicates) of the "
+             f"drift = fitted log2 optimal LR at the largest scale − at the base scale: **transfers** when it lies "
+             f"within ±{tolerance:g} octave{'' if tolerance == 1 else 's'}, **drifts** when wholly outside, else "
+             f"**inconclusive** (also with an edge, too-few, too-few-seeds or single-scale flag). Slope: octaves of "
+             f"LR per octave of scale. "
+             f"Regret: seed-mean loss at the base-scale fitted LR (linear in log2 LR) − best seed-mean loss.", ""]
+    lines += [f"- {summary_line(r, extra)}" for r in summary.to_dict("records")]
+    lines += ["", "### Summary", "",
+              f"| series | axis | verdict | drift (octaves) | drift {pct} CI | slope | slope {pct} CI | regret "
+              f"| regret {pct} CI | max regret | grid drift | flags |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary.to_dict("records"):
+        lines.append(f"| {_label(r, extra)} | {r['axis']} | {r['verdict']} | {_signed(r['drift'])} "
+                     f"| {_interval(r['drift_ci_lo'], r['drift_ci_hi'], _signed)} | {_signed(r['slope'])} "
+                     f"| {_interval(r['slope_ci_lo'], r['slope_ci_hi'], _signed)} | {_num(r['regret'])} "
+                     f"| {_interval(r['regret_ci_lo'], r['regret_ci_hi'], _num)} | {_num(r['max_regret'])} "
+                     f"| {_num(r['drift_octaves'], 2)} | {r['flags']} |")
+    lines += ["", (f"Per scale: optimal LR = grid argmin of the seed-mean {metric}; fitted = parabola vertex in "
+                   f"log2(lr), with its {pct} CI in log2(lr); flags: edge (optimum at the end of the LR grid), "
+                   f"too-few (< {min_runs} finished LRs), too-few-seeds (< 2 finished seeds at the optimum), flat "
+                   f"(LRs within one standard error of the best span ≥ 2 octaves), base-lr-diverged, "
+                   f"base-lr-not-run, no-finished."), ""]
     for gkey, g in table.groupby(["series", *extra, "axis"], dropna=False, sort=False):
         ax = gkey[-1]
         first = g.iloc[0].to_dict()
-        base_scale = first["base_scale"]
         lines += [f"### {_label(first, extra)}: {metric} across {ax}", "",
-                  f"| {ax} | optimal LR | fitted | best loss | loss at base LR | regret "
-                  "| finished / diverged | flags |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  f"| {ax} | optimal LR | fitted | fitted log2 {pct} CI | best loss | loss at base LR | regret "
+                  f"| regret {pct} CI | seeds | finished / diverged | flags |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in g.to_dict("records"):
             flags = " ".join(name for name, on in (("no-finished", r["n_finished"] == 0), ("edge", r["edge"]),
                                                    ("too-few", r["too_few"] and r["n_finished"] > 0),
+                                                   ("too-few-seeds", r["too_few_seeds"]), ("flat", r["flat"]),
                                                    ("base-lr-diverged", r["base_lr_diverged"]),
                                                    ("base-lr-not-run", r["base_lr_missing"])) if on)
-            lines.append(f"| {r['scale']} | {_pow2(r['opt_lr'])} | {_pow2(r['opt_lr_fit'])} | {_num(r['best_loss'])} "
-                         f"| {_num(r['loss_at_base_lr'])} | {_num(r['regret'])} "
+            lines.append(f"| {r['scale']} | {_pow2(r['opt_lr'])} | {_pow2(r['opt_lr_fit'])} "
+                         f"| {_interval(r['opt_log2_lr_fit_lo'], r['opt_log2_lr_fit_hi'], lambda v: _num(v, 2))} "
+                         f"| {_num(r['best_loss'])} | {_num(r['loss_at_base_lr'])} | {_num(r['regret'])} "
+                         f"| {_interval(r['regret_ci_lo'], r['regret_ci_hi'], _num)} | {r['n_seeds']} "
                          f"| {r['n_finished']} / {r['n_diverged']} | {flags} |")
-        sel = (drift["series"] == gkey[0]) & (drift["axis"] == ax)
-        for k, v in zip(extra, gkey[1:-1]):
-            sel &= drift[k].isna() if _missing(v) else (drift[k] == v)
-        d = drift[sel.fillna(False)].iloc[0]
-        lines += ["", f"**drift: {_num(d['drift_octaves'], 2)} octaves** (fitted {_num(d['drift_octaves_fit'], 2)}, "
-                      f"slope {_num(d['slope'], 2)} octaves of LR per octave of {ax}) over {d['n_scales']} scales; "
-                      f"base LR {_pow2(d['base_lr'])} at {ax}={base_scale}; max regret {_num(d['max_regret'])}"
-                      + (f"; flags: {d['flags']}" if d["flags"] else ""), ""]
-    lines += ["### Summary", "", "| series | axis | drift (octaves) | fitted | slope | max regret | flags |",
-              "|---|---|---:|---:|---:|---:|---|"]
-    for r in drift.to_dict("records"):
-        lines.append(f"| {_label(r, extra)} | {r['axis']} | {_num(r['drift_octaves'], 2)} "
-                     f"| {_num(r['drift_octaves_fit'], 2)} | {_num(r['slope'], 2)} | {_num(r['max_regret'])} "
-                     f"| {r['flags']} |")
+        lines += ["", f"Base LR {_pow2(first['base_lr'])} (fitted at {ax}={first['base_scale']}).", ""]
     return "\n".join(lines) + "\n"
 
 
+CSV_GROUP_COLUMNS = ("max_scale", "drift", "drift_ci_lo", "drift_ci_hi", "drift_octaves", "drift_octaves_fit",
+                     "slope", "slope_ci_lo", "slope_ci_hi", "max_regret", "n_scales", "verdict", "flags",
+                     "worse_with_scale", "tolerance", "ci")
+
+
 def report(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, format: str = "markdown",
-           min_runs: int = 3) -> str:
+           min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> str:
     """The transfer report.
 
-    * ``markdown``: per (series, group, axis) a table of scale / optimal LR (2^k) / fitted /
-      best loss / loss at base LR / regret / finished and diverged LRs / flags, then a drift
-      line; a summary table at the end.
-    * ``json``: ``{"metric", "column", "min_runs", "transfer": [rows], "drift": [rows]}``,
-      strict JSON: NaN/missing -> null, ±inf -> "inf"/"-inf".
-    * ``csv``: the transfer table with the drift columns of its group merged in.
+    * ``markdown``: one quotable line per series and axis (verdict, drift, slope and regret at
+      the largest scale with their CIs, flags), a summary table, then per (series, group,
+      axis) a table of scale / optimal LR (2^k) / fitted / its CI / best loss / loss at base
+      LR / regret / its CI / seeds / finished and diverged LRs / flags.
+    * ``json``: ``{"metric", "column", "min_runs", "ci", "tolerance", "n_boot", "seed",
+      "transfer": [rows], "drift": [verdict_table rows]}``, strict JSON: NaN/missing -> null,
+      ±inf -> "inf"/"-inf", CI pairs as ``<name>_ci: [lo, hi]``.
+    * ``csv``: the transfer table (per-scale ``regret_ci_lo``/``_hi``, ...) with its group's
+      ``CSV_GROUP_COLUMNS`` of the verdict table merged in (``drift_ci_lo``/``_hi``, ...).
     """
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
-    table = transfer_table(runs, metric, axis, min_runs)
-    drift = drift_table(table)
+    table, summary = analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)
     if format == "json":
-        doc = {"metric": metric, "column": METRICS[metric], "min_runs": min_runs,
-               "transfer": _records(table), "drift": _records(drift)}
+        doc = {"metric": metric, "column": METRICS[metric], "min_runs": min_runs, "ci": ci, "tolerance": tolerance,
+               "n_boot": n_boot, "seed": seed, "transfer": _records(table), "drift": _records(summary)}
         return json.dumps(doc, indent=2, allow_nan=False) + "\n"
     if format == "csv":
         keys = ["series", *group_columns(table), "axis"]
-        own = [c for c in ("drift_octaves", "drift_octaves_fit", "slope", "max_regret", "n_scales", "flags")]
-        return table.merge(drift[keys + own], on=keys, how="left").to_csv(index=False)
-    return _markdown(table, drift, metric, min_runs)
+        return table.merge(summary[keys + list(CSV_GROUP_COLUMNS)], on=keys, how="left").to_csv(index=False)
+    return _markdown(table, summary, metric, min_runs, ci, tolerance, n_boot)

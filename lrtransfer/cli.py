@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
@@ -23,14 +24,23 @@ out = Console()
 
 
 def user_errors(fn):
-    """Bad input: one message naming the key/path/value, exit code 2, nothing written."""
+    """Bad input: one message naming the key/path/value, exit code 2, nothing written.
+    Ctrl-C: one line saying where things stand, exit code 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .sweep.sweep import SweepInterrupted
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # user text (keys, values, paths) is printed literally: no rich markup in it
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except SweepInterrupted as e:
+            err.print(escape(e.summary), highlight=False, soft_wrap=True)
+            raise typer.Exit(130)
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False)
+            raise typer.Exit(130)
     return wrapper
 
 
@@ -60,26 +70,40 @@ def _storage(url: Optional[str]) -> Optional[str]:
 def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
           set_: List[str] = typer.Option([], "--set", help="override a key: lr=0.01, width=[32,64], series.adam.lr={log2=[-10,-4],step=1}"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print grid size, finished cells and a time estimate; run nothing"),
-          jobs: int = typer.Option(1, "--jobs", "-j", help="local worker processes"),
+          jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="local worker processes (default: one per core, "
+                                             "divided by the runs' threads); 1 runs in this process, 0 only enqueues"),
+          rerun: bool = typer.Option(False, "--rerun", help="run every cell again, finished ones included"),
           device: str = typer.Option("auto", help="auto | cpu | cuda"),
           results: Optional[Path] = typer.Option(None, help="results directory (default results/<experiment name>)"),
           storage: Optional[str] = typer.Option(None, help="optuna storage URL (default: a journal file in the results directory)"),
           retries: int = typer.Option(2, help="re-runs of a run that raises, per sweep"),
           grace: float = typer.Option(60.0, help="seconds without a heartbeat before a running cell counts as lost"),
           quiet: bool = typer.Option(False, "--quiet", "-q")):
-    """Run every unfinished cell of an experiment's grid (finished runs are skipped, failed ones rerun)."""
+    """Run every unfinished cell of an experiment's grid (finished runs are skipped, failed ones rerun).
+
+    Exit codes: 0 all cells finished (done or diverged), 1 some runs failed (each distinct error
+    is printed once), 2 bad input, 130 interrupted (claimed cells go back to the queue).
+    """
     from .sweep import load_experiment, plan, run_sweep
     from .sweep.sweep import results_dir_for
     exp = load_experiment(experiment, set_)
     if dry_run:
-        p = plan(exp, results, device)
-        out.print(f"[bold]{exp.name}[/] -> {results_dir_for(exp, results)}")
-        out.print(p.summary(), highlight=False)
+        p = plan(exp, results, device, rerun=rerun)
+        out.print(f"{exp.name} -> {results_dir_for(exp, results)}", markup=False, highlight=False)
+        out.print(p.summary(), highlight=False, markup=False)
         return
-    runs = run_sweep(exp, results, storage=_storage(storage), jobs=jobs, device=device, retries=retries,
-                     grace=grace, progress=not quiet, console=err)
+    result = run_sweep(exp, results, storage=_storage(storage), jobs=jobs, device=device, retries=retries,
+                       grace=grace, rerun=rerun, progress=not quiet, console=err)
+    runs = result.runs
     counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
-    out.print(f"{results_dir_for(exp, results)}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    out.print(f"{results_dir_for(exp, results)}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+              markup=False, highlight=False)
+    if len(result.failed):
+        err.print(f"{len(result.failed)} runs failed:", style="red", highlight=False)
+        for error, n, example in result.errors():
+            err.print(f"  {n}x {error}  (e.g. {example})", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"details: lrtransfer status {results_dir_for(exp, results)} --errors", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -98,7 +122,7 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
     url = _storage(storage)
     if url is None and results is None:
         raise UserError("worker: give --storage URL (or LRTRANSFER_STORAGE) or --results DIR holding the journal")
-    queue = Queue(open_storage(url, results), study, create=False)
+    queue = Queue(open_storage(url, results, create=False), study, create=False)
     root = results or queue.study.user_attrs.get("results_dir")
     if root is None:
         raise UserError(f"--study {study}: the study records no results directory; pass --results")
@@ -106,9 +130,16 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
 
     def on_finish(trial, row):
         if not quiet:
-            err.print(f"[{os.getpid()}] {row['run_id']} {row['status']}", highlight=False)
+            err.print(f"[{os.getpid()}] {row['run_id']} {row['status']}", highlight=False, markup=False)
 
-    n = work(queue, store, device, max_runs=max_runs, grace=grace, parent_pid=parent_pid, on_finish=on_finish)
+    try:
+        # workers a sweep started leave the merging to it; free-standing ones merge when the queue drains
+        n = work(queue, store, device, max_runs=max_runs, grace=grace, parent_pid=parent_pid,
+                 on_finish=on_finish, merge=parent_pid is None)
+    except KeyboardInterrupt:
+        if not quiet:
+            err.print(f"worker {os.getpid()}: interrupted; its cell went back to the queue", highlight=False)
+        raise typer.Exit(130)
     if not quiet:
         err.print(f"worker {os.getpid()}: ran {n} cells")
 
@@ -118,21 +149,33 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
 def status(results_dir: Optional[Path] = typer.Argument(None, help="results directory"),
            storage: Optional[str] = typer.Option(None, help="optuna storage URL"),
            study: Optional[str] = typer.Option(None, help="study name (with --storage)"),
-           format: str = typer.Option("table", help="table | json")):
+           format: str = typer.Option("table", help="table | json"),
+           errors: bool = typer.Option(False, "--errors", help="list each distinct error of the failed runs")):
     """Cells waiting / running / done / diverged / failed per series and scale, with an ETA."""
     from .status import sweep_status
+    if format not in ("table", "json"):
+        raise UserError(f"--format {format!r}: allowed: table, json")
     st = sweep_status(results_dir, _storage(storage), study)
+    if errors:
+        if format == "json":
+            out.print_json(json.dumps(st["errors"], default=str))
+            return
+        if not st["errors"]:
+            out.print("no failed runs", highlight=False)
+        for e in st["errors"]:
+            out.print(f"{e['count']}x {e['error']}", markup=False, highlight=False, soft_wrap=True)
+            out.print(f"   e.g. {e['example']}; run ids: {', '.join(e['run_ids'][:5])}"
+                      + (" …" if len(e["run_ids"]) > 5 else ""), markup=False, highlight=False, soft_wrap=True)
+        return
     if format == "json":
         out.print_json(json.dumps(st, default=str))
         return
-    if format != "table":
-        raise UserError(f"--format {format!r}: allowed: table, json")
-    table = Table(title=f"{st['study']} ({st['storage']})")
+    table = Table(title=escape(f"{st['study']} ({st['storage']})"))
     cols = ["series", "scale", "waiting", "running", "done", "diverged", "failed"]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("series", "scale") else "left")
     for row in st["rows"]:
-        table.add_row(*(str(row[c]) for c in cols))
+        table.add_row(*(escape(str(row[c])) for c in cols))
     out.print(table)
     out.print(f"total: {st['totals']}; eta {st['eta']}", highlight=False)
 
@@ -143,6 +186,8 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
          metric: Metric = typer.Option(Metric.train_loss),
          axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
          out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/lr_curves.png"),
+         ci: float = typer.Option(0.9, "--ci", help="confidence level of the bars on the fitted optima (bootstrap over seeds)"),
+         tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift over the scale range that still count as transfer"),
          ):
     """Loss vs LR per scale and series, and optimal LR / regret vs scale."""
     from . import plots
@@ -152,9 +197,12 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     second = target.with_name(target.stem.replace("lr_curves", "transfer") if "lr_curves" in target.stem
                               else target.stem + "_transfer").with_suffix(target.suffix)
     a = axis.value if axis else None
-    plots.lr_curves(runs, metric=metric.value, axis=a, out=target)
-    plots.transfer_plot(runs, metric=metric.value, axis=a, out=second)
-    out.print(f"wrote {target} and {second}")
+    # both figures are drawn before either is written: an error leaves the old figures intact
+    figures = [(plots.lr_curves(runs, metric=metric.value, axis=a), target),
+               (plots.transfer_plot(runs, metric=metric.value, axis=a, ci=ci, tolerance=tolerance), second)]
+    for fig, path in figures:
+        plots._save(fig, path)
+    out.print(f"wrote {target} and {second}", markup=False, highlight=False)
 
 
 @app.command()
@@ -163,13 +211,18 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
            metric: Metric = typer.Option(Metric.train_loss),
            axis: Optional[Axis] = typer.Option(None),
            format: Format = typer.Option(Format.markdown),
-           min_runs: int = typer.Option(3, help="fewer finished LRs at a scale than this is flagged")):
-    """Optimal LR per scale, drift (octaves) and regret per series, as Markdown, JSON or CSV."""
+           min_runs: int = typer.Option(3, help="fewer finished LRs at a scale than this is flagged"),
+           ci: float = typer.Option(0.9, "--ci", help="confidence level of the intervals (bootstrap over seeds)"),
+           tolerance: float = typer.Option(1.0, "--tolerance", help="a drift CI inside ±this many octaves over the scale range is 'transfers'"),
+           n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates"),
+           seed: int = typer.Option(0, "--seed", help="bootstrap random seed (reports are reproducible)")):
+    """Per series and axis: a transfer verdict (transfers / drifts / inconclusive) from the
+    bootstrap CI of the fitted drift, with slope and regret CIs, then the optimum per scale."""
     from . import analysis
     from .store import load_results
     runs, _ = load_results(results_dir)
     text = analysis.report(runs, metric=metric.value, axis=axis.value if axis else None, format=format.value,
-                           min_runs=min_runs)
+                           min_runs=min_runs, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
@@ -196,7 +249,8 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                             params=[SearchParam.parse(p) for p in param], axis=axis.value if axis else None,
                             metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
                             seed=seed, on_run=lambda s, sc, row: err.print(f"{s} {sc}: {row['status']} "
-                                                                           f"{row.get('final_train_loss')}", highlight=False))
+                                                                           f"{row.get('final_train_loss')}", highlight=False,
+                                                                           markup=False))
     table = tune_table(results_list)
     if format == Format.json:
         out.print_json(table.to_json(orient="records"))
@@ -207,10 +261,11 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
     for r in results_list:
         grid = (f"; grid optimum at the base scale 2^{math.log2(r.grid_base_lr):.1f}, "
                 f"{r.octaves_from_grid:.2f} octaves away" if r.grid_base_lr else "")
-        out.print(f"[bold]{r.series}[/]: tuned LR 2^{math.log2(r.lr):.2f} at {r.axis}={r.base_scale} "
+        out.print(f"[bold]{escape(r.series)}[/]: tuned LR 2^{math.log2(r.lr):.2f} at {r.axis}={r.base_scale} "
                   f"in {r.trials} runs{grid}", soft_wrap=True)
         out.print(table[table["series"] == r.series].to_markdown(index=False) if _has_tabulate()
-                  else table[table["series"] == r.series].to_string(index=False), highlight=False, soft_wrap=True)
+                  else table[table["series"] == r.series].to_string(index=False), highlight=False, soft_wrap=True,
+                  markup=False)
         ratio = r.target_tuning_seconds / r.tune_seconds if r.tune_seconds else math.nan
         out.print(f"compute: {r.tune_seconds:.1f} s to tune small and transfer "
                   f"({r.trials + len(r.rows) - 1} runs) vs ~{r.target_tuning_seconds:.1f} s to tune "

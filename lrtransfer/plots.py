@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from .analysis import CELL_STATS, cells, group_columns, metric_column, resolve_axes, transfer_table
+from .analysis import CELL_STATS, analyse, cells, group_columns, metric_column, resolve_axes
 from .errors import UserError
 from .store import atomic_write
 
@@ -169,15 +169,17 @@ def _scale_axis(ax, scales) -> None:
         ax.set_xlim(scales[0] / 2, scales[0] * 2)
 
 
-def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None) -> Figure:
+def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None,
+                  ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> Figure:
     """Two panels per scale axis. Left: log2 optimal LR vs scale per series (solid: grid
-    argmin, hollow where it sits at the edge of the LR grid; dotted: parabola fit). Right:
-    loss at the base-scale LR (solid; ✕ at the top edge where it diverged) and the best loss
-    (dashed) vs scale; the gap is the regret of transferring the LR. Numbers from
-    ``analysis.transfer_table``; ``out``: .png, .svg or .pdf.
+    argmin, hollow where it sits at the edge of the LR grid; dotted: parabola fit, with bars
+    spanning its bootstrap CI at level ``ci``); each series' legend entry gives its transfer
+    verdict at ``tolerance`` octaves. Right: loss at the base-scale LR (solid; ✕ at the top
+    edge where it diverged) and the best loss (dashed) vs scale; the gap is the regret of
+    transferring the LR. Numbers from ``analysis.analyse``; ``out``: .png, .svg or .pdf.
     """
     out = check_out(out)
-    table = transfer_table(runs, metric, axis)
+    table, verdicts = analyse(runs, metric, axis, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed)
     axes_names = list(dict.fromkeys(table["axis"]))
     fig = Figure(figsize=(11, 0.6 + 3.6 * len(axes_names)), layout="constrained")
     panels = fig.subplots(len(axes_names), 2, squeeze=False)
@@ -187,18 +189,24 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
         keys = [k for k in group_columns(t) if t[k].notna().any()]
         left, right = panels[row]
         ylo, top = _robust_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), _initial_loss(runs))
-        marked = False
+        v = verdicts[verdicts["axis"] == ax_name]
+        marked, legend_text = False, []
         for i, (gkey, g) in enumerate(t.groupby(["series", *keys], sort=False, dropna=False)):
             gkey = gkey if isinstance(gkey, tuple) else (gkey,)
             label = f"{gkey[0]}{_group_label(keys, gkey[1:])}"
             g = g.sort_values("scale")
             col = palette(i % 10)
             left.plot(g["scale"], g["opt_log2_lr"], "-o", color=col, label=label)
+            legend_text.append(f"{label}: {_select(v[v['series'] == gkey[0]], keys, gkey[1:])['verdict'].iloc[0]}")
             edge = g[g["edge"]]
             if not edge.empty:
                 left.plot(edge["scale"], edge["opt_log2_lr"], "o", color=col, mfc="white", ms=7, zorder=5,
                           label="_edge")
             left.plot(g["scale"], g["opt_log2_lr_fit"], ":", color=col, label="_fit")
+            lo, hi = g["opt_log2_lr_fit_lo"].astype(float), g["opt_log2_lr_fit_hi"].astype(float)
+            # drawn about the CI's middle: a percentile CI need not contain the point estimate
+            left.errorbar(g["scale"], (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor=col, elinewidth=1.2,
+                          capsize=3, label="_ci")
             right.plot(g["scale"], np.minimum(g["loss_at_base_lr"].astype(float), top), "-o", color=col,
                        label=f"{label} @ base LR")
             right.plot(g["scale"], np.minimum(g["best_loss"].astype(float), top), "--", color=col, alpha=0.75,
@@ -221,11 +229,14 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
         if y1 - y0 < 2:  # at least two octaves tall, so the integer ticks read as octaves
             mid = (y0 + y1) / 2
             left.set_ylim(mid - 1, mid + 1)
-        left.set_ylabel("log2 optimal LR")
+        left.set_ylabel(f"log2 optimal LR (bars: {ci * 100:g}% CI of the fit)")
         left.set_title(f"optimal LR vs {ax_name} (dotted: parabola fit, hollow: grid edge)", fontsize=10)
         right.set_ylabel(metric.replace("_", " "))
         right.set_title(f"{metric.replace('_', ' ')} at the base-{ax_name} LR (solid) vs best (dashed)", fontsize=10)
-        left.legend(fontsize=8)
+        series_lines = [h for h in left.get_lines() if not h.get_label().startswith("_")]
+        left.legend(series_lines, legend_text, fontsize=8,
+                    title=f"verdict (±{tolerance:g} octave{'' if tolerance == 1 else 's'}, {ci * 100:g}% CI)",
+                    title_fontsize=8)
         handles = [h for h in right.get_lines() if h.get_label().endswith(" @ base LR")]
         handles += [Line2D([], [], color="gray", ls="--", label="best at that scale")]
         if marked:

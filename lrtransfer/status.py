@@ -10,10 +10,23 @@ from optuna.trial import TrialState
 
 from .errors import UserError
 from .store import ResultStore
+from .sweep.config import RunConfig
 from .sweep.queue import Queue, open_storage, redact
 from .sweep.sweep import _fmt_seconds
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
+
+
+def recorded_storage(experiment: dict | None, root: Path) -> str | None:
+    """The storage URL the sweep into ``root`` used (experiment.json records it without a
+    password); None for the journal in ``root``."""
+    recorded = (experiment or {}).get("storage")
+    if not recorded or recorded == "journal":
+        return None
+    if "***" in recorded:
+        raise UserError(f"{root}: the sweep used --storage {recorded}; pass that URL with its password as "
+                        f"--storage (or set LRTRANSFER_STORAGE)")
+    return recorded
 
 
 def _scale(values: dict) -> tuple:
@@ -36,7 +49,9 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
     name = study or (experiment or {}).get("study") or (root.name if root is not None else None)
     if name is None:
         raise UserError("status: --study NAME is needed with --storage")
-    queue = Queue(open_storage(storage, root), name, create=False)
+    if storage is None and root is not None:
+        storage = recorded_storage(experiment, root)
+    queue = Queue(open_storage(storage, root, create=False), name, create=False)
     if root is None:
         recorded = queue.study.user_attrs.get("results_dir")
         root = Path(recorded) if recorded and Path(recorded).is_dir() else None
@@ -87,5 +102,17 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
             secs = [s for s in runs.loc[runs["status"].isin(["done", "diverged"]), "wall_seconds"] if math.isfinite(s)]
         workers = max(totals["running"], 1)
         eta = _fmt_seconds(sum(secs) / len(secs) * left / workers) if secs else "unknown (no finished run yet)"
+    errors = []
+    if runs is not None and not runs.empty:
+        failed = runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])]
+        by_error: dict[str, dict] = {}
+        for row in failed.to_dict("records"):
+            text = str(row.get("error") or "unknown error").strip()
+            head = text.splitlines()[0] if text else "unknown error"
+            e = by_error.setdefault(head, {"error": head, "count": 0, "run_ids": [], "detail": text,
+                                           "example": RunConfig(row).describe()})
+            e["count"] += 1
+            e["run_ids"].append(row["run_id"])
+        errors = list(by_error.values())
     return {"study": name, "storage": redact(storage), "rows": rows, "totals": totals, "eta": eta,
-            "time": time.time()}
+            "errors": errors, "time": time.time()}

@@ -19,7 +19,7 @@ from .errors import UserError
 from .store import FINISHED, ResultStore
 from .sweep.config import Experiment, run_id
 from .sweep.queue import open_storage
-from .sweep.run import execute, resolve_device
+from .train import execute, resolve_device
 from .sweep.sweep import results_dir_for
 
 SAMPLERS = ("tpe", "gp", "random")

@@ -11,19 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrtransfer.analysis import cells, drift_table, group_keys, optimum, report, transfer_table
+from lrtransfer.analysis import (VERDICT_COLUMNS, analyse, cells, drift_table, group_keys, optimum, report,
+                                 transfer_table, verdict_table)
 from lrtransfer.errors import UserError
 
 
-def table(centres: dict, offsets: dict, log2_lrs, series="s", seeds=(0,), noise=0.0, axis="width", fixed=None,
-          **extra):
-    """One run per (scale, lr, seed); ``axis`` is the scale column, the other axis is fixed."""
+def table(centres: dict, offsets: dict, log2_lrs, series="s", seeds=(0, 1, 2), noise=0.0, axis="width", fixed=None,
+          curvature=1.0, **extra):
+    """One run per (scale, lr, seed); ``axis`` is the scale column, the other axis is fixed.
+    ``noise`` shifts each seed's whole curve by noise * (seed - mean seed): the seed mean is
+    the exact parabola and every cell's seed std is the same."""
     fixed = fixed or {"width": 64, "depth": 2}
     rows = []
     for scale, c in centres.items():
         for x in log2_lrs:
             for seed in seeds:
-                loss = (x - c) ** 2 + offsets[scale] + noise * (seed - np.mean(seeds))
+                loss = curvature * (x - c) ** 2 + offsets[scale] + noise * (seed - np.mean(seeds))
                 rows.append({"run_id": f"{series}-{scale}-{x}-{seed}", "series": series, **fixed, axis: scale,
                              "lr": 2.0 ** x, "seed": seed, "status": "done", "final_train_loss": loss,
                              "final_test_loss": loss + 0.1, "final_test_acc": 0.5, "diverged_at_step": math.nan,
@@ -111,8 +114,14 @@ def test_off_grid_optimum_fit_drift_and_edge_flag():
     assert list(t["opt_log2_lr"]) == [-3, -5, -8]  # ties at -2.5 go to the smaller LR
     assert t["edge"].tolist() == [False, False, True]  # 2^-8 is the grid's smallest LR
     assert t["opt_log2_lr_fit"].iloc[2] == -8  # no left neighbour: the grid argmin
-    # regret at 128 of base LR 2^-3: (-3 + 5.25)^2 - (-5 + 5.25)^2
-    assert t["regret"].iloc[1] == pytest.approx(2.25 ** 2 - 0.25 ** 2)
+    assert (t["base_lr"] == 2 ** -2.5).all()  # the base LR is the fitted optimum, between grid points
+    # at 128 it is read half-way between 2^-3 and 2^-2: mean of (-3 + 5.25)^2 and (-2 + 5.25)^2,
+    # minus the loss read the same way at its own fitted optimum -5.25, a quarter of the way from
+    # 2^-5 (loss 0.25^2) to 2^-6 (0.75^2)
+    assert t["loss_at_base_lr"].iloc[1] == pytest.approx((2.25 ** 2 + 3.25 ** 2) / 2)
+    assert t["regret"].iloc[1] == pytest.approx((2.25 ** 2 + 3.25 ** 2) / 2 - (0.75 * 0.25 ** 2 + 0.25 * 0.75 ** 2))
+    # at the base scale the same reading twice: regret exactly 0
+    assert t["regret"].iloc[0] == 0.0
     d = drift_table(t).iloc[0]
     assert d["drift_octaves"] == 5.0 and d["drift_octaves_fit"] == pytest.approx(5.5)
     assert d["flags"] == "edge@512"
@@ -246,11 +255,18 @@ def two_series():
 
 def test_report_markdown_contains_the_numbers():
     md = report(two_series())
-    assert "**drift: 2.00 octaves**" in md and "**drift: 0.00 octaves**" in md
-    assert "| 128 | 2^-4 | 2^-4 | 0.5000 | 4.5000 | 4.0000 |" in md
-    assert "| adam | width | 2.00 |" in md and "| normed | width | 0.00 |" in md
+    assert ("- adam across width 32→128 (3 seeds): **drifts** — drift −2.00 octaves [90% CI −2.00, −2.00], "
+            "slope −1.00 [−1.00, −1.00] octaves/octave, regret at width 128 4.000 nats [4.000, 4.000]; "
+            "flags: worse-with-scale\n") in md
+    assert "- normed across width 32→128 (3 seeds): **transfers** — drift 0.00 octaves" in md
+    assert "| 128 | 2^-4 | 2^-4 | [-4.00, -4.00] | 0.5000 | 4.5000 | 4.0000 | [4.0000, 4.0000] | 3 | 9 / 0 |" in md
+    assert "| adam | width | drifts | −2.00 | [−2.00, −2.00] | −1.00 |" in md
+    assert "| normed | width | transfers | 0.00 | [0.00, 0.00] | 0.00 |" in md
+    assert md.index("### Summary") < md.index("### adam: train_loss across width")  # the summary comes first
     off = report(table({32: -2.5, 128: -5.25}, {32: 0.0, 128: 0.0}, GRID))
-    assert "2^-2.50" in off and "2^-5.25" in off and "drift: 2.00 octaves** (fitted 2.75" in off
+    assert "2^-2.50" in off and "2^-5.25" in off and "drift −2.75 octaves" in off
+    assert "| s | width | drifts | −2.75 | [−2.75, −2.75] | −1.38 |" in off
+    assert "| 2.00 | worse-with-scale |" in off  # the grid drift, 2 octaves, in the summary table
 
 
 def test_report_json_is_strict_and_complete():
@@ -305,3 +321,224 @@ def test_bad_input():
     runs["status"] = "failed"
     with pytest.raises(UserError, match="no finished runs"):
         report(runs)
+
+
+# ----------------------------------------------------------------------------- bootstrap and verdict
+
+def noisy(centres: dict, sigma: float, n_seeds: int, rng_seed: int, grid=GRID, curvature=1.0, series="s"):
+    """loss = curvature * (log2 lr - centre[width])^2 + independent N(0, sigma) noise per run, from a
+    fixed RNG seed (so nothing here can flake)."""
+    rng = np.random.default_rng(rng_seed)
+    runs = table(centres, {k: 0.0 for k in centres}, grid, seeds=tuple(range(n_seeds)), series=series)
+    x, centre = np.log2(runs["lr"]), runs["width"].map(centres)
+    runs["final_train_loss"] = curvature * (x - centre) ** 2 + rng.normal(0, sigma, len(runs))
+    return runs
+
+
+def test_constant_optimum_transfers_and_its_drift_ci_contains_zero():
+    v = verdict_table(noisy({32: -3.3, 128: -3.3, 512: -3.3}, 0.05, 5, 1)).iloc[0]
+    assert v["verdict"] == "transfers" and v["flags"] == ""
+    assert v["drift_ci_lo"] <= 0 <= v["drift_ci_hi"] and v["drift_ci_hi"] - v["drift_ci_lo"] < 0.5
+    assert v["slope_ci_lo"] <= 0 <= v["slope_ci_hi"]
+    assert v["base_scale"] == 32 and v["max_scale"] == 512 and v["n_seeds"] == 5
+    assert math.log2(v["base_lr"]) == pytest.approx(-3.3, abs=0.1)
+    assert v["tolerance"] == 1.0 and v["ci"] == 0.9 and v["n_boot"] == 1000
+
+
+def test_slope_minus_one_over_16x_drifts():
+    centres = {w: -1.6 - math.log2(w / 32) for w in (32, 64, 128, 256, 512)}
+    v = verdict_table(noisy(centres, 0.05, 4, 2, grid=list(range(-9, 2)))).iloc[0]
+    assert v["verdict"] == "drifts"
+    assert v["slope_ci_lo"] <= -1 <= v["slope_ci_hi"] and v["slope"] == pytest.approx(-1, abs=0.05)
+    assert v["drift"] == pytest.approx(-4, abs=0.1) and v["drift_ci_hi"] < -1
+    assert v["worse_with_scale"] and "worse-with-scale" in v["flags"]  # the base LR gets 4 octaves too large
+
+
+def test_large_noise_is_inconclusive():
+    v = verdict_table(noisy({32: -3.3, 128: -3.3, 512: -3.3}, 1.0, 3, 0, curvature=0.1)).iloc[0]
+    assert v["verdict"] == "inconclusive" and "edge" not in v["flags"]
+    assert v["drift_ci_lo"] < -1 < v["drift_ci_hi"] or v["drift_ci_lo"] < 1 < v["drift_ci_hi"]  # straddles
+
+
+def test_tolerance_decides_between_transfers_and_drifts():
+    runs = table({32: -2, 128: -4}, {32: 0.0, 128: 0.0}, GRID)  # drift exactly -2, no noise: CI [-2, -2]
+    assert verdict_table(runs)["verdict"].iloc[0] == "drifts"
+    assert verdict_table(runs, tolerance=2.0)["verdict"].iloc[0] == "transfers"  # the bounds are inclusive
+    assert verdict_table(runs, tolerance=3.0)["tolerance"].iloc[0] == 3.0
+
+
+def test_edge_and_single_seed_are_inconclusive():
+    v = verdict_table(table({32: -3, 128: -5, 512: -9}, {32: 0.0, 128: 0.0, 512: 0.0}, GRID)).iloc[0]
+    assert v["verdict"] == "inconclusive" and v["flags"].split()[0] == "edge@512"
+    assert v["drift_ci_hi"] < -1  # the CI alone would say drifts: the edge overrides it
+    one = verdict_table(table({32: -2, 128: -2}, {32: 0.0, 128: 0.0}, GRID, seeds=(0,))).iloc[0]
+    assert one["drift_ci_lo"] == one["drift_ci_hi"] == 0  # one seed: every replicate is the same
+    assert one["verdict"] == "inconclusive" and one["flags"] == "too-few-seeds@32 too-few-seeds@128"
+    assert one["n_seeds"] == 1
+
+
+def test_single_scale_and_no_finished_scale_are_inconclusive():
+    v = verdict_table(table({64: -3}, {64: 0.0}, GRID)).iloc[0]
+    assert v["verdict"] == "inconclusive" and v["flags"] == "single-scale" and v["drift"] == 0
+    runs = table({32: -2, 128: -2, 512: -2}, {32: 0.0, 128: 0.0, 512: 0.0}, GRID)
+    diverge(runs, runs["width"] == 512)
+    v = verdict_table(runs).iloc[0]
+    assert v["verdict"] == "inconclusive" and v["max_scale"] == 128 and "no-finished@512" in v["flags"]
+    assert math.isinf(v["max_regret"])  # the base LR diverged at 512
+
+
+def test_ci_coverage_over_replications():
+    """A 90% CI should contain the truth in most of 40 independent synthetic experiments. The
+    percentile bootstrap over n seeds is narrow by about sqrt((n - 1) / n) and a t quantile, so
+    coverage is measured with 8 seeds (about 0.88 here; about 0.8 with 5 seeds, 0.7 with 3)."""
+    centres = {32: -2.4, 128: -4.4, 512: -6.4}
+    drift_hits = slope_hits = opt_hits = 0
+    for rep in range(40):
+        t, v = analyse(noisy(centres, 0.3, 8, 100 + rep, grid=list(range(-9, 1))), n_boot=400, seed=rep)
+        v = v.iloc[0]
+        drift_hits += v["drift_ci_lo"] <= -4 <= v["drift_ci_hi"]
+        slope_hits += v["slope_ci_lo"] <= -1 <= v["slope_ci_hi"]
+        truth = t["scale"].map(centres)  # an exact parabola's 3-point vertex is the centre
+        opt_hits += int(((t["opt_log2_lr_fit_lo"] <= truth) & (truth <= t["opt_log2_lr_fit_hi"])).sum())
+    assert drift_hits >= 30 and slope_hits >= 30 and opt_hits >= 90  # >= 75% of 40 and of 120
+    assert drift_hits < 40  # and the CIs are not uselessly wide
+
+
+def test_bootstrap_is_reproducible_and_per_group():
+    runs = noisy({32: -3.3, 128: -3.8}, 0.2, 4, 7)
+    a, b = verdict_table(runs, seed=3), verdict_table(runs, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert verdict_table(runs, seed=4)["drift_ci_lo"].iloc[0] != a["drift_ci_lo"].iloc[0]
+    # another series in the table does not change this one's CI
+    both = verdict_table(pd.concat([noisy({32: -1.0, 128: -1.0}, 0.2, 4, 8, series="first"), runs]), seed=3)
+    assert both["series"].tolist() == ["first", "s"]
+    assert both.iloc[1]["drift_ci_lo"] == a["drift_ci_lo"].iloc[0]
+
+
+def test_replicate_where_no_drawn_seed_finished_counts_as_diverged():
+    runs = table({32: -2, 128: -2}, {32: 0.0, 128: 0.0}, GRID, seeds=(0, 1))
+    diverge(runs, (runs["width"] == 128) & (runs["lr"] == 0.25) & (runs["seed"] == 0))
+    row = transfer_table(runs).iloc[1]
+    # all seeds: the cell finished through seed 1, regret 0; a quarter of the replicates draw
+    # seed 0 twice, so the base LR diverged there: the CI's top is inf
+    assert row["regret"] == 0 and not row["base_lr_diverged"]
+    assert row["regret_ci_lo"] == 0 and math.isinf(row["regret_ci_hi"])
+
+
+def test_transfer_table_optimum_matches_optimum_on_the_seed_mean_curve():
+    runs = noisy({32: -3.3, 128: -4.1, 512: -5.6}, 0.3, 3, 11)
+    t = transfer_table(runs)
+    c = cells(runs, "train_loss", "width")
+    for scale, s in c.groupby("width"):
+        o = optimum(s["lr"], s["loss"])
+        row = t[t["scale"] == scale].iloc[0]
+        assert row["opt_lr"] == o["lr_grid"] and row["opt_lr_fit"] == pytest.approx(o["lr_fit"], rel=1e-12)
+        assert row["opt_log2_lr_fit_lo"] <= row["opt_log2_lr_fit_hi"]
+
+
+def test_regret_interpolates_at_the_fitted_base_lr():
+    t = transfer_table(table({32: -2.3, 128: -4}, {32: 0.0, 128: 0.0}, GRID))
+    assert math.log2(t["base_lr"].iloc[0]) == pytest.approx(-2.3)
+    # base scale: -2.3 is 0.7 of the way from 2^-3 (loss 0.49) to 2^-2 (0.09); the best loss is
+    # read at the same point (the scale's own fitted optimum), so the regret is exactly 0
+    assert t["loss_at_base_lr"].iloc[0] == pytest.approx(0.49 + 0.7 * (0.09 - 0.49))
+    assert t["regret"].iloc[0] == 0.0
+    # width 128: from 2^-3 (loss 1) to 2^-2 (loss 4); best 0 at 2^-4
+    assert t["loss_at_base_lr"].iloc[1] == pytest.approx(1 + 0.7 * 3)
+    assert t["regret"].iloc[1] == pytest.approx(3.1)
+    assert t["regret_ci_lo"].iloc[1] == pytest.approx(3.1) and t["regret_ci_hi"].iloc[1] == pytest.approx(3.1)
+    v = verdict_table(table({32: -2.3, 128: -4}, {32: 0.0, 128: 0.0}, GRID)).iloc[0]
+    assert v["regret"] == pytest.approx(3.1) and v["max_regret"] == pytest.approx(3.1)
+    # one of the two LRs read diverged: inf
+    runs = table({32: -2.3, 128: -4}, {32: 0.0, 128: 0.0}, GRID)
+    diverge(runs, (runs["width"] == 128) & (runs["lr"] == 0.25))
+    row = transfer_table(runs).iloc[1]
+    assert math.isinf(row["regret"]) and row["base_lr_diverged"]
+
+
+def test_flat_flag():
+    # every cell's seed std is 0.3, so one standard error is 0.3 / sqrt(3) = 0.17: with curvature
+    # 0.1 the LRs one octave either side (0.1 above the minimum) are within it: 2 octaves
+    flat = table({32: -3, 128: -3}, {32: 0.0, 128: 0.0}, GRID, noise=0.3, curvature=0.1)
+    t = transfer_table(flat)
+    assert t["flat"].tolist() == [True, True]
+    v = verdict_table(flat).iloc[0]
+    assert v["flags"] == "flat@32 flat@128" and v["verdict"] == "transfers"  # informational only
+    sharp = table({32: -3, 128: -3}, {32: 0.0, 128: 0.0}, GRID, noise=0.3, curvature=1.0)
+    assert not transfer_table(sharp)["flat"].any() and verdict_table(sharp)["flags"].iloc[0] == ""
+
+
+def test_worse_with_scale_flag():
+    worse = table({32: -3, 128: -3}, {32: 0.0, 128: 0.5}, GRID, noise=0.1)  # same optimum, loss up by 0.5
+    v = verdict_table(worse).iloc[0]
+    assert v["worse_with_scale"] and v["flags"] == "worse-with-scale" and v["verdict"] == "transfers"
+    assert v["loss_change_at_base_lr"] == pytest.approx(0.5) and v["loss_change_ci_lo"] > 0
+    better = table({32: -3, 128: -3}, {32: 0.5, 128: 0.0}, GRID, noise=0.1)
+    v = verdict_table(better).iloc[0]
+    assert not v["worse_with_scale"] and v["flags"] == "" and v["loss_change_at_base_lr"] == pytest.approx(-0.5)
+
+
+def test_verdict_table_columns():
+    v = verdict_table(two_series())
+    assert list(v.columns) == list(VERDICT_COLUMNS)
+    assert v["verdict"].tolist() == ["drifts", "transfers"]
+    assert v[["drift", "drift_ci_lo", "drift_ci_hi"]].iloc[0].tolist() == pytest.approx([-2, -2, -2])
+    t, v2 = analyse(two_series())
+    pd.testing.assert_frame_equal(v, v2)
+    assert {"opt_log2_lr_fit_lo", "opt_log2_lr_fit_hi", "regret_ci_lo", "regret_ci_hi", "flat",
+            "too_few_seeds"} <= set(t.columns)
+
+
+def test_json_is_strict_and_carries_the_verdict_fields():
+    runs = table({32: -2, 128: -4}, {32: 0.0, 128: 0.0}, [-3, -2, -1])
+    diverge(runs, (runs["width"] == 128) & (runs["lr"] == 0.25))
+
+    def no_constants(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+
+    data = json.loads(report(runs, format="json", ci=0.8, tolerance=0.5, n_boot=50, seed=1),
+                      parse_constant=no_constants)
+    assert data["ci"] == 0.8 and data["tolerance"] == 0.5 and data["n_boot"] == 50 and data["seed"] == 1
+    d = data["drift"][0]
+    assert d["verdict"] == "inconclusive" and d["tolerance"] == 0.5 and d["ci"] == 0.8 and d["n_seeds"] == 3
+    assert d["drift_ci"] == [-1.0, -1.0] and len(d["slope_ci"]) == 2 and d["regret_ci"] == ["inf", "inf"]
+    assert "drift_ci_lo" not in d and d["regret"] == "inf"
+    row = data["transfer"][1]
+    assert row["opt_log2_lr_fit_ci"] == [-3.0, -3.0] and row["regret_ci"] == ["inf", "inf"]
+    two = json.loads(report(two_series(), format="json"), parse_constant=no_constants)
+    assert [r["verdict"] for r in two["drift"]] == ["drifts", "transfers"]
+
+
+def test_csv_has_the_verdict_columns():
+    df = pd.read_csv(io.StringIO(report(two_series(), format="csv")))
+    for col in ("verdict", "drift_ci_lo", "drift_ci_hi", "slope_ci_lo", "slope_ci_hi", "regret_ci_lo",
+                "regret_ci_hi", "opt_log2_lr_fit_lo", "opt_log2_lr_fit_hi", "tolerance", "ci", "n_seeds"):
+        assert col in df.columns, col
+    assert df["verdict"].tolist() == ["drifts", "drifts", "transfers", "transfers"]
+    assert df["drift_ci_lo"].tolist() == pytest.approx([-2, -2, 0, 0])
+
+
+def test_bad_bootstrap_options():
+    runs = table({32: -2, 128: -2}, {32: 0.0, 128: 0.0}, GRID)
+    with pytest.raises(UserError, match=r"--ci 1.5: allowed: .*between 0 and 1"):
+        verdict_table(runs, ci=1.5)
+    with pytest.raises(UserError, match=r"--tolerance 0: allowed"):
+        verdict_table(runs, tolerance=0)
+    with pytest.raises(UserError, match=r"--n-boot 0: allowed"):
+        report(runs, n_boot=0)
+    with pytest.raises(UserError, match=r"--seed -1: allowed"):
+        transfer_table(runs, seed=-1)
+    with pytest.raises(UserError, match=r"--min-runs 0: allowed"):
+        transfer_table(runs, min_runs=0)
+
+
+def test_report_is_fast_enough():
+    """~10 series x 4 scales x 10 LRs x 5 seeds with 1000 replicates takes about 0.4 s here; the
+    bound is loose so a loaded machine cannot fail it, and still catches a bootstrap that loops
+    over replicates in Python (tens of seconds)."""
+    import time
+    runs = pd.concat([noisy({32: -3.3, 64: -3.5, 128: -3.7, 256: -3.9}, 0.1, 5, i, grid=list(range(-8, 2)),
+                            series=f"s{i}") for i in range(10)])
+    start = time.perf_counter()
+    report(runs)
+    assert time.perf_counter() - start < 5.0

@@ -153,3 +153,34 @@ def test_width_by_depth_grid():
     assert len(fig.axes) == 4  # two panels per scale axis
     fig = plots.lr_curves(r, axis="depth")
     assert curve_labels(fig.axes[0]) == ["depth=2", "depth=4"]
+
+
+def test_transfer_plot_ci_bars_and_verdicts(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    r = runs(seeds=(0, 1, 2))
+    fig = plots.transfer_plot(r, ci=0.8, tolerance=0.5, out=tmp_path / "t.svg")
+    left = fig.axes[0]
+    bars = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # one set of CI bars per series
+    assert "80% CI" in left.get_ylabel()
+    legend = left.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["adam: transfers", "normed: transfers"]
+    assert "±0.5 octaves" in legend.get_title().get_text() and "80% CI" in legend.get_title().get_text()
+    assert curve_labels(left) == ["adam", "normed"]  # the curves keep their series labels
+    assert (tmp_path / "t.svg").stat().st_size > 1000
+    # the CI bars span the bootstrap CI of the fitted optimum
+    from lrtransfer.analysis import transfer_table
+    t = transfer_table(r, ci=0.8)
+    segments = bars[0].lines[2][0].get_segments()
+    adam = t[t["series"] == "adam"]
+    assert [s[0][1] for s in segments] == pytest.approx(adam["opt_log2_lr_fit_lo"].tolist())
+    assert [s[1][1] for s in segments] == pytest.approx(adam["opt_log2_lr_fit_hi"].tolist())
+
+
+def test_transfer_plot_bad_ci_writes_nothing(tmp_path):
+    with pytest.raises(UserError, match="--ci 90"):
+        plots.transfer_plot(runs(), ci=90, out=tmp_path / "t.png")
+    with pytest.raises(UserError, match="--tolerance -1"):
+        plots.transfer_plot(runs(), tolerance=-1, out=tmp_path / "t.png")
+    assert not list(tmp_path.iterdir())

@@ -120,7 +120,7 @@ def test_worker_killed_mid_run_is_rerun_and_nothing_is_lost(tmp_path):
     assert killed and finished_before
     # resume: a new sweep of the same experiment reaps the dead worker's cell and completes
     from lrtransfer.sweep import run_sweep
-    runs = run_sweep(exp, tmp_path, device="cpu", progress=False)
+    runs = run_sweep(exp, tmp_path, device="cpu", jobs=1, progress=False).runs
     starts, finishes = events(tmp_path, "start"), events(tmp_path, "finish")
     assert set(runs["run_id"]) == ids and set(runs["status"]) <= {"done", "diverged"}
     assert all(starts[k] == 2 for k in killed)          # the killed cell ran again
@@ -181,13 +181,13 @@ def test_a_run_that_raises_is_recorded_failed_retried_and_rerun_later(tmp_path, 
         return real(values, *args, **kwargs)
 
     monkeypatch.setattr(worker_module, "execute", flaky)
-    runs = run_sweep(exp, tmp_path, device="cpu", progress=False, retries=2)
+    runs = run_sweep(exp, tmp_path, device="cpu", jobs=1, progress=False, retries=2).runs
     row = runs.set_index("run_id").loc[bad]
     assert row["status"] == "failed" and "out of memory (simulated)" in row["error"]
     assert events(tmp_path, "fail")[bad] == 3            # the first try and 2 retries
     assert (runs.drop(index=runs.index[runs["run_id"] == bad])["status"] == "done").all()
     monkeypatch.setattr(worker_module, "execute", real)
-    runs = run_sweep(exp, tmp_path, device="cpu", progress=False)  # failed runs run again
+    runs = run_sweep(exp, tmp_path, device="cpu", jobs=1, progress=False).runs  # failed runs run again
     assert (runs["status"] == "done").all() and events(tmp_path, "start")[bad] == 4
     assert max(v for k, v in events(tmp_path, "start").items() if k != bad) == 1
 

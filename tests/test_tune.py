@@ -17,7 +17,7 @@ SHORT = ["steps=120", "width=[32,64]", "data.samples=8000"]
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     exp = load_experiment(QUICKSTART, SHORT)
-    runs = run_sweep(exp, root, device="cpu", progress=False)
+    runs = run_sweep(exp, root, device="cpu", jobs=1, progress=False).runs
     return exp, root, runs
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import inspect
 
 from ..errors import ConfigError
+import hashlib
+import json
+from pathlib import Path
+
 from .base import Dataset, data_dirs
-from .images import load_cifar10, load_imagefolder
+from .cache import content_digest
+from .images import load_cifar10, load_imagefolder, locate_cifar10
 from .mnist1d import load_mnist1d
-from .text import load_shakespeare, load_text
+from .text import load_shakespeare, load_text, locate_shakespeare
 
 DATASETS = {"mnist1d": load_mnist1d, "cifar10": load_cifar10, "imagefolder": load_imagefolder,
             "shakespeare": load_shakespeare, "text": load_text}
@@ -37,4 +42,39 @@ def load(name: str, /, **opts) -> Dataset:
     return DATASETS[name](**opts)
 
 
-__all__ = ["load", "options", "Dataset", "DATASETS", "data_dirs"]
+def locate(name: str, /, **opts) -> Path | None:
+    """The file, folder or archive dataset ``name`` reads with ``opts``; None for generated
+    data, or when no copy exists yet (``load`` then downloads it or says how to get it)."""
+    if name == "cifar10":
+        return locate_cifar10(opts.get("path"))
+    if name == "shakespeare":
+        return locate_shakespeare(opts.get("path"))
+    if name in ("imagefolder", "text") and opts.get("path"):
+        source = Path(opts["path"]).expanduser()
+        return source if source.exists() else None
+    return None
+
+
+def fingerprint(name: str, /, **opts) -> str:
+    """What the data *is*, as 16 hex digits: the content hash of the source it is read from
+    (file, folder or archive) plus the options that shape it, or, for generated data
+    (mnist1d), the generator's parameters. A run id includes it, so a changed data file makes
+    old results stale. A missing source is loaded first (downloaded, or a ``DataError``)."""
+    options(name)  # an unknown dataset fails here, naming the allowed ones
+    shaping = {k: v for k, v in opts.items() if k not in ("path", "download")}
+    if name == "mnist1d":
+        content = "generated"
+    else:
+        source = locate(name, **opts)
+        if source is None:
+            load(name, **opts)  # downloads, or raises DataError saying how to get the data
+            source = locate(name, **opts)
+        if source is None:
+            from ..errors import DataError
+            raise DataError(f"data: no source found for dataset {name!r} with options {opts}")
+        content = content_digest(source)
+    blob = json.dumps({"dataset": name, "options": shaping, "content": content}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+__all__ = ["load", "options", "locate", "fingerprint", "Dataset", "DATASETS", "data_dirs"]

@@ -77,3 +77,29 @@ def save_cached(name: str, key: str, arrays: dict) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+_DIGESTS: dict[tuple, str] = {}   # stat fingerprint -> content digest, for this process
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes; for a directory, over every file's relative path and bytes.
+
+    Memoised per process on (path, size, mtime) — a rewrite changes those — so a sweep hashes
+    its data once, however many cells it has.
+    """
+    path = Path(path).resolve()
+    stamp = source_fingerprint(path)
+    if stamp in _DIGESTS:
+        return _DIGESTS[stamp]
+    h = hashlib.sha256()
+    files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if f != path:
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    _DIGESTS[stamp] = digest = h.hexdigest()
+    return digest

@@ -233,6 +233,14 @@ def _cifar_candidates(path: str | None) -> list[Path]:
     return [d / n for d in dirs for n in CIFAR_NAMES]
 
 
+def locate_cifar10(path: str | None = None) -> Path | None:
+    """The copy ``load_cifar10`` reads (same search order), or None when there is none yet."""
+    for source in _cifar_candidates(path):
+        if source.exists():
+            return source
+    return None
+
+
 def load_cifar10(path: str | None = None, download: bool = False, train_subset: int | None = None,
                  test_subset: int | None = None) -> Dataset:
     """CIFAR-10: an explicit path, an offline copy in the data directories, or torchvision's download."""

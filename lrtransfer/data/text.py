@@ -44,18 +44,26 @@ def load_text(path: str | None = None, context: int = 128, test_fraction: float 
                    vocab_size=len(vocab), context=context, classes=tuple(vocab))
 
 
+def _shakespeare_candidates(path: str | None) -> list[Path]:
+    if path:
+        return [Path(path).expanduser()]
+    dirs = data_dirs()
+    if download_dir() not in dirs:  # where an earlier ``download = true`` put it
+        dirs.append(download_dir())
+    return [d / SHAKESPEARE_FILE for d in dirs]
+
+
+def locate_shakespeare(path: str | None = None) -> Path | None:
+    """The file ``load_shakespeare`` reads (same search order), or None when there is none yet."""
+    return next((f for f in _shakespeare_candidates(path) if f.exists()), None)
+
+
 def load_shakespeare(path: str | None = None, context: int = 128, test_fraction: float = 0.1,
                      download: bool = False) -> Dataset:
     """Tiny Shakespeare: an explicit path, an offline copy, or a download from its public URL."""
     if not isinstance(download, bool):
         raise ConfigError(f"data.download: must be true or false, got {download!r}")
-    if path:
-        candidates = [Path(path).expanduser()]
-    else:
-        dirs = data_dirs()
-        if download_dir() not in dirs:  # where an earlier ``download = true`` put it
-            dirs.append(download_dir())
-        candidates = [d / SHAKESPEARE_FILE for d in dirs]
+    candidates = _shakespeare_candidates(path)
     for file in candidates:
         if file.exists():
             return load_text(str(file), context, test_fraction, name="shakespeare")

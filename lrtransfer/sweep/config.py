@@ -1,8 +1,13 @@
 """Experiment files: TOML with [data], [model], [train], a [grid] and named [series.*].
 
 Every run is resolved to a flat, JSON-able dict (`RunConfig.values`): the dataset and its
-options under ``data.<key>``, the model and training keys by their bare names, and the series
-label. A run's id is a hash of that dict, so a run is a pure function of its config and seed.
+options under ``data.<key>``, the model and training keys by their bare names, the series
+label, and the data and code fingerprints. A run's id is a hash of that dict
+(``lrtransfer.provenance``), so a run is a pure function of its config, seed and thread count,
+and results go stale when the data or the training code changes.
+
+``seeds = N`` (top level) runs every cell with seeds 0 … N−1; a ``seed`` list in ``[grid]``
+names them instead. A relative ``data.path`` is read from the experiment file's folder.
 
 Grid values are lists (the cartesian product is taken); an LR grid can be written as
 ``{log2 = [lo, hi], step = 0.5}``. A series overrides any key, grid lists included, so each
@@ -11,17 +16,19 @@ take TOML values: ``lr=0.01``, ``width=[32,64]``, ``series.adam.lr={log2=[-10,-4
 """
 from __future__ import annotations
 
-import hashlib
+import difflib
 import itertools
 import json
 import math
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..models import options as model_options
 from ..optim import SCHEDULES
+from ..provenance import code_fingerprint, run_id
 
 # Keys filled from the dataset, not by the user.
 DATA_DERIVED = {"input_dim", "output_dim", "in_channels", "vocab_size", "context"}
@@ -49,12 +56,13 @@ TRAIN_DEFAULTS = {
     "diverge_factor": 4.0,     # a loss above diverge_factor x the first loss counts as diverged
     "exact_norm": False,       # SVD spectral norms in normalize (slow; tests) vs power iteration
     "dtype": "float32",
+    "threads": 1,              # torch threads per run: part of the run id (float sums depend on it)
 }
 
 _INT = {"width", "depth", "steps", "batch_size", "warmup", "seed", "log_every", "eval_every",
-        "eval_examples", "final_k", "block_depth", "heads", "mlp_ratio", "kernel", "downsample"}
+        "eval_examples", "final_k", "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "threads"}
 _POSITIVE = {"width", "depth", "steps", "batch_size", "log_every", "eval_examples", "final_k",
-             "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "lr", "diverge_factor"}
+             "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "lr", "diverge_factor", "threads"}
 _NON_NEGATIVE = {"warmup", "eval_every", "weight_decay", "momentum", "beta1", "beta2", "eps", "seed",
                  "blocks_mass"}
 _FLOAT = {"lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "diverge_factor", "blocks_mass"}
@@ -83,9 +91,10 @@ class RunConfig:
         return f"{v['series']} width={v['width']} depth={v['depth']} lr=2^{math.log2(v['lr']):.2f} seed={v['seed']}"
 
 
-def run_id(values: dict) -> str:
-    blob = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def nearest(name: str, allowed) -> str:
+    """`` (did you mean X?)`` for the closest allowed name, or an empty string."""
+    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -99,8 +108,20 @@ class Experiment:
     description: str = ""
     source: str = ""
 
+    @cached_property
+    def fingerprints(self) -> dict:
+        """The data and code fingerprints every cell carries (the data is located, and hashed,
+        once per experiment object)."""
+        from ..data import fingerprint
+        name, opts = self.data["dataset"], {k: v for k, v in self.data.items() if k != "dataset"}
+        return {"data_fingerprint": fingerprint(name, **opts), "code_fingerprint": code_fingerprint()}
+
     def cells(self) -> list[RunConfig]:
-        """Every run of the experiment, series by series, in grid order."""
+        """Every run of the experiment, series by series, in grid order, fingerprints included."""
+        return [RunConfig({**v, **self.fingerprints}) for v in self._resolved()]
+
+    def _resolved(self) -> list[dict]:
+        """Every run's values, without the fingerprints (cheap: nothing is read)."""
         out = []
         series = self.series or {"default": {}}
         for label, overrides in series.items():
@@ -116,19 +137,24 @@ class Experiment:
             for combo in itertools.product(*(grid[k] for k in keys)):
                 values = {**fixed, **dict(zip(keys, combo))}
                 values = {"series": label, **{f"data.{k}": v for k, v in self.data.items()}, **values}
-                out.append(RunConfig(values))
+                out.append(values)
         if not out:
             raise ConfigError("grid: the experiment resolves to no runs (an empty list in [grid] or a series?)")
         return out
 
     def scale_axes(self) -> list[str]:
         """width and/or depth, where they take more than one value."""
-        cells = self.cells()
-        return [a for a in SCALE_AXES if len({c.values[a] for c in cells}) > 1]
+        cells = self._resolved()
+        return [a for a in SCALE_AXES if len({c[a] for c in cells}) > 1]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "data": self.data, "model": self.model,
                 "train": self.train, "grid": self.grid, "series": self.series, "source": self.source}
+
+    def identity(self) -> dict:
+        """What makes two sweeps the same experiment (one results directory): its name, its
+        dataset and its architecture. Grids, LRs and seeds may grow; these may not change."""
+        return {"name": self.name, "dataset": self.data.get("dataset"), "arch": self.model.get("arch")}
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -182,7 +208,7 @@ def _check_section(section: str, values: dict, allowed: set[str]) -> dict:
     out = {}
     for key, value in values.items():
         if key not in allowed:
-            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(f"{section}.{key}: unknown key{nearest(key, allowed)}; allowed: {', '.join(sorted(allowed))}")
         out[key] = _check_value(key, value, section)
     return out
 
@@ -211,13 +237,29 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source: str = "") -> Experiment:
+def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source: str = "",
+                         base_dir: str | Path | None = None) -> Experiment:
+    """Resolve a parsed experiment file (plus ``--set`` overrides) into an ``Experiment``.
+
+    ``base_dir``: the experiment file's folder, against which a relative ``data.path`` is read.
+    """
     raw = json.loads(json.dumps(raw))  # a private copy
+    declared_series = set(raw.get("series", {}) or {}) if isinstance(raw.get("series", {}), dict) else set()
     model_keys_any = set(MODEL_DEFAULTS) | {k for a in _CHOICES["arch"] for k in model_options(a)} - DATA_DERIVED
     for text in overrides:
         key, value = parse_override(text)
         head = key.split(".")[0]
-        if head in ("data", "model", "train", "grid", "series", "name", "description"):
+        if head == "series":
+            label = key.split(".")[1] if key.count(".") >= 1 else ""
+            if label not in declared_series:
+                raise ConfigError(f"--set {key}: no series {label!r} in this experiment{nearest(label, declared_series)}; "
+                                  f"series: {', '.join(sorted(declared_series)) or 'none'}")
+            _set_path(raw, key, value)
+        elif head in ("data", "model", "train", "grid", "name", "description", "seeds"):
+            if key == "seeds":  # replaces a seed list as a whole
+                raw.get("grid", {}).pop("seed", None)
+            if key == "data.path" and isinstance(value, str):  # typed on the command line: from the cwd
+                value = str(Path(value).expanduser().resolve())
             _set_path(raw, key, value)
         elif key in TRAIN_DEFAULTS or key in model_keys_any:
             # A bare key applies to every cell: a list (or log2 range) becomes the grid's axis,
@@ -226,18 +268,21 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
                 if isinstance(overrides, dict):
                     overrides.pop(key, None)
             raw.get("grid", {}).pop(key, None)
+            if key == "seed":
+                raw.pop("seeds", None)
             if isinstance(value, (list, dict)):
                 _set_path(raw, f"grid.{key}", value)
             else:
                 _set_path(raw, f"{'train' if key in TRAIN_DEFAULTS else 'model'}.{key}", value)
         else:
-            raise ConfigError(f"--set {key}: unknown key; use a model or train key (lr, width, ...) "
-                              f"or a dotted path (data.samples, series.adam.lr)")
+            known = set(TRAIN_DEFAULTS) | model_keys_any | {"seeds"}
+            raise ConfigError(f"--set {key}: unknown key{nearest(key, known)}; use a model or train key "
+                              f"(lr, width, ...), seeds, or a dotted path (data.samples, series.adam.lr)")
 
-    top = {"name", "description", "data", "model", "train", "grid", "series"}
+    top = {"name", "description", "data", "model", "train", "grid", "series", "seeds"}
     for key in raw:
         if key not in top:
-            raise ConfigError(f"{key}: unknown top-level key; allowed: {', '.join(sorted(top))}")
+            raise ConfigError(f"{key}: unknown top-level key{nearest(key, top)}; allowed: {', '.join(sorted(top))}")
     for sect in ("data", "model", "train", "grid", "series"):
         if not isinstance(raw.get(sect, {}), dict):
             raise ConfigError(f"[{sect}] must be a table")
@@ -246,6 +291,10 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
         raise ConfigError(f"name: must be a non-empty string without '/', got {name!r}")
 
     data = dict(raw.get("data", {}))
+    if isinstance(data.get("path"), str) and base_dir is not None:
+        path = Path(data["path"]).expanduser()
+        if not path.is_absolute():  # relative to the experiment file, not to where the command runs
+            data["path"] = str((Path(base_dir) / path).resolve())
     if "dataset" not in data:
         raise ConfigError("data.dataset: missing; e.g. dataset = \"mnist1d\"")
     from ..data import DATASETS
@@ -264,7 +313,7 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
         out = {}
         for key, value in values.items():
             if key not in grid_allowed:
-                raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(grid_allowed))}")
+                raise ConfigError(f"{where}.{key}: unknown key{nearest(key, grid_allowed)}; allowed: {', '.join(sorted(grid_allowed))}")
             value = expand_values(key, value, where)
             if isinstance(value, list):
                 out[key] = [_check_value(key, v, where) for v in value]
@@ -276,6 +325,13 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
     for key, value in grid.items():
         if not isinstance(value, list):
             grid[key] = [value]
+    if "seeds" in raw:
+        seeds = raw["seeds"]
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise ConfigError(f"seeds: must be a positive integer (runs every cell with seeds 0 … seeds−1), got {seeds!r}")
+        if "seed" in grid or any("seed" in (o or {}) for o in raw.get("series", {}).values() if isinstance(o, dict)):
+            raise ConfigError("seeds: give either seeds = N or a seed list in [grid], not both")
+        grid["seed"] = list(range(seeds))
     series = {}
     for label, overrides in raw.get("series", {}).items():
         if not isinstance(overrides, dict):
@@ -283,12 +339,11 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
         series[label] = check_grid(overrides, f"series.{label}")
     exp = Experiment(name=name, data=data, model=model, train=train, grid=grid, series=series,
                      description=str(raw.get("description", "")), source=source)
-    for cell in exp.cells():  # cross-key checks on every resolved cell
-        v = cell.values
+    for v in exp._resolved():  # cross-key checks on every resolved cell
         if v["warmup"] >= v["steps"] and v["warmup"] > 0:
-            raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {cell.series})")
+            raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {v['series']})")
         if v["arch"] == "gpt" and v["width"] % v.get("heads", 4):
-            raise ConfigError(f"model.width: {v['width']} is not divisible by heads={v.get('heads', 4)} (series {cell.series})")
+            raise ConfigError(f"model.width: {v['width']} is not divisible by heads={v.get('heads', 4)} (series {v['series']})")
     return exp
 
 
@@ -304,4 +359,4 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return experiment_from_dict(raw, name=path.stem, overrides=overrides, source=text)
+    return experiment_from_dict(raw, name=path.stem, overrides=overrides, source=text, base_dir=path.parent)

@@ -49,23 +49,45 @@ def redact(url: str | None) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def open_storage(url: str | None, results_dir: str | Path | None = None) -> BaseStorage:
-    """A journal file under ``results_dir`` when ``url`` is None, else the URL's storage."""
+def open_storage(url: str | None, results_dir: str | Path | None = None, create: bool = True) -> BaseStorage:
+    """A journal file under ``results_dir`` when ``url`` is None, else the URL's storage.
+
+    ``create=False`` (status, workers): a journal or SQLite file that does not exist is an
+    error, not a new empty queue written beside the results.
+    """
     try:
         if url is None:
             if results_dir is None:
                 raise UserError("storage: give --storage URL or a results directory for the journal file")
             path = Path(results_dir) / JOURNAL_NAME
+            if not create and not path.exists():
+                raise UserError(f"{path}: no queue journal here (the sweep used another --storage, or has not "
+                                f"started); pass --storage URL")
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return _journal(path)
         if url.endswith(".journal") or url.startswith("journal:"):
-            path = url.removeprefix("journal:")
-            return JournalStorage(JournalFileBackend(path))
+            path = Path(url.removeprefix("journal:"))
+            if not create and not path.exists():
+                raise UserError(f"--storage {url}: no such journal file")
+            return _journal(path)
+        if url.startswith("sqlite:///") and not create:
+            path = Path(url.removeprefix("sqlite:///"))
+            if url != "sqlite:///:memory:" and not path.exists():
+                raise UserError(f"--storage {url}: no such SQLite file ({path})")
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except UserError:
         raise
     except Exception as e:  # a bad URL or an unreachable server
         raise UserError(f"--storage {redact(url)}: cannot open ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _journal(path: Path) -> JournalStorage:
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except ValueError as e:  # json.JSONDecodeError: a garbled line (a cut-short last line is skipped)
+        raise UserError(f"{path}: the queue journal is damaged ({type(e).__name__}: {e}). Recorded runs are "
+                        f"safe in runs/ and the queue is rebuilt from them: mv {path} {path}.damaged, then "
+                        f"run the same `lrtransfer sweep` command again") from None
 
 
 def _alive_here(owner: dict | None) -> bool | None:
@@ -113,23 +135,38 @@ class Queue:
         return out
 
     # -- filling ----------------------------------------------------------------------------
-    def enqueue(self, cells: list, finished: set[str], retries: int = 2) -> int:
-        """Enqueue every cell that is neither finished nor already waiting or running."""
+    def enqueue(self, cells: list, finished: set[str], retries: int = 2, rerun: bool = False) -> int:
+        """Enqueue every cell that is neither finished (unless ``rerun``) nor already waiting or running."""
         active = {t.user_attrs.get("run_id") for t in self.trials(states=(TrialState.WAITING, TrialState.RUNNING))}
         n = 0
         for cell in cells:
             rid = cell.run_id
-            if rid in finished or rid in active:
+            if (rid in finished and not rerun) or rid in active:
                 continue
-            self.push(rid, cell.values, attempt=0, retries=retries)
+            self.push(rid, cell.values, attempt=0, retries=retries, rerun=rerun)
             active.add(rid)
             n += 1
         return n
 
-    def push(self, rid: str, values: dict, attempt: int, retries: int) -> None:
+    def push(self, rid: str, values: dict, attempt: int, retries: int, rerun: bool = False) -> None:
+        """Enqueue one cell; ``rerun``: run it even if a finished result is recorded."""
         self.study.enqueue_trial({}, user_attrs={"run_id": rid, "series": values["series"],
                                                  "config": json.dumps(values, sort_keys=True),
-                                                 "attempt": attempt, "retries": retries})
+                                                 "attempt": attempt, "retries": retries, "rerun": rerun})
+
+    def release(self, trial, why: str = "interrupted") -> bool:
+        """Give a claimed cell back: end its trial (FAIL, ``failure=why``) and enqueue the cell
+        again with the same attempt count, so it waits for the next worker."""
+        try:
+            self.storage.set_trial_user_attr(trial._trial_id, "failure", why)
+            if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                return False
+        except UpdateFinishedTrialError:
+            return False
+        self.push(trial.user_attrs["run_id"], json.loads(trial.user_attrs["config"]),
+                  trial.user_attrs.get("attempt", 0), trial.user_attrs.get("retries", 2),
+                  trial.user_attrs.get("rerun", False))
+        return True
 
     # -- claiming and reporting -------------------------------------------------------------
     def claim(self):
@@ -180,15 +217,8 @@ class Queue:
             alive = _alive_here(owner)
             if alive is True or (alive is None and now - last < grace):
                 continue
-            try:
-                self.storage.set_trial_user_attr(t._trial_id, "failure", "lost")
-                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    continue
-            except UpdateFinishedTrialError:
-                continue  # another reaper or the worker itself got there first
-            self.push(t.user_attrs["run_id"], json.loads(t.user_attrs["config"]),
-                      t.user_attrs.get("attempt", 0), t.user_attrs.get("retries", 2))
-            lost.append(t.user_attrs["run_id"])
+            if self.release(t, "lost"):  # False: another reaper or the worker itself got there first
+                lost.append(t.user_attrs["run_id"])
         return lost
 
 

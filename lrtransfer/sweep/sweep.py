@@ -1,16 +1,25 @@
-"""Run an experiment's grid: enqueue the cells, run workers, show progress, merge the tables."""
+"""Run an experiment's grid: enqueue the cells, run workers, show progress, merge the tables.
+
+A results directory holds one experiment (``experiment.json`` records it): sweeping another
+one into it is refused before anything is written, while a grown grid of the same experiment
+(more widths, LRs or seeds) extends it. Runs recorded with other training code or data are
+moved to ``stale/`` and their cells run again. Workers default to one per core, each run on
+its own ``threads`` torch threads, so cells fill the machine side by side.
+"""
 from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
@@ -19,8 +28,8 @@ from ..store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
+from ..train import dataset_for, model_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
-from .run import dataset_for, model_for, resolve_device
 from .worker import work
 
 DEFAULT_RESULTS = Path("results")
@@ -29,6 +38,64 @@ DEFAULT_RESULTS = Path("results")
 def results_dir_for(experiment: Experiment, results_dir: str | Path | None = None) -> Path:
     return Path(results_dir) if results_dir is not None else DEFAULT_RESULTS / experiment.name
 
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(experiment: Experiment) -> int:
+    """One worker per core, fewer when runs ask for several threads each."""
+    threads = max(c.values.get("threads", 1) for c in experiment.cells())
+    return max(1, available_cores() // threads)
+
+
+def check_same_experiment(experiment: Experiment, root: Path) -> None:
+    """Refuse to sweep ``experiment`` into a directory that records another experiment."""
+    recorded = ResultStore(root).experiment() if root.is_dir() else None
+    if not recorded:
+        return
+    mine = experiment.identity()
+    theirs = {"name": recorded.get("name"), "dataset": (recorded.get("data") or {}).get("dataset"),
+              "arch": (recorded.get("model") or {}).get("arch")}
+    if theirs != mine:
+        def show(d):
+            return f"{d['name']!r} ({d['dataset']}, {d['arch']})"
+        raise UserError(f"{root}: holds experiment {show(theirs)}, not {show(mine)}; results of two experiments "
+                        f"would mix. Use another --results directory (or name = \"...\" in the TOML)")
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: claimed cells went back to the queue; ``summary`` says where it stands."""
+
+    def __init__(self, summary: str):
+        super().__init__(summary)
+        self.summary = summary
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` leaves: the merged runs table and the runs of this grid that failed."""
+    runs: pd.DataFrame
+    failed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    jobs: int = 1
+    cores: int = field(default_factory=available_cores)
+
+    def errors(self) -> list[tuple[str, int, str]]:
+        """Each distinct error (its last line, the exception) once: (error, count, an example cell)."""
+        return distinct_errors(self.failed)
+
+
+def distinct_errors(failed: pd.DataFrame) -> list[tuple[str, int, str]]:
+    out: dict[str, list] = {}
+    for row in failed.to_dict("records") if len(failed) else []:
+        text = str(row.get("error") or "unknown error").strip()
+        head = text.splitlines()[0] if text else "unknown error"
+        entry = out.setdefault(head, [0, RunConfig(row).describe() if "lr" in row else row.get("run_id", "")])
+        entry[0] += 1
+    return [(e, n, example) for e, (n, example) in out.items()]
 
 @dataclass
 class Plan:
@@ -59,6 +126,7 @@ def time_per_step(values: dict, device: str = "auto", steps: int = 3) -> float:
     import torch
     import torch.nn.functional as F
     from ..optim import make_optimizer
+    torch.set_num_threads(values.get("threads", 1))
     dev = resolve_device(device)
     ds = dataset_for(values, dev)
     model = model_for(values, ds).to(dev)
@@ -78,11 +146,15 @@ def time_per_step(values: dict, device: str = "auto", steps: int = 3) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimate: bool = True) -> Plan:
-    """What a sweep would do: grid size, cells already finished, and a compute estimate."""
+def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimate: bool = True,
+         rerun: bool = False) -> Plan:
+    """What a sweep would do: grid size, cells already finished (current ones: same config,
+    data and code), and a compute estimate. Writes nothing."""
+    root = results_dir_for(experiment, results_dir)
+    check_same_experiment(experiment, root)
     cells = experiment.cells()
-    store = ResultStore(results_dir_for(experiment, results_dir))
-    finished = store.finished_ids() if store.root.exists() else set()
+    store = ResultStore(root)
+    finished = store.finished_ids() if store.root.exists() and not rerun else set()
     todo = [c for c in cells if c.run_id not in finished]
     series: dict[str, int] = {}
     for c in cells:
@@ -102,12 +174,15 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
 
 
 def prepare(experiment: Experiment, results_dir=None, storage: str | None = None, retries: int = 2,
-            grace: float = GRACE_SECONDS, device: str = "auto") -> tuple[Queue, ResultStore, int]:
-    """Check inputs, record the experiment, open the study and enqueue every unfinished cell."""
+            grace: float = GRACE_SECONDS, device: str = "auto", rerun: bool = False,
+            on_notice=None) -> tuple[Queue, ResultStore, int]:
+    """Check inputs, record the experiment, open the study and enqueue every unfinished cell
+    (every cell with ``rerun``). Nothing is written before every check has passed."""
     root = results_dir_for(experiment, results_dir)
-    cells = experiment.cells()
-    dataset_for(cells[0].values, resolve_device(device))  # a missing dataset fails before any run
-    store = ResultStore(root)
+    check_same_experiment(experiment, root)
+    cells = experiment.cells()  # locates and fingerprints the data: a missing dataset fails here
+    dataset_for(cells[0].values, resolve_device(device))  # an unreadable one here, before any run
+    store = ResultStore(root, **({"on_notice": on_notice} if on_notice else {}))
     store.check_writable()
     queue = Queue(open_storage(storage, root), experiment.name)
     recorded = queue.study.user_attrs.get("results_dir")
@@ -119,65 +194,90 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
     write_json({**experiment.to_dict(), "storage": redact(storage), "study": experiment.name,
                 "cells": len(cells)}, root / "experiment.json")
     queue.study.set_user_attr("results_dir", str(root.resolve()))
+    stale = store.retire_stale(experiment.fingerprints)
+    if stale and on_notice:
+        on_notice(f"moved {stale} runs made with other training code or data to {root / 'stale'}; their cells run again")
     queue.reap(grace)
-    n = queue.enqueue(cells, store.finished_ids(), retries=retries)
+    n = queue.enqueue(cells, store.finished_ids(), retries=retries, rerun=rerun)
     return queue, store, n
 
 
-def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = None, jobs: int = 1,
-              device: str = "auto", retries: int = 2, grace: float = GRACE_SECONDS,
-              progress: bool = True, console: Console | None = None) -> pd.DataFrame:
-    """Run every unfinished cell of ``experiment``; return the merged runs table.
+def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = None, jobs: int | None = None,
+              device: str = "auto", retries: int = 2, grace: float = GRACE_SECONDS, rerun: bool = False,
+              progress: bool = True, console: Console | None = None) -> SweepResult:
+    """Run every unfinished cell of ``experiment``; return the merged runs and the failures.
 
-    Finished runs (done or diverged) are skipped, failed ones run again. ``jobs`` > 1 starts
-    that many local worker processes on the same study, 0 only enqueues the cells for workers
-    started elsewhere; ``storage`` is an optuna storage URL
-    (default: a journal file in the results directory).
+    Finished runs (done or diverged) are skipped unless ``rerun``; failed ones run again.
+    ``jobs`` (default: one per core, see ``default_jobs``) > 1 starts that many local worker
+    processes on the same study, 1 runs the cells in this process, 0 only enqueues them for
+    workers started elsewhere; ``storage`` is an optuna storage URL (default: a journal file in
+    the results directory). Ctrl-C gives the cells in hand back to the queue and raises
+    ``SweepInterrupted``.
     """
+    if jobs is None:
+        jobs = default_jobs(experiment)
     if jobs < 0:
         raise UserError(f"--jobs: must be >= 0 (0: only enqueue the cells for workers), got {jobs}")
     console = console or Console(stderr=True)
-    queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device)
+
+    def notice(message: str) -> None:
+        console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device, rerun, notice)
     cells = experiment.cells()
     ids = {c.run_id for c in cells}
-    already = len(ids & store.finished_ids())
+    already = len(ids & store.finished_ids()) if not rerun else 0
     if progress:
-        console.print(f"[bold]{experiment.name}[/]: {len(cells)} cells, {already} already finished, "
-                      f"{enqueued} queued; study {experiment.name!r} in {redact(storage)}")
+        console.print(f"{experiment.name}: {len(cells)} cells, {already} already finished, {enqueued} queued, "
+                      f"{jobs} worker{'s' if jobs != 1 else ''}; study {experiment.name!r} in {redact(storage)}",
+                      markup=False, highlight=False)
     if jobs == 0:  # workers elsewhere (`lrtransfer worker --study NAME`) will run them
         if progress:
             console.print(f"enqueued only; start workers with: lrtransfer worker --study {experiment.name}"
-                          + ("" if storage else f" --results {store.root}"))
-        return store.load_runs()
+                          + ("" if storage else f" --results {store.root}"), markup=False, highlight=False)
+        return SweepResult(store.load_runs(), jobs=0)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
-        task = bar.add_task("starting", total=len(cells), completed=already)
+    ran: set[str] = set()
+    try:
+        with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+            task = bar.add_task("starting", total=len(cells), completed=already)
 
-        def on_start(trial, values):
-            bar.update(task, description=RunConfig(values).describe())
+            def finished_now() -> int:
+                return len(ids & store.finished_ids()) if not rerun else len(ran)
 
-        def on_finish(trial, row):
-            bar.update(task, completed=len(ids & store.finished_ids()))
+            def on_start(trial, values):
+                bar.update(task, description=escape(RunConfig(values).describe()))
 
-        while True:
-            if jobs == 1:
-                work(queue, store, device, grace=grace, on_start=on_start, on_finish=on_finish)
-            else:
-                _run_local_workers(queue, store, jobs, device, storage, grace, ids, bar, task)
-            # Cells still running belong to other workers (another machine, or the orphaned
-            # workers of a killed sweep): wait for them, or for them to be declared lost.
-            queue.reap(grace)
-            running = queue.trials(states=(TrialState.RUNNING,))
-            if not running and not queue.trials(states=(TrialState.WAITING,)):
-                break
-            if running:
-                bar.update(task, completed=len(ids & store.finished_ids()),
-                           description=f"waiting for {len(running)} cells running elsewhere")
-                time.sleep(1.0)
-        bar.update(task, completed=len(ids & store.finished_ids()), description="done")
+            def on_finish(trial, row):
+                ran.add(row["run_id"])
+                bar.update(task, completed=finished_now())
+
+            while True:
+                if jobs == 1:
+                    work(queue, store, device, grace=grace, on_start=on_start, on_finish=on_finish)
+                else:
+                    _run_local_workers(queue, store, jobs, device, storage, grace, bar, task, finished_now)
+                # Cells still running belong to other workers (another machine, or the orphaned
+                # workers of a killed sweep): wait for them, or for them to be declared lost.
+                queue.reap(grace)
+                running = queue.trials(states=(TrialState.RUNNING,))
+                if not running and not queue.trials(states=(TrialState.WAITING,)):
+                    break
+                if running:
+                    bar.update(task, completed=finished_now(),
+                               description=f"waiting for {len(running)} cells running elsewhere")
+                    time.sleep(1.0)
+            bar.update(task, completed=finished_now(), description="done")
+    except KeyboardInterrupt:
+        queue.reap(0.0)  # cells of workers that are gone now go back to waiting at once
+        waiting = len({t.user_attrs.get("run_id") for t in queue.trials(states=(TrialState.WAITING,))} & ids)
+        done = len(ids & store.finished_ids())
+        raise SweepInterrupted(f"interrupted: {done} of {len(cells)} cells finished, {waiting} waiting in the "
+                               f"queue; run the same command to resume") from None
     runs = store.consolidate()
-    return runs
+    failed = runs[runs["run_id"].isin(ids) & (runs["status"] == "failed")] if len(runs) else runs
+    return SweepResult(runs, failed, jobs=jobs)
 
 
 def worker_command(study: str, results_dir: Path, device: str, grace: float) -> list[str]:
@@ -185,7 +285,7 @@ def worker_command(study: str, results_dir: Path, device: str, grace: float) -> 
             "--device", device, "--grace", str(grace), "--parent-pid", str(os.getpid()), "--quiet"]
 
 
-def _run_local_workers(queue, store, jobs, device, storage, grace, ids, bar, task) -> None:
+def _run_local_workers(queue, store, jobs, device, storage, grace, bar, task, finished_now) -> None:
     env = dict(os.environ)
     if storage:
         env[STORAGE_ENV] = storage  # not on the command line, where `ps` would show a password
@@ -195,11 +295,20 @@ def _run_local_workers(queue, store, jobs, device, storage, grace, ids, bar, tas
         while any(p.poll() is None for p in procs):
             time.sleep(0.5)
             running = len(queue.trials(states=(TrialState.RUNNING,)))
-            bar.update(task, completed=len(ids & store.finished_ids()),
-                       description=f"{jobs} workers, {running} running")
+            bar.update(task, completed=finished_now(), description=f"{jobs} workers, {running} running")
     except BaseException:
+        # Ctrl-C reaches the workers too (same process group); a signal sent to this process
+        # alone is passed on. Each worker gives its cell back to the queue and exits.
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.time() + 15
+        for p in procs:
+            try:
+                p.wait(timeout=max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         raise
     bad = [p.returncode for p in procs if p.returncode != 0]
     if bad:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from optuna.trial import TrialState
+
+from ..provenance import run_id
 from ..store import FINISHED, ResultStore
-from .config import run_id
+from ..train import execute, resolve_device
 from .queue import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Queue
-from .run import execute, resolve_device
 
 
 def objective(row: dict, metric: str = "final_train_loss") -> float:
@@ -42,12 +44,20 @@ def failed_row(values: dict, error: str) -> dict:
             "final_test_acc": math.nan, "wall_seconds": math.nan}
 
 
+def drained(queue: Queue) -> bool:
+    """No cell waits and none runs: the sweep is over (until someone enqueues more)."""
+    return not queue.trials(states=(TrialState.WAITING, TrialState.RUNNING))
+
+
 def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int | None = None,
          grace: float = GRACE_SECONDS, heartbeat: float = HEARTBEAT_SECONDS, parent_pid: int | None = None,
-         on_start=None, on_step=None, on_finish=None) -> int:
+         on_start=None, on_step=None, on_finish=None, merge: bool = False) -> int:
     """Run cells until the queue has none waiting; return how many this worker ran.
 
     ``parent_pid``: stop between cells once that process is gone (workers of a killed sweep).
+    ``merge``: when this worker finds the queue drained, write the merged tables
+    (runs.parquet, curves.parquet), so a study run by workers alone ends with them.
+    On KeyboardInterrupt the cell in hand goes back to the queue (waiting) before it propagates.
     """
     resolve_device(device)  # a bad --device fails here, before a cell is claimed and recorded failed
     ran = 0
@@ -61,7 +71,7 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
             break
         values = json.loads(trial.user_attrs["config"])
         rid = trial.user_attrs["run_id"]
-        known = store.row(rid)
+        known = None if trial.user_attrs.get("rerun") else store.row(rid)
         if known is not None and known.get("status") in FINISHED:  # enqueued twice: report, don't rerun
             queue.finish(trial, objective(known), run_status=known["status"])
             continue
@@ -71,6 +81,10 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
         try:
             with Heartbeat(queue, trial._trial_id, heartbeat):
                 result = execute(values, device, on_step=on_step)
+        except KeyboardInterrupt:
+            queue.release(trial, "interrupted")
+            log_event(store.root, event="interrupted", run_id=rid, trial=trial.number)
+            raise
         except Exception as e:  # the run raised: record it, retry within the budget
             error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
             store.write(failed_row(values, error), pd.DataFrame(columns=["run_id", "step", "train_loss", "test_loss", "lr"]))
@@ -86,4 +100,6 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
             if on_finish:
                 on_finish(trial, result.row)
         ran += 1
+    if merge and drained(queue):
+        store.consolidate()
     return ran

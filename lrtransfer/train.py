@@ -1,20 +1,22 @@
-"""One training run: a pure function of its resolved config (and the seed inside it).
+"""One training run: a pure function of its resolved config (seed and thread count inside it).
 
 ``execute(values, device)`` builds the model and optimizer the config describes, trains,
-and returns a ``RunResult`` with one summary row (every config field plus the metrics) and
-the logged curve. Divergence is data: a non-finite loss or update, or a loss above
-``diverge_factor`` × the first loss, stops the run with status "diverged" and the step.
+and returns a ``RunResult`` with one summary row (every config field plus the metrics and
+provenance) and the logged curve. Divergence is data: a non-finite loss or update, or a loss
+above ``diverge_factor`` × the first loss, stops the run with status "diverged" and the step.
+
+The sweep, its workers and ``tune`` all train through ``execute``. It sets torch's thread
+count from the config (``threads``): float reductions split across threads sum in another
+order, so the same cell on 1 and 2 threads gives different losses.
 """
 from __future__ import annotations
 
 import math
 import platform
 import re
-import subprocess
 import time
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from datetime import datetime, timezone
 
 import pandas as pd
 import torch
@@ -22,10 +24,11 @@ import torch.nn.functional as F
 
 import lrtransfer
 
-from ..data import Dataset, load
-from ..models import build
-from ..optim import Diverged, make_optimizer
-from .config import run_id
+from .data import Dataset, load
+from .models import build
+from .optim import Diverged, make_optimizer
+from .errors import UserError
+from .provenance import code_fingerprint, git_state, run_id
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -42,7 +45,6 @@ class RunResult:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
-    from ..errors import UserError
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
@@ -54,17 +56,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         if index >= torch.cuda.device_count():
             raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(device)
-
-
-@lru_cache(maxsize=1)
-def git_sha() -> str:
-    try:
-        root = Path(lrtransfer.__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def data_options(values: dict) -> tuple[str, dict]:
@@ -86,7 +77,7 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
 
 
 def model_for(values: dict, ds: Dataset):
-    from ..models import options
+    from .models import options
     derived = {"input_dim": math.prod(ds.input_shape), "output_dim": ds.num_classes,
                "in_channels": ds.input_shape[0], "vocab_size": ds.vocab_size, "context": ds.context}
     allowed = options(values["arch"])
@@ -117,7 +108,15 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     """Train the run ``values`` describes; ``on_step(step, steps)`` is called as it goes."""
     device = resolve_device(device) if isinstance(device, str) else device
     rid = run_id(values)
+    recorded = values.get("code_fingerprint")
+    if recorded is not None and recorded != code_fingerprint():
+        # a worker with other training code than the sweep that enqueued the cell would
+        # record numbers under a run id that does not describe them
+        raise UserError(f"run {rid}: enqueued with training code {recorded}, but this process runs "
+                        f"{code_fingerprint()}; update the worker's checkout (or re-run the sweep)")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
+    torch.set_num_threads(values.get("threads", 1))
     torch.manual_seed(values["seed"])
     ds = dataset_for(values, device)
     model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
@@ -176,9 +175,11 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
         row["final_test_acc"] = acc
         if curve:
             curve[-1]["test_loss"] = row["final_test_loss"]
-    row.update(wall_seconds=time.perf_counter() - start, lrtransfer_version=lrtransfer.__version__,
-               git_sha=git_sha(), torch_version=torch.__version__, device=_device_name(device),
-               host=platform.node())
+    sha, dirty = git_state()
+    row.update(wall_seconds=time.perf_counter() - start, started_at=started,
+               lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
+               torch_version=torch.__version__, python_version=platform.python_version(),
+               torch_threads=torch.get_num_threads(), device=_device_name(device), host=platform.node())
     curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
     curves.insert(0, "run_id", rid)
     return RunResult(row=row, curves=curves)

@@ -1,0 +1,67 @@
+"""What a result is a function of: the run id, the code fingerprint and the git state.
+
+A run is a pure function of its resolved config (seed and thread count included), the data it
+reads and the training code. Its id hashes all three, so a changed data file or a changed
+training rule makes old results stale instead of silently reused:
+
+* the resolved config, except the keys that say only *where* the data lives
+  (``LOCATION_KEYS``): the data's content is hashed instead (``data_fingerprint``), so a
+  results directory stays valid when the data or the checkout moves;
+* ``data_fingerprint``: a content hash of the data file, folder or archive, or the generator
+  parameters of generated data (``lrtransfer.data.fingerprint``);
+* ``code_fingerprint``: a hash of the training-relevant source (``TRAINING_SOURCES``). Edits
+  to the CLI, the queue, the analysis or the plots do not touch it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# The code a run's numbers depend on: the module algebra, the models, the update rules, the
+# data pipeline and the training loop.
+TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py")
+
+# Config keys that locate the data rather than define it; the data fingerprint covers them.
+LOCATION_KEYS = ("data.path", "data.download")
+
+
+def run_id(values: dict) -> str:
+    """16 hex digits of SHA-256 over the resolved config (location keys left out)."""
+    hashed = {k: v for k, v in values.items() if k not in LOCATION_KEYS}
+    blob = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """16 hex digits over the path and bytes of every training-relevant source file."""
+    h = hashlib.sha256()
+    for name in TRAINING_SOURCES:
+        target = PACKAGE_DIR / name
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for f in files:
+            h.update(f.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def git_state() -> tuple[str, bool | None]:
+    """(short commit sha, whether the working tree has uncommitted changes) of the checkout the
+    package runs from; ("unknown", None) outside git."""
+    root = PACKAGE_DIR.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0 or not sha.stdout.strip():
+            return "unknown", None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
