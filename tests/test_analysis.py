@@ -372,7 +372,7 @@ def test_edge_and_single_seed_are_inconclusive():
     assert v["verdict"] == "inconclusive" and v["flags"].split()[0] == "edge@512"
     assert v["drift_ci_hi"] < -1  # the CI alone would say drifts: the edge overrides it
     one = verdict_table(table({32: -2, 128: -2}, {32: 0.0, 128: 0.0}, GRID, seeds=(0,))).iloc[0]
-    assert one["drift_ci_lo"] == one["drift_ci_hi"] == 0  # one seed: every replicate is the same
+    assert math.isnan(one["drift_ci_lo"]) and math.isnan(one["drift_ci_hi"])  # one seed: no spread, no CI
     assert one["verdict"] == "inconclusive" and one["flags"] == "too-few-seeds@32 too-few-seeds@128"
     assert one["n_seeds"] == 1
 
@@ -388,19 +388,20 @@ def test_single_scale_and_no_finished_scale_are_inconclusive():
 
 
 def test_ci_coverage_over_replications():
-    """A 90% CI should contain the truth in most of 40 independent synthetic experiments. The
-    percentile bootstrap over n seeds is narrow by about sqrt((n - 1) / n) and a t quantile, so
-    coverage is measured with 8 seeds (about 0.88 here; about 0.8 with 5 seeds, 0.7 with 3)."""
+    """A 90% CI contains the truth in about 90% of 40 independent synthetic experiments with 3
+    seeds, the shipped experiments' count. (Measured over 150 replications: drift and slope 0.94,
+    per-scale optimum 0.86 with 3 seeds; 0.89 / 0.86 with 5; 0.87 / 0.85 with 8. A plain
+    percentile bootstrap covered the optimum only ~0.7 with 3 seeds.)"""
     centres = {32: -2.4, 128: -4.4, 512: -6.4}
     drift_hits = slope_hits = opt_hits = 0
     for rep in range(40):
-        t, v = analyse(noisy(centres, 0.3, 8, 100 + rep, grid=list(range(-9, 1))), n_boot=400, seed=rep)
+        t, v = analyse(noisy(centres, 0.3, 3, 100 + rep, grid=list(range(-9, 1))), n_boot=400, seed=rep)
         v = v.iloc[0]
         drift_hits += v["drift_ci_lo"] <= -4 <= v["drift_ci_hi"]
         slope_hits += v["slope_ci_lo"] <= -1 <= v["slope_ci_hi"]
         truth = t["scale"].map(centres)  # an exact parabola's 3-point vertex is the centre
         opt_hits += int(((t["opt_log2_lr_fit_lo"] <= truth) & (truth <= t["opt_log2_lr_fit_hi"])).sum())
-    assert drift_hits >= 30 and slope_hits >= 30 and opt_hits >= 90  # >= 75% of 40 and of 120
+    assert drift_hits >= 32 and slope_hits >= 32 and opt_hits >= 90  # >= 80% of 40, >= 75% of 120
     assert drift_hits < 40  # and the CIs are not uselessly wide
 
 
