@@ -201,7 +201,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     figures = [(plots.lr_curves(runs, metric=metric.value, axis=a), target),
                (plots.transfer_plot(runs, metric=metric.value, axis=a, ci=ci, tolerance=tolerance), second)]
     for fig, path in figures:
-        plots._save(fig, path)
+        plots.save(fig, path)
     out.print(f"wrote {target} and {second}", markup=False, highlight=False)
 
 

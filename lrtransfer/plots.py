@@ -41,7 +41,8 @@ def check_out(out) -> Path | None:
     return out
 
 
-def _save(fig: Figure, out: Path | None) -> None:
+def save(fig: Figure, out: Path | None) -> None:
+    """Write ``fig`` to ``out`` (.png/.svg/.pdf) atomically; nothing for None."""
     if out is not None:  # atomically: an interrupted save never leaves a truncated figure
         atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=130, bbox_inches="tight"))
 
@@ -156,7 +157,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None =
         handles.append(Line2D([], [], color="gray", label="above y range", **{**CLIPPED, "clip_on": True}))
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(f"{metric.replace('_', ' ')} vs learning rate across {ax_name}")
-    _save(fig, out)
+    save(fig, out)
     return fig
 
 
@@ -243,5 +244,5 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
             handles.append(Line2D([], [], color="gray", label="base LR diverged", **{**DIVERGED, "clip_on": True}))
         right.legend(handles=handles, fontsize=8)
     fig.suptitle(f"LR transfer across {' and '.join(axes_names)}: {metric.replace('_', ' ')}")
-    _save(fig, out)
+    save(fig, out)
     return fig

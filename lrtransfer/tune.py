@@ -20,7 +20,7 @@ from .store import FINISHED, ResultStore
 from .sweep.config import Experiment, run_id
 from .sweep.queue import open_storage
 from .train import execute, resolve_device
-from .sweep.sweep import results_dir_for
+from .sweep.sweep import check_same_experiment, results_dir_for
 
 SAMPLERS = ("tpe", "gp", "random")
 METRICS = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
@@ -112,7 +112,12 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
     axis = axis or (axes[0] if axes else None)
     if axis not in ("width", "depth") or axis not in axes:
         raise UserError(f"--axis {axis!r}: the experiment varies {', '.join(axes) or 'no scale'}; nothing to transfer")
+    _sampler(sampler, seed)  # a bad --sampler fails here, before anything is written
+    for p in params:
+        if p.name not in cells[0].values or p.name in ("lr", "width", "depth", "series", "seed"):
+            raise UserError(f"--param {p.name}: not a searchable train/model key of this experiment")
     root = results_dir_for(experiment, results_dir)
+    check_same_experiment(experiment, root)
     grid_store, tune_store = ResultStore(root), ResultStore(root / "tune")
     tune_store.check_writable()
     grid = grid_store.load_runs()
@@ -125,9 +130,6 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
         template = dict(next(c for c in mine if c.values[axis] == base).values)
         lrs = [c.values["lr"] for c in mine]
         lo, hi = math.log2(min(lrs)), math.log2(max(lrs))
-        for p in params:
-            if p.name not in template or p.name in ("lr", "width", "depth", "series"):
-                raise UserError(f"--param {p.name}: not a searchable train/model key of this experiment")
 
         def values_for(trial_params: dict, scale) -> dict:
             v = dict(template)

@@ -357,3 +357,12 @@ def test_ctrl_c_gives_claimed_cells_back_prints_one_line_and_exits_130(tmp_path)
     r = invoke("status", res, "--format", "json")
     totals = json.loads(r.output)["totals"]
     assert totals["running"] == 0 and totals["waiting"] == 4
+
+
+def test_tune_that_fails_writes_nothing(tmp_path):
+    exp = write(tmp_path)
+    res = tmp_path / "res"
+    r = invoke("tune", exp, "--results", res, "--param", "nonsense=1:2", "--device", "cpu")
+    assert r.exit_code == 2 and "--param nonsense" in r.output and not res.exists()
+    r = invoke("tune", exp, "--results", res, "--sampler", "bogus", "--device", "cpu")
+    assert r.exit_code == 2 and "--sampler 'bogus'" in r.output and not res.exists()
