@@ -100,8 +100,9 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
               markup=False, highlight=False)
     if len(result.failed):
         err.print(f"{len(result.failed)} runs failed:", style="red", highlight=False)
-        for error, n, example in result.errors():
-            err.print(f"  {n}x {error}  (e.g. {example})", markup=False, highlight=False, soft_wrap=True)
+        for e in result.errors():
+            err.print(f"  {e['count']}x {e['error']}  (e.g. {e['example']})", markup=False, highlight=False,
+                      soft_wrap=True)
         err.print(f"details: lrtransfer status {results_dir_for(exp, results)} --errors", markup=False, highlight=False)
         raise typer.Exit(1)
 

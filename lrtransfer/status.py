@@ -10,9 +10,8 @@ from optuna.trial import TrialState
 
 from .errors import UserError
 from .store import ResultStore
-from .sweep.config import RunConfig
 from .sweep.queue import Queue, open_storage, redact
-from .sweep.sweep import _fmt_seconds
+from .sweep.sweep import _fmt_seconds, distinct_errors
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
 
@@ -104,15 +103,6 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
         eta = _fmt_seconds(sum(secs) / len(secs) * left / workers) if secs else "unknown (no finished run yet)"
     errors = []
     if runs is not None and not runs.empty:
-        failed = runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])]
-        by_error: dict[str, dict] = {}
-        for row in failed.to_dict("records"):
-            text = str(row.get("error") or "unknown error").strip()
-            head = text.splitlines()[0] if text else "unknown error"
-            e = by_error.setdefault(head, {"error": head, "count": 0, "run_ids": [], "detail": text,
-                                           "example": RunConfig(row).describe()})
-            e["count"] += 1
-            e["run_ids"].append(row["run_id"])
-        errors = list(by_error.values())
+        errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
     return {"study": name, "storage": redact(storage), "rows": rows, "totals": totals, "eta": eta,
             "errors": errors, "time": time.time()}

@@ -83,19 +83,22 @@ class SweepResult:
     jobs: int = 1
     cores: int = field(default_factory=available_cores)
 
-    def errors(self) -> list[tuple[str, int, str]]:
-        """Each distinct error (its last line, the exception) once: (error, count, an example cell)."""
+    def errors(self) -> list[dict]:
         return distinct_errors(self.failed)
 
 
-def distinct_errors(failed: pd.DataFrame) -> list[tuple[str, int, str]]:
-    out: dict[str, list] = {}
+def distinct_errors(failed: pd.DataFrame) -> list[dict]:
+    """Each distinct error of the failed runs once, by its first line (``Type: message``):
+    ``{"error", "count", "example" (a cell that hit it), "run_ids", "detail" (a traceback)}``."""
+    out: dict[str, dict] = {}
     for row in failed.to_dict("records") if len(failed) else []:
-        text = str(row.get("error") or "unknown error").strip()
-        head = text.splitlines()[0] if text else "unknown error"
-        entry = out.setdefault(head, [0, RunConfig(row).describe() if "lr" in row else row.get("run_id", "")])
-        entry[0] += 1
-    return [(e, n, example) for e, (n, example) in out.items()]
+        text = str(row.get("error") or "unknown error").strip() or "unknown error"
+        head = text.splitlines()[0]
+        e = out.setdefault(head, {"error": head, "count": 0, "run_ids": [], "detail": text,
+                                  "example": RunConfig(row).describe() if "lr" in row else row.get("run_id", "")})
+        e["count"] += 1
+        e["run_ids"].append(row.get("run_id"))
+    return list(out.values())
 
 @dataclass
 class Plan:
@@ -270,7 +273,7 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
                     time.sleep(1.0)
             bar.update(task, completed=finished_now(), description="done")
     except KeyboardInterrupt:
-        queue.reap(0.0)  # cells of workers that are gone now go back to waiting at once
+        queue.reap(grace)  # cells of this host's workers that are gone go back to waiting at once
         waiting = len({t.user_attrs.get("run_id") for t in queue.trials(states=(TrialState.WAITING,))} & ids)
         done = len(ids & store.finished_ids())
         raise SweepInterrupted(f"interrupted: {done} of {len(cells)} cells finished, {waiting} waiting in the "
