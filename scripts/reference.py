@@ -72,7 +72,21 @@ def sweep(path: Path) -> None:
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "python": platform.python_version()}
         write_json(meta, root / "reference.json")
+        if todo == meta["cells"]:  # a whole sweep: its time is the experiment's time here
+            stamp_header(path, meta)
     ResultStore(root).consolidate()
+
+
+HEADER = re.compile(r"^# Time here.*$", re.M)
+
+
+def stamp_header(path: Path, meta: dict) -> None:
+    """Write the measured time into the experiment file's header comment."""
+    line = (f"# Time here ({meta['host_cores']} CPU cores, --jobs {meta['jobs']}): "
+            f"{_minutes(meta['wall_seconds'])} for {meta['cells']} runs, measured by `make reference`.")
+    text = path.read_text()
+    if HEADER.search(text):
+        atomic_write(path, lambda tmp: Path(tmp).write_text(HEADER.sub(line, text, count=1)))
 
 
 def figures_and_report(name: str) -> None:

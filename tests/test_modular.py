@@ -7,6 +7,7 @@ import torch
 from lrtransfer.modular import (Conv2D, Embed, Linear, Module, Mul, ReLU,
                                 Residual, ScaledReLU, Tuple, exact_spectral_norm,
                                 power_step)
+from lrtransfer.modular.spectral import block_power_step, top_subspace
 from lrtransfer.models import build
 
 SVD = exact_spectral_norm
@@ -191,10 +192,56 @@ def test_power_iteration_is_a_lower_bound_that_converges_when_warm():
     lin = Linear(64, 48)
     assert lin.atom_norm(torch.zeros(64, 48), exact=False) == 0
     assert torch.equal(lin.normalize([torch.zeros(64, 48)], 1.0)[0], torch.zeros(64, 48))
+    assert not lin._power_warm  # a zero update leaves the atom cold
     nan = torch.full((64, 48), float("nan"))
-    kept = lin._power_v.clone()
-    lin.unit_scale(nan)
-    assert torch.equal(lin._power_v, kept)  # a NaN update does not poison the warm start
+    lin.unit_scale(torch.randn(64, 48))
+    kept = lin._power_q.clone()
+    assert torch.equal(lin.unit_scale(nan), torch.tensor(0.0))
+    assert torch.equal(lin._power_q, kept)  # a NaN update does not poison the warm block
+
+
+def test_block_step_is_a_lower_bound_exact_on_its_subspace():
+    torch.manual_seed(2)
+    a = torch.randn(3, 40, 30)
+    sigma, qt = top_subspace(a, 8)
+    assert torch.allclose(sigma, SVD(a), rtol=1e-5)            # cold start: exact
+    b = torch.randn(3, 40, 30)                                   # an unrelated matrix
+    est, align, qt2 = block_power_step(b, qt)
+    assert torch.all(est <= SVD(b) * (1 + 1e-5)) and torch.all(align < 0.95)
+    for _ in range(30):
+        est, align, qt2 = block_power_step(b, qt2)
+    assert torch.allclose(est, SVD(b), rtol=1e-4) and torch.all(align > 0.999)
+    assert torch.allclose(qt2 @ qt2.mT, torch.eye(8).expand(3, 8, 8), atol=1e-4)  # orthonormal block
+    z, za, zq = block_power_step(torch.zeros(3, 40, 30), qt2)
+    assert torch.isnan(z).all() and torch.equal(zq, qt2)
+
+
+def _cold_step_ratios(model, grads, target):
+    """SVD norm / target of every Linear/Conv2D atom's normalized update (one call per atom)."""
+    out = []
+    for atom, g, share in zip(model.atoms(), grads, model.targets(target)):
+        if isinstance(atom, (Linear, Conv2D)):
+            u = g * atom.unit_scale(g) * share
+            norm = SVD(u) if isinstance(atom, Linear) else SVD(u.permute(2, 3, 0, 1)).max()
+            out.append(float(norm) / share)
+    return out
+
+
+@pytest.mark.parametrize("arch,kw", [("mlp", dict(input_dim=6, output_dim=4)),
+                                     ("resnet", dict(in_channels=3, output_dim=5))])
+def test_cold_tracked_norm_is_exact_and_reset_makes_cold(arch, kw):
+    torch.manual_seed(3)
+    model = build(arch, 16, 2, **kw)
+    grads = [torch.randn_like(a.weight) for a in model.atoms()]
+    ratios = _cold_step_ratios(model, grads, 0.5)
+    assert ratios and all(abs(r - 1) < 1e-3 for r in ratios)
+    tracked = [a for a in model.atoms() if isinstance(a, (Linear, Conv2D))]
+    assert all(a._power_warm for a in tracked)
+    for a in tracked:
+        a.reset_parameters()
+    assert not any(a._power_warm for a in tracked)
+    grads = [torch.randn_like(a.weight) for a in model.atoms()]  # unrelated: cold again, exact again
+    assert all(abs(r - 1) < 1e-3 for r in _cold_step_ratios(model, grads, 0.5))
 
 
 def test_regularize_splits_decay_like_normalize():

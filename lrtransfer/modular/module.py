@@ -81,9 +81,9 @@ class Module(nn.Module):
 
         Every atom's update ends with atom norm equal to its ``targets(target)`` entry (zero
         updates stay zero). The input list and tensors are not modified. With
-        ``exact=False`` spectral norms come from one warm-started power-iteration step per
-        atom (a lower bound of the truth, so the result can overshoot slightly on a cold
-        start); ``exact=True`` uses SVDs.
+        ``exact=False`` spectral norms are tracked per atom (exact on a cold atom, then a
+        warm block power step: a lower bound, within 1.02 of the SVD norm on the quickstart,
+        see benchmarks/normalize_accuracy.py); ``exact=True`` uses SVDs.
         """
         self._check_aligned(updates, "normalize")
         shares = self.targets(target)
