@@ -180,10 +180,10 @@ SECTIONS = {"quickstart": quickstart_section, "table": table_section}
 def render(readme: str) -> str:
     """The README with every generated section replaced by what results/ says now."""
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- reference:{name} -->\n).*?(\n<!-- /reference:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- reference:{name} -->\n).*?(<!-- /reference:{name} -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md: no <!-- reference:{name} --> ... <!-- /reference:{name} --> markers")
-        readme = pattern.sub(lambda m: m.group(1) + make() + m.group(2), readme)
+        readme = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), readme)
     return readme
 
 
