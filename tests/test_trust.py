@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +63,7 @@ def listing(root: Path) -> dict:
 
 # -- seeds ------------------------------------------------------------------------------------
 def test_seeds_runs_every_cell_with_each_seed():
-    exp = experiment_from_dict(__import__("tomllib").loads(TINY), "tiny")
+    exp = experiment_from_dict(tomllib.loads(TINY), "tiny")
     cells = exp.cells()
     assert len(cells) == 2 * 2 * 2
     assert sorted({c.values["seed"] for c in cells}) == [0, 1]
@@ -70,7 +71,7 @@ def test_seeds_runs_every_cell_with_each_seed():
 
 
 def test_seeds_and_a_seed_list_conflict_and_bad_seeds_are_named():
-    raw = __import__("tomllib").loads(TINY)
+    raw = tomllib.loads(TINY)
     with pytest.raises(ConfigError, match="seeds"):
         experiment_from_dict({**raw, "grid": {**raw["grid"], "seed": [0, 1]}}, "x")
     with pytest.raises(ConfigError, match="seeds: must be a positive integer"):
@@ -125,7 +126,7 @@ def test_code_fingerprint_covers_the_training_code_only():
 def test_a_run_records_threads_and_provenance_and_refuses_other_code(tmp_path):
     from lrtransfer.train import execute
     from lrtransfer.errors import UserError
-    cell = experiment_from_dict(__import__("tomllib").loads(TINY), "tiny").cells()[0]
+    cell = experiment_from_dict(tomllib.loads(TINY), "tiny").cells()[0]
     row = execute(cell.values, "cpu").row
     assert row["torch_threads"] == 1 and row["threads"] == 1
     assert row["python_version"].count(".") == 2 and row["started_at"][:2] == "20"
