@@ -72,7 +72,15 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
     key = (name, tuple(sorted((k, repr(v)) for k, v in opts.items())), str(device))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one dataset at a time: experiments rarely vary data within a grid
-        _DATA_CACHE[key] = load(name, **opts).to(device)
+        # Preprocessing reduces over the data (standardization), and a reduction split across
+        # threads sums in another order: load on one thread whoever asks first, so the data a
+        # run sees never depends on the process's thread count (or on --jobs).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _DATA_CACHE[key] = load(name, **opts).to(device)
+        finally:
+            torch.set_num_threads(threads)
     return _DATA_CACHE[key]
 
 

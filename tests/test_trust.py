@@ -367,3 +367,23 @@ def test_tune_that_fails_writes_nothing(tmp_path):
     assert r.exit_code == 2 and "--param nonsense" in r.output and not res.exists()
     r = invoke("tune", exp, "--results", res, "--sampler", "bogus", "--device", "cpu")
     assert r.exit_code == 2 and "--sampler 'bogus'" in r.output and not res.exists()
+
+
+def test_loaded_data_does_not_depend_on_the_thread_count_of_whoever_loads_it():
+    # The sweep's own process loads the data (to check it early) on torch's default threads;
+    # standardization reduces over the data, so loading on 2 threads once gave other bits.
+    import torch
+    from lrtransfer import train
+    values = {"data.dataset": "mnist1d", "data.samples": 40000}  # big enough to split the mean
+    before = torch.get_num_threads()
+    try:
+        loaded = {}
+        for threads in (1, 2):
+            train._DATA_CACHE.clear()
+            torch.set_num_threads(threads)
+            loaded[threads] = train.dataset_for(values, torch.device("cpu")).x_train.clone()
+            assert torch.get_num_threads() == threads  # the caller's setting is put back
+        assert torch.equal(loaded[1], loaded[2])
+    finally:
+        torch.set_num_threads(before)
+        train._DATA_CACHE.clear()
