@@ -50,7 +50,7 @@ def test_cifar10_mlp_width_grid(tmp_path, monkeypatch):
 
 def test_shakespeare_gpt_width_grid(tmp_path, monkeypatch):
     monkeypatch.setenv("LRTRANSFER_DATA", str(need_shared_data("tinyshakespeare.txt").parent))
-    runs = smoke(tmp_path, "pending/gpt_width_shakespeare.toml",
+    runs = smoke(tmp_path, "gpt_width_shakespeare.toml",
                  ["width=[16,32]", "steps=60", "data.context=32", "eval_examples=64",
                   "series.adam.lr={log2=[-10,-4],step=3}", "series.normed_adam.lr={log2=[-3,1],step=2}",
                   "seeds=1"],
