@@ -6,14 +6,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .module import Bond
+from .module import Add, Bond, Identity, Mul  # noqa: F401  (the algebra's bonds live with it)
 
 _SQRT2 = math.sqrt(2.0)
-
-
-class Identity(Bond):
-    def forward(self, x):
-        return x
 
 
 class ReLU(Bond):
@@ -98,30 +93,6 @@ class GlobalAvgPool(Bond):
 
     def forward(self, x):
         return x.mean(dim=(2, 3))
-
-
-class Add(Bond):
-    """Sum of a tuple of inputs (sensitivity 1 in the tuple's norm)."""
-
-    def forward(self, xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
-
-
-class Mul(Bond):
-    """a·x; sensitivity |a|. ``a * M`` is ``Mul(a) @ M``."""
-
-    def __init__(self, a: float):
-        super().__init__(abs(float(a)))
-        self.a = float(a)
-
-    def forward(self, x):
-        return x * self.a
-
-    def extra_repr(self):
-        return f"a={self.a:g}"
 
 
 class Positions(Bond):

@@ -146,7 +146,6 @@ class Module(nn.Module):
     def __mul__(self, a) -> "Sequence":
         if not isinstance(a, Real):
             return NotImplemented
-        from .bonds import Mul
         return Sequence(self, Mul(a))
 
     __rmul__ = __mul__
@@ -159,7 +158,6 @@ class Module(nn.Module):
     def __add__(self, other) -> "Sequence":
         if not isinstance(other, Module):
             return NotImplemented
-        from .bonds import Add
         return Sequence(Tuple(self, other), Add())
 
     def __pow__(self, copies: int) -> "Module":
@@ -176,12 +174,18 @@ class Module(nn.Module):
 
 
 class Atom(Module):
-    """A module with one weight tensor ``weight``, its own norm, mass 1 and sensitivity 1."""
+    """A module with one weight tensor ``weight``, its own norm, mass 1 and sensitivity 1.
+
+    ``lr_mult`` multiplies the learning rate of a plain (unnormalized) step on this atom; a
+    parametrization sets it (μP's per-layer LRs, ``lrtransfer.models.param``). Normalized and
+    dualized steps size the update from the mass split instead and ignore it.
+    """
 
     def __init__(self):
         super().__init__()
         self.mass = 1.0
         self.sensitivity = 1.0
+        self.lr_mult = 1.0
 
     def atoms(self) -> list["Atom"]:
         return [self]
@@ -220,6 +224,38 @@ class Bond(Module):
 
     def _norm(self, values):
         raise ValueError(f"{type(self).__name__} has no weights and no norm")
+
+
+# -- the bonds the algebra itself uses (scalar multiplication, sum, residual) -----------------
+class Identity(Bond):
+    """x; sensitivity 1."""
+
+    def forward(self, x):
+        return x
+
+
+class Add(Bond):
+    """Sum of a tuple of inputs (sensitivity 1 in the tuple's norm)."""
+
+    def forward(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Mul(Bond):
+    """a·x; sensitivity |a|. ``a * M`` is ``Mul(a) @ M``."""
+
+    def __init__(self, a: float):
+        super().__init__(abs(float(a)))
+        self.a = float(a)
+
+    def forward(self, x):
+        return x * self.a
+
+    def extra_repr(self):
+        return f"a={self.a:g}"
 
 
 class _Combinator(Module):
@@ -322,7 +358,6 @@ class Tuple(_Combinator):
 
 def Residual(block: Module, depth: int) -> Module:
     """(1 - 1/L)·Identity + (1/L)·block: sensitivity exactly 1 when the block's is 1."""
-    from .bonds import Identity
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"Residual: depth L must be a positive int, got {depth!r}")
     return (1 - 1 / depth) * Identity() + (1 / depth) * block
