@@ -29,6 +29,7 @@ from .models import build
 from .optim import Diverged, make_optimizer
 from .errors import UserError
 from .provenance import code_fingerprint, git_state, run_id
+from .spec import optimizer_options
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -85,13 +86,21 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
 
 
 def model_for(values: dict, ds: Dataset):
+    """The run's model: its architecture options, the sizes the data fixes, its parametrization."""
     from .models import options
     derived = {"input_dim": math.prod(ds.input_shape), "output_dim": ds.num_classes,
                "in_channels": ds.input_shape[0], "vocab_size": ds.vocab_size, "context": ds.context}
     allowed = options(values["arch"])
     kw = {k: v for k, v in values.items() if k in allowed}
     kw.update({k: v for k, v in derived.items() if k in allowed})
+    param = values.get("param", "modular")
+    if param != "modular":
+        kw.update(param=param, base_width=values.get("base_width") or None, optimizer=values["optimizer"])
     return build(values["arch"], values["width"], values["depth"], **kw)
+
+
+def optimizer_for(values: dict, model):
+    return make_optimizer(model, values["optimizer"], **optimizer_options(values))
 
 
 def _loss(model, x, y):
@@ -129,11 +138,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     ds = dataset_for(values, device)
     model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
     steps = values["steps"]
-    opt = make_optimizer(model, values["optimizer"], values["lr"], normalize=values["normalize"],
-                         weight_decay=values["weight_decay"], schedule=values["schedule"], steps=steps,
-                         warmup=values["warmup"], momentum=values["momentum"],
-                         betas=(values["beta1"], values["beta2"]), eps=values["eps"],
-                         exact=values["exact_norm"])
+    opt = optimizer_for(values, model)
     batches = torch.Generator().manual_seed(values["seed"])
     log_every, eval_every = values["log_every"], values["eval_every"]
     curve: list[dict] = []

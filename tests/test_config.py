@@ -62,7 +62,7 @@ def test_overrides():
     (dict(train__steps=2.5), r"train.steps: must be an integer"),
     (dict(train__lr=-1.0), r"train.lr: must be positive"),
     (dict(train__normalize="yes"), r"train.normalize: must be true or false"),
-    (dict(train__optimizer="lion"), r"train.optimizer: 'lion' is not allowed; allowed: adam, sgd"),
+    (dict(train__optimizer="lion"), r"train.optimizer: 'lion' is not allowed; allowed: sgd, adam, sign, muon"),
     (dict(model__arch="vit"), r"model.arch: 'vit' is not allowed"),
     (dict(grid__width=[]), r"grid.width: empty list"),
     (dict(grid__width=[8, -2]), r"grid.width: must be positive, got -2"),

@@ -38,7 +38,7 @@ def test_sgd_momentum_direction():
 
 def test_normalized_step_has_modular_norm_lr():
     m = build("mlp", 16, 2, input_dim=6, output_dim=4)
-    opt = Optimizer(m, Adam(), lr=0.3, normalize=True, exact=True)
+    opt = Optimizer(m, Adam(), lr=0.3, update="normalize", exact=True)
     before = [a.weight.detach().clone() for a in m.atoms()]
     _set_grads(m)
     opt.step()
@@ -61,7 +61,7 @@ def _applied_ratios(m, opt, grads):
 def test_normalized_step_with_tracked_norm_exact_first_then_close():
     # default (non-exact) mode: the first step is exact (cold start), later ones stay close
     m = build("mlp", 64, 1, input_dim=6, output_dim=4)
-    opt = Optimizer(m, SGD(momentum=0.0), lr=0.1, normalize=True)
+    opt = Optimizer(m, SGD(momentum=0.0), lr=0.1, update="normalize")
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(a.weight.shape, generator=g) for a in m.atoms()]
     first = _applied_ratios(m, opt, grads)
@@ -76,7 +76,7 @@ def test_abrupt_change_of_direction_stays_within_ten_percent(rule):
     # random gradients, then unrelated ones: the kept block is cold for the new matrices,
     # the alignment check catches it, and the extra steps bring the estimate back
     m = build("mlp", 96, 2, input_dim=24, output_dim=10)
-    opt = Optimizer(m, rule, lr=0.2, normalize=True)
+    opt = Optimizer(m, rule, lr=0.2, update="normalize")
     g = torch.Generator().manual_seed(1)
     first = [torch.randn(a.weight.shape, generator=g) for a in m.atoms()]
     for _ in range(3):
@@ -99,7 +99,7 @@ def test_weight_decay_plain_and_normalized():
     m2 = build("mlp", 8, 1, input_dim=5, output_dim=3)
     _set_grads(m2)
     w0 = [a.weight.detach().clone() for a in m2.atoms()]
-    opt = Optimizer(m2, SGD(momentum=0.0), lr=0.5, normalize=True, weight_decay=0.1, exact=True)
+    opt = Optimizer(m2, SGD(momentum=0.0), lr=0.5, update="normalize", weight_decay=0.1, exact=True)
     grads = [a.weight.grad.clone() for a in m2.atoms()]
     opt.step()
     for a, w, g, share in zip(m2.atoms(), w0, grads, m2.targets(0.5 * 0.1)):
@@ -110,7 +110,7 @@ def test_weight_decay_plain_and_normalized():
 @pytest.mark.parametrize("normalize", [False, True])
 def test_non_finite_update_is_reported_not_applied(normalize):
     m = build("mlp", 8, 1, input_dim=5, output_dim=3)
-    opt = Optimizer(m, Adam(), lr=0.1, normalize=normalize)
+    opt = Optimizer(m, Adam(), lr=0.1, update="normalize" if normalize else "plain")
     _set_grads(m)
     m.atoms()[2].weight.grad[0, 0] = float("nan")
     before = [a.weight.detach().clone() for a in m.atoms()]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .module import Atom
+from .newton_schulz import orthogonalize
 from .spectral import block_products, block_power_step, block_ritz, block_update, exact_spectral_norm, top_subspace
 
 
@@ -80,13 +81,63 @@ class _Tracked(Atom):
         """Spectral norm estimate(s) of ``u`` on their own (not batched with other atoms).
 
         Shape of ``_matrices(u)`` minus the last two dims; NaN for a zero matrix. Syncs once
-        with the host, for the alignment check. The optimizer uses ``tracked_estimates``
-        instead, with one sync for all atoms together.
+        with the host, for the alignment check. ``Module.normalize`` uses
+        ``spectral_estimates`` instead, with one sync for all atoms together.
         """
-        (sigma,), (align,), (cold,) = tracked_estimates([self], [u])
-        if not cold and bool((align < self.align_floor).any()):
-            sigma = self._refine(self._matrices(u))
-        return sigma
+        return spectral_estimates([self], [u])[0]
+
+    def spectral_norms(self, u: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Spectral norm of each matrix of ``u`` (one, or one per kernel position): SVD, or
+        the tracked estimate (NaN for a zero matrix)."""
+        return exact_spectral_norm(self._slices(u)) if exact else self.tracked_sigma(u)
+
+    def _slices(self, w: torch.Tensor) -> torch.Tensor:
+        """The matrices the norm is taken over, in the weight's own orientation."""
+        raise NotImplementedError
+
+    def _unslice(self, m: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``_slices``: back to the weight's shape."""
+        raise NotImplementedError
+
+    def atom_norm(self, w, exact=True):
+        return torch.nan_to_num(self.spectral_norms(w, exact=exact), nan=0.0).max()
+
+    @staticmethod
+    def estimate_norms(atoms, updates):
+        return spectral_estimates(atoms, updates)
+
+    def normalize_update(self, u, target, exact=False, norms=None):
+        """``u`` with every matrix rescaled to spectral norm ``target`` (zero ones stay zero).
+
+        ``norms``: the matrices' spectral norms when already known (``Module.normalize``
+        estimates all atoms' together)."""
+        norms = self.spectral_norms(u, exact=exact) if norms is None else norms
+        return u * (_inverse(norms) * target).reshape(self._scale_shape)
+
+    def dualize_update(self, u, target, ns="quintic", steps=None):
+        """The steepest-descent step of size ``target`` under this atom's norm: every matrix
+        orthogonalized (Newton–Schulz ``ns``, see newton_schulz.py), times ``target``."""
+        return self._unslice(orthogonalize(self._slices(u), ns, steps)) * target
+
+
+def spectral_estimates(atoms, updates) -> list[torch.Tensor]:
+    """Tracked spectral norm estimates for several atoms with one host sync.
+
+    The warm estimates need no sync; their alignments are read back together, and only
+    then are the atoms whose alignment is below ``align_floor`` refined (more block steps).
+    Non-finite updates give NaN estimates and keep their blocks.
+    """
+    sigmas, aligns, colds = tracked_estimates(atoms, updates)
+    if not aligns:
+        return sigmas
+    flat = torch.cat([a.reshape(-1).float() for a in aligns]).tolist()  # the one host sync
+    start = 0
+    for k, (atom, u) in enumerate(zip(atoms, updates)):
+        n = aligns[k].numel()
+        if not colds[k] and min(flat[start:start + n]) < atom.align_floor:  # NaN is not < floor
+            sigmas[k] = atom._refine(atom._matrices(u))
+        start += n
+    return sigmas
 
 
 def tracked_estimates(atoms, updates):
@@ -159,18 +210,14 @@ class Linear(_Tracked):
     def forward(self, x):
         return F.linear(x, self.weight) * self.scale
 
+    def _slices(self, w):
+        return w
+
+    def _unslice(self, m):
+        return m
+
     def _matrices(self, w):
         return w if self.d_out >= self.d_in else w.mT
-
-    def _sigma(self, w, exact):
-        """Spectral norm: SVD, or the tracked estimate (NaN for a zero matrix)."""
-        return exact_spectral_norm(w) if exact else self.tracked_sigma(w)
-
-    def atom_norm(self, w, exact=True):
-        return torch.nan_to_num(self._sigma(w, exact), nan=0.0)
-
-    def unit_scale(self, u, exact=False):
-        return _inverse(self._sigma(u, exact))
 
     def extra_repr(self):
         return f"d_out={self.d_out}, d_in={self.d_in}, mass={self.mass:g}"
@@ -182,6 +229,8 @@ class Embed(Atom):
     An update is normalized row by row, so tokens absent from the batch (zero gradient
     rows) stay exactly zero.
     """
+
+    embedding = True
 
     def __init__(self, vocab: int, d: int):
         super().__init__()
@@ -202,8 +251,13 @@ class Embed(Atom):
     def atom_norm(self, w, exact=True):
         return torch.linalg.vector_norm(w.float(), dim=1).max()
 
-    def unit_scale(self, u, exact=False):
-        return _inverse(torch.linalg.vector_norm(u.float(), dim=1, keepdim=True))
+    def normalize_update(self, u, target, exact=False, norms=None):
+        """Every row rescaled to ℓ2 norm ``target`` (absent tokens' zero rows stay zero)."""
+        return u * (_inverse(torch.linalg.vector_norm(u.float(), dim=1, keepdim=True)) * target)
+
+    def dualize_update(self, u, target, ns="quintic", steps=None):
+        """The dual of the max-row-ℓ2 norm is row-wise: the same map as ``normalize``."""
+        return self.normalize_update(u, target)
 
     def extra_repr(self):
         return f"vocab={self.vocab}, d={self.d}, mass={self.mass:g}"
@@ -245,20 +299,16 @@ class Conv2D(_Tracked):
         """(k·k, c_out, c_in): one matrix per kernel position, row-major over (i, j)."""
         return w.permute(2, 3, 0, 1).reshape(self.k * self.k, self.c_out, self.c_in)
 
+    def _unslice(self, m):
+        return m.reshape(self.k, self.k, self.c_out, self.c_in).permute(2, 3, 0, 1)
+
     def _matrices(self, w):
         m = self._slices(w)
         return m if self.c_out >= self.c_in else m.mT
 
     def position_norms(self, w, exact=True) -> torch.Tensor:
         """Spectral norm of each kernel position's slice, shape (k, k)."""
-        sigma = exact_spectral_norm(self._slices(w)) if exact else self.tracked_sigma(w)
-        return sigma.reshape(self.k, self.k)
-
-    def atom_norm(self, w, exact=True):
-        return torch.nan_to_num(self.position_norms(w, exact=exact), nan=0.0).max()
-
-    def unit_scale(self, u, exact=False):
-        return _inverse(self.position_norms(u, exact=exact)).reshape(1, 1, self.k, self.k)
+        return self.spectral_norms(w, exact=exact).reshape(self.k, self.k)
 
     def extra_repr(self):
         return f"c_out={self.c_out}, c_in={self.c_in}, k={self.k}, mass={self.mass:g}"

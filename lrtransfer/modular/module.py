@@ -45,6 +45,17 @@ class Module(nn.Module):
         """The weight-carrying atoms of this subtree, in a fixed order (forward order)."""
         raise NotImplementedError
 
+    def roles(self) -> list[str]:
+        """Each atom's place, aligned with ``atoms()``: "input" (embeddings, or else the first
+        atom: its fan-in is the data's, not the width), "output" (the last atom, the head) or
+        "hidden". Parametrizations (μP) and Muon treat the three differently."""
+        atoms = self.atoms()
+        embeds = any(a.embedding for a in atoms)
+        out = ["input" if (a.embedding if embeds else k == 0) else "hidden" for k, a in enumerate(atoms)]
+        if len(out) > 1:
+            out[-1] = "output"
+        return out
+
     def _split(self, eta: float, out: list[float]) -> None:
         """Append each atom's share of target ``eta`` to ``out`` (in ``atoms()`` order)."""
         raise NotImplementedError
@@ -79,16 +90,41 @@ class Module(nn.Module):
     def normalize(self, updates: Seq[torch.Tensor], target: float, exact: bool = False) -> list[torch.Tensor]:
         """Return new tensors: ``updates`` rescaled so that their modular norm is ``target``.
 
-        Every atom's update ends with atom norm equal to its ``targets(target)`` entry (zero
-        updates stay zero). The input list and tensors are not modified. With
-        ``exact=False`` spectral norms are tracked per atom (exact on a cold atom, then a
-        warm block power step: a lower bound, within 1.02 of the SVD norm on the quickstart,
-        see benchmarks/normalize_accuracy.py); ``exact=True`` uses SVDs.
+        The target is split once (``targets``) and each atom rescales its update to its share
+        (``Atom.normalize_update``): every atom's update ends with atom norm equal to its share, zero
+        updates stay zero, the inputs are not modified. With ``exact=False`` spectral norms
+        are tracked per atom (exact on a cold atom, then a warm block power step: a lower
+        bound, within 1.02 of the SVD norm on the quickstart, see
+        benchmarks/normalize_accuracy.py), all atoms' estimates read back with one host
+        sync; ``exact=True`` uses SVDs.
         """
         self._check_aligned(updates, "normalize")
-        shares = self.targets(target)
-        return [u * (atom.unit_scale(u, exact=exact) * share)
-                for atom, u, share in zip(self.atoms(), updates, shares)]
+        atoms, shares = self.atoms(), self.targets(target)
+        norms = [None] * len(atoms)
+        if not exact:  # atoms that estimate their norms together do so in one batch per kind
+            groups: dict = {}
+            for k, atom in enumerate(atoms):
+                if atom.estimate_norms is not None:
+                    groups.setdefault(atom.estimate_norms, []).append(k)
+            for estimate, ks in groups.items():
+                for k, n in zip(ks, estimate([atoms[k] for k in ks], [updates[k] for k in ks])):
+                    norms[k] = n
+        return [atom.normalize_update(u, share, exact=exact, norms=n)
+                for atom, u, share, n in zip(atoms, updates, shares, norms)]
+
+    def dualize(self, updates: Seq[torch.Tensor], target: float, ns: str = "quintic",
+                steps: int | None = None) -> list[torch.Tensor]:
+        """Return new tensors: the steepest-descent step of modular norm ``target`` for the
+        gradient-like ``updates`` (modular duality, SCIENCE.md §2).
+
+        The target is split exactly as ``normalize`` splits it; each atom maps its update
+        through its own norm's dual map (``Atom.dualize_update``): Linear is orthogonalized by
+        Newton–Schulz ``ns`` (cubic, quintic, muon or svd; ``steps`` None: the method's
+        default), Conv2D per kernel position, Embed row by row. The inputs are not modified.
+        """
+        self._check_aligned(updates, "dualize")
+        return [atom.dualize_update(u, share, ns=ns, steps=steps)
+                for atom, u, share in zip(self.atoms(), updates, self.targets(target))]
 
     @torch.no_grad()
     def regularize(self, strength: float) -> list[float]:
@@ -203,8 +239,34 @@ class Atom(Module):
         """This atom's norm of a tensor shaped like its weight (0-d tensor)."""
         raise NotImplementedError
 
-    def unit_scale(self, u: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """A tensor broadcastable to ``u`` such that ``u * scale`` has atom norm 1 (0 where u is 0)."""
+    embedding = False  # a lookup table (Embed): an input atom wherever it sits
+
+    # ``estimate_norms(atoms, updates) -> norms``: a function that estimates the norms of
+    # several atoms of one kind together (passed back to ``normalize`` as ``norms``), or None.
+    estimate_norms = None
+
+    def normalize(self, u, target: float, exact: bool = False, norms=None):
+        """``u`` rescaled to atom norm ``target`` (a new tensor; 0 where u is 0). Given a list
+        (the module API, one tensor for this one atom) it returns a list."""
+        if isinstance(u, (list, tuple)):
+            return Module.normalize(self, u, target, exact=exact)
+        return self.normalize_update(u, target, exact=exact, norms=norms)
+
+    def dualize(self, u, target: float, ns: str = "quintic", steps: int | None = None):
+        """The direction of atom norm ``target`` steepest for ``u`` (a new tensor). Given a
+        list (the module API) it returns a list."""
+        if isinstance(u, (list, tuple)):
+            return Module.dualize(self, u, target, ns=ns, steps=steps)
+        return self.dualize_update(u, target, ns=ns, steps=steps)
+
+    def normalize_update(self, u: torch.Tensor, target: float, exact: bool = False, norms=None) -> torch.Tensor:
+        """The atom's normalize map on one tensor. ``norms``: the norm(s) the atom would
+        compute, when the caller (``Module.normalize``) already estimated them."""
+        raise NotImplementedError
+
+    def dualize_update(self, u: torch.Tensor, target: float, ns: str = "quintic",
+                       steps: int | None = None) -> torch.Tensor:
+        """The atom's dual map on one tensor, scaled to atom norm ``target``."""
         raise NotImplementedError
 
 

@@ -1,6 +1,8 @@
-"""Update rules (SGD with momentum, Adam), plain or normalized in the modular norm, and LR schedules."""
-from .optimizer import Diverged, Optimizer, make_optimizer
-from .rules import RULES, SGD, Adam
+"""Update rules (SGD, Adam, sign, Muon) applied plain, normalized or dualized in the modular norm, and LR schedules."""
+from .muon import Muon
+from .optimizer import OPTIMIZERS, UPDATES, Diverged, Optimizer, make_optimizer
+from .rules import RULES, SGD, Adam, Sign
 from .schedule import SCHEDULES, Schedule
 
-__all__ = ["Optimizer", "make_optimizer", "Diverged", "SGD", "Adam", "RULES", "Schedule", "SCHEDULES"]
+__all__ = ["Optimizer", "make_optimizer", "Diverged", "SGD", "Adam", "Sign", "Muon", "RULES", "OPTIMIZERS",
+           "UPDATES", "Schedule", "SCHEDULES"]

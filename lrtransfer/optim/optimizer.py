@@ -1,12 +1,16 @@
-"""The optimizer: a base rule, plain (step = lr·direction) or normalized in the modular norm.
+"""The optimizer: a base rule's direction, applied plain, normalized or dualized.
 
-Normalized: each atom's direction is rescaled to its share of ``lr`` (as ``model.normalize``
-does), so that the step has modular norm ``lr`` (the learning rate is then in units of
-modular norm), and weight decay goes through ``model.regularize``. With ``exact=False`` the
-spectral norms are tracked estimates (lrtransfer/modular/spectral.py): exact on the first
-step, then lower bounds (on the quickstart every atom stays within 1.017 of its share).
-There is one host sync per step for all atoms together. Plain: the usual step and AdamW-style decoupled decay
-(weight *= 1 - lr·wd). A non-finite direction is never applied: ``step`` raises ``Diverged``.
+* ``plain``: step = lr · direction per atom, times the atom's ``lr_mult`` (a parametrization's
+  per-layer LR, e.g. μP) and the rule's own multiplier (Muon's Adam group); AdamW-style
+  decoupled decay, weight *= 1 − lr_k·wd.
+* ``normalize``: the directions go through ``model.normalize(directions, lr)`` — each atom's
+  rescaled to its share of ``lr`` — so the step has modular norm ``lr``.
+* ``dualize``: the directions go through ``model.dualize(directions, lr, ns, ns_steps)`` —
+  the steepest-descent step of modular norm ``lr`` (SCIENCE.md §2).
+  For both, weight decay goes through ``model.regularize`` (split like the target).
+
+The optimizer calls exactly ``Module.normalize`` / ``Module.dualize``: the maps live with the
+atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``.
 """
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ import math
 import torch
 
 from ..modular import Module
-from ..modular.atoms import _Tracked, _inverse, tracked_estimates
-from .rules import RULES, Adam, SGD
+from .muon import Muon
+from .rules import RULES, Adam, SGD, Sign
 from .schedule import Schedule
+
+UPDATES = ("plain", "normalize", "dualize")
+OPTIMIZERS = ("sgd", "adam", "sign", "muon")
 
 
 class Diverged(ArithmeticError):
@@ -29,24 +36,29 @@ class Diverged(ArithmeticError):
 
 
 class Optimizer:
-    def __init__(self, model: Module, rule, lr: float, normalize: bool = False,
-                 weight_decay: float = 0.0, schedule: Schedule | None = None, exact: bool = False):
+    def __init__(self, model: Module, rule, lr: float, update: str = "plain", weight_decay: float = 0.0,
+                 schedule: Schedule | None = None, exact: bool = False, ns: str = "quintic",
+                 ns_steps: int | None = None):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"optimizer: lr must be a positive finite number, got {lr!r}")
         if weight_decay < 0:
             raise ValueError(f"optimizer: weight_decay must be >= 0, got {weight_decay!r}")
+        if update not in UPDATES:
+            raise ValueError(f"optimizer: update {update!r} is not allowed; allowed: {', '.join(UPDATES)}")
         self.model, self.rule = model, rule
-        self.lr, self.normalize, self.weight_decay = float(lr), bool(normalize), float(weight_decay)
+        self.lr, self.update, self.weight_decay = float(lr), update, float(weight_decay)
         self.schedule = schedule or Schedule("constant")
-        self.exact = exact
+        self.exact, self.ns, self.ns_steps = exact, ns, ns_steps
         self.atoms = model.atoms()
         self.params = [a.weight for a in self.atoms]
-        # Targets are linear in eta: split once, scale by the scheduled LR each step.
-        self.unit_targets = model.targets(1.0) if normalize else None
-        # Atoms with tracked spectral norms: their estimates share the step's one host sync.
-        self._tracked = [i for i, a in enumerate(self.atoms) if isinstance(a, _Tracked)] \
-            if normalize and not exact else []
+        rule_mults = getattr(rule, "lr_mults", None) or [1.0] * len(self.atoms)
+        # plain steps: each atom's LR multiplier (parametrization × rule)
+        self.lr_mults = [a.lr_mult * m for a, m in zip(self.atoms, rule_mults)]
         self.t = 0
+
+    @property
+    def normalize(self) -> bool:
+        return self.update == "normalize"
 
     def current_lr(self) -> float:
         return self.lr * self.schedule(self.t)
@@ -61,71 +73,30 @@ class Optimizer:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         directions = self.rule.direction(grads)
         lr = self.current_lr()
-        norms = torch._foreach_norm(directions)
-        if self._tracked:
-            self._tracked_step(directions, norms, lr)
-        elif self.normalize:
-            self._check_finite(norms)
-            scales = [a.unit_scale(d, exact=self.exact) * (share * lr)
-                      for a, d, share in zip(self.atoms, directions, self.unit_targets)]
+        self._check_finite(torch._foreach_norm(directions))
+        if self.update == "plain":
+            self._plain_step(directions, lr)
+        else:
+            if self.update == "normalize":
+                steps = self.model.normalize(directions, lr, exact=self.exact)
+            else:
+                steps = self.model.dualize(directions, lr, ns=self.ns, steps=self.ns_steps)
             if self.weight_decay:
                 self.model.regularize(lr * self.weight_decay)
-            for p, d, s in zip(self.params, directions, scales):
-                p.addcmul_(d, s, value=-1)
-        else:
-            self._check_finite(norms)
-            if self.weight_decay:
-                torch._foreach_mul_(self.params, 1 - lr * self.weight_decay)
-            torch._foreach_add_(self.params, directions, alpha=-lr)
+            torch._foreach_sub_(self.params, steps)
         self.t += 1
         return lr
 
-    def _tracked_step(self, directions, norms, lr) -> None:
-        """Normalized step with tracked spectral norms and a single host sync.
-
-        The warm estimates need no sync, so the finiteness flags, the estimates and their
-        alignments are read back together. Only then are the atoms whose alignment is low
-        refined (more block steps, no sync), and the step applied.
-        """
-        idx = self._tracked
-        atoms = [self.atoms[i] for i in idx]
-        sigmas, aligns, colds = tracked_estimates(atoms, [directions[i] for i in idx])
-        # non-finite directions give NaN estimates and keep their blocks, so nothing is spoiled
-        # before the check below raises
-        flat = torch.cat([torch.stack(norms).float()] + [x.reshape(-1).float() for x in sigmas + aligns])
-        values = flat.tolist()  # the one host sync of the step
-        n = len(norms)
-        bad = [k for k, v in enumerate(values[:n]) if not math.isfinite(v)]
-        if bad:
-            raise Diverged(self.t, bad)
-        offsets = [0]
-        for x in sigmas:
-            offsets.append(offsets[-1] + x.numel())
-        total = offsets[-1]
-        scales: dict[int, object] = {}
-        for j, (i, atom) in enumerate(zip(idx, atoms)):
-            share = self.unit_targets[i] * lr
-            sig = values[n + offsets[j]: n + offsets[j + 1]]
-            al = values[n + total + offsets[j]: n + total + offsets[j + 1]]
-            if not colds[j] and min(al) < atom.align_floor:  # NaN (zero update) is not < floor
-                sigma = atom._refine(atom._matrices(directions[i]))
-                scales[i] = (_inverse(sigma) * share).reshape(atom._scale_shape)
-            elif len(sig) == 1:  # Linear: a Python float, no tensor arithmetic
-                scales[i] = share / sig[0] if sig[0] > 0 else 0.0
-            else:
-                scales[i] = (_inverse(sigmas[j]) * share).reshape(atom._scale_shape)
-        for i, (a, d, share) in enumerate(zip(self.atoms, directions, self.unit_targets)):
-            if i not in scales:  # untracked atoms (Embed): their own tensor scale
-                scales[i] = a.unit_scale(d, exact=False) * (share * lr)
-        if self.weight_decay:
-            self.model.regularize(lr * self.weight_decay)
-        for i, (p, d) in enumerate(zip(self.params, directions)):
-            s = scales[i]
-            if isinstance(s, float):
-                if s:
-                    p.add_(d, alpha=-s)
-            else:
-                p.addcmul_(d, s, value=-1)
+    def _plain_step(self, directions, lr) -> None:
+        if all(m == 1.0 for m in self.lr_mults):  # one fused call for the common case
+            if self.weight_decay:
+                torch._foreach_mul_(self.params, 1 - lr * self.weight_decay)
+            torch._foreach_add_(self.params, directions, alpha=-lr)
+            return
+        for p, d, m in zip(self.params, directions, self.lr_mults):
+            if self.weight_decay:
+                p.mul_(1 - lr * m * self.weight_decay)
+            p.add_(d, alpha=-lr * m)
 
     def _check_finite(self, norms) -> None:
         finite = torch.isfinite(torch.stack(list(norms)))
@@ -133,16 +104,27 @@ class Optimizer:
             raise Diverged(self.t, torch.nonzero(~finite).flatten().tolist())
 
 
-def make_optimizer(model: Module, name: str, lr: float, normalize: bool = False,
-                   weight_decay: float = 0.0, schedule: str = "linear", steps: int = 1,
-                   warmup: int = 0, momentum: float = 0.9, betas=(0.9, 0.99), eps: float = 1e-8,
-                   exact: bool = False) -> Optimizer:
-    """The optimizer a run config describes: ``name`` is "sgd" or "adam"."""
+def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", weight_decay: float = 0.0,
+                   schedule: str = "linear", steps: int = 1, warmup: int = 0, momentum: float = 0.9,
+                   betas=(0.9, 0.99), eps: float = 1e-8, exact: bool = False, ns: str = "quintic",
+                   ns_steps: int | None = None, muon_momentum: float = 0.95, muon_adam_ratio: float = 0.015,
+                   normalize: bool | None = None) -> Optimizer:
+    """The optimizer a run config describes: base rule ``name`` (sgd, adam, sign, muon) applied
+    ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``."""
+    if normalize:
+        update = "normalize"
     if name == "sgd":
         rule = SGD(momentum=momentum)
     elif name == "adam":
         rule = Adam(betas=tuple(betas), eps=eps)
+    elif name == "sign":
+        rule = Sign()
+    elif name == "muon":
+        if update != "plain":
+            raise ValueError(f"optimizer muon: it orthogonalizes on its own; update must be plain, got {update!r}")
+        rule = Muon([r == "hidden" for r in model.roles()], momentum=muon_momentum,
+                    ns_steps=ns_steps or 5, adam_ratio=muon_adam_ratio, eps=eps)
     else:
-        raise ValueError(f"optimizer: unknown name {name!r}; allowed: {', '.join(RULES)}")
-    return Optimizer(model, rule, lr, normalize=normalize, weight_decay=weight_decay,
-                     schedule=Schedule(schedule, steps, warmup), exact=exact)
+        raise ValueError(f"optimizer: unknown name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    return Optimizer(model, rule, lr, update=update, weight_decay=weight_decay,
+                     schedule=Schedule(schedule, steps, warmup), exact=exact, ns=ns, ns_steps=ns_steps)

@@ -80,4 +80,21 @@ class Adam:
         return {"t": self.t, "m": self.m, "v": self.v}
 
 
-RULES = {"sgd": SGD, "adam": Adam}
+
+
+class Sign:
+    """sign(g): steepest descent under the ℓ∞ norm (SCIENCE.md §3), with 0 where g is 0.
+
+    Step for step the same as ``Adam(betas=(0, 0), eps=0)`` — Adam without its averages.
+    """
+
+    name = "sign"
+
+    def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        return torch._foreach_sign(grads)
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+RULES = {"sgd": SGD, "adam": Adam, "sign": Sign}  # muon: lrtransfer/optim/muon.py

@@ -27,48 +27,14 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..models import options as model_options
-from ..optim import SCHEDULES
+from .. import spec
 from ..provenance import code_fingerprint, run_id
 
 # Keys filled from the dataset, not by the user.
 DATA_DERIVED = {"input_dim", "output_dim", "in_channels", "vocab_size", "context"}
 
-MODEL_DEFAULTS = {"arch": "mlp", "width": 128, "depth": 3}
-
-TRAIN_DEFAULTS = {
-    "optimizer": "adam",       # "adam" | "sgd"
-    "normalize": False,        # rescale each update to modular norm lr
-    "lr": 1e-3,
-    "steps": 1000,
-    "batch_size": 128,
-    "schedule": "linear",      # "constant" | "linear" (decay to 0) | "cosine"
-    "warmup": 0,
-    "weight_decay": 0.0,
-    "momentum": 0.9,           # sgd
-    "beta1": 0.9,              # adam
-    "beta2": 0.99,
-    "eps": 1e-8,
-    "seed": 0,
-    "log_every": 10,           # curves get the mean train loss of every log_every steps
-    "eval_every": 0,           # test loss during training every N steps (0: only at the end)
-    "eval_examples": 2048,     # test examples (or windows) used for test loss/accuracy
-    "final_k": 5,              # final_train_loss = mean of the last final_k logged values
-    "diverge_factor": 4.0,     # a loss above diverge_factor x the first loss counts as diverged
-    "exact_norm": False,       # SVD spectral norms in normalize (slow; tests) vs power iteration
-    "dtype": "float32",
-    "threads": 1,              # torch threads per run: part of the run id (float sums depend on it)
-}
-
-_INT = {"width", "depth", "steps", "batch_size", "warmup", "seed", "log_every", "eval_every",
-        "eval_examples", "final_k", "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "threads"}
-_POSITIVE = {"width", "depth", "steps", "batch_size", "log_every", "eval_examples", "final_k",
-             "block_depth", "heads", "mlp_ratio", "kernel", "downsample", "lr", "diverge_factor", "threads"}
-_NON_NEGATIVE = {"warmup", "eval_every", "weight_decay", "momentum", "beta1", "beta2", "eps", "seed",
-                 "blocks_mass"}
-_FLOAT = {"lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "diverge_factor", "blocks_mass"}
-_BOOL = {"normalize", "exact_norm"}
-_CHOICES = {"optimizer": ("adam", "sgd"), "schedule": SCHEDULES, "dtype": ("float32", "float64", "bfloat16"),
-            "arch": ("mlp", "resnet", "gpt")}
+MODEL_DEFAULTS = spec.defaults("model")
+TRAIN_DEFAULTS = spec.defaults("train")
 
 SCALE_AXES = ("width", "depth")
 
@@ -137,9 +103,24 @@ class Experiment:
             for combo in itertools.product(*(grid[k] for k in keys)):
                 values = {**fixed, **dict(zip(keys, combo))}
                 values = {"series": label, **{f"data.{k}": v for k, v in self.data.items()}, **values}
+                why = spec.check_combination(values)
+                if why:
+                    raise ConfigError(f"series {label}: {why}")
                 out.append(values)
         if not out:
             raise ConfigError("grid: the experiment resolves to no runs (an empty list in [grid] or a series?)")
+        smallest = min(v["width"] for v in out)
+        for v in out:
+            # one spelling per run, so `normalize = true` and `update = "normalize"` share a run id
+            if v.get("normalize"):
+                v["update"] = "normalize"
+            v["normalize"] = v.get("update") == "normalize"
+            # μP's base shapes: the experiment's smallest width unless given (other
+            # parametrizations have none, and keep 0 so a grown grid leaves their ids alone)
+            if v.get("param") == "mup":
+                v["base_width"] = v.get("base_width") or smallest
+            else:
+                v["base_width"] = 0
         return out
 
     def scale_axes(self) -> list[str]:
@@ -176,27 +157,49 @@ def expand_values(key: str, value, where: str):
     return value
 
 
+def _arch_option_key(name: str) -> spec.Key | None:
+    """Architecture options (block_depth, heads, ...) are typed by their defaults: ints are
+    positive counts, floats non-negative masses."""
+    from ..models import ARCHS
+    for arch in ARCHS:
+        default = model_options(arch).get(name)
+        if isinstance(default, bool):
+            return spec.Key(name, bool, default, "", "models", "model")
+        if isinstance(default, int):
+            return spec.Key(name, int, default, "", "models", "model", positive=True)
+        if isinstance(default, float):
+            return spec.Key(name, float, default, "", "models", "model", minimum=0)
+    return None
+
+
 def _check_value(key: str, value, where: str):
+    """``value`` checked against the run spec's entry for ``key`` (type, choices, bounds)."""
     name = f"{where}.{key}"
-    if key in _BOOL:
+    k = spec.BY_NAME.get(key) or _arch_option_key(key)
+    if k is None:
+        return value
+    if k.choices is not None:
+        if value not in k.choices:
+            raise ConfigError(f"{name}: {value!r} is not allowed{nearest(value, k.choices)}; "
+                              f"allowed: {', '.join(k.choices)}")
+        return value
+    if k.type is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: must be true or false, got {value!r}")
         return value
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ConfigError(f"{name}: {value!r} is not allowed; allowed: {', '.join(_CHOICES[key])}")
-        return value
-    if key in _INT:
+    if k.type is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{name}: must be an integer, got {value!r}")
-    elif key in _FLOAT:
+    elif k.type is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ConfigError(f"{name}: must be a number, got {value!r}")
         value = float(value)
-    if key in _POSITIVE and value <= 0:
+    elif k.type is str and not isinstance(value, str):
+        raise ConfigError(f"{name}: must be a string, got {value!r}")
+    if k.positive and value <= 0:
         raise ConfigError(f"{name}: must be positive, got {value!r}")
-    if key in _NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{name}: must be >= 0, got {value!r}")
+    if k.minimum is not None and value < k.minimum:
+        raise ConfigError(f"{name}: must be >= {k.minimum:g}, got {value!r}")
     return value
 
 
@@ -245,7 +248,7 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
     """
     raw = json.loads(json.dumps(raw))  # a private copy
     declared_series = set(raw.get("series", {}) or {}) if isinstance(raw.get("series", {}), dict) else set()
-    model_keys_any = set(MODEL_DEFAULTS) | {k for a in _CHOICES["arch"] for k in model_options(a)} - DATA_DERIVED
+    model_keys_any = set(MODEL_DEFAULTS) | {k for a in spec.ARCHS for k in model_options(a)} - DATA_DERIVED
     for text in overrides:
         key, value = parse_override(text)
         head = key.split(".")[0]

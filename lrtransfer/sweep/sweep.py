@@ -28,7 +28,7 @@ from ..store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
-from ..train import dataset_for, model_for, resolve_device
+from ..train import dataset_for, model_for, optimizer_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
 
@@ -128,12 +128,11 @@ def time_per_step(values: dict, device: str = "auto", steps: int = 3) -> float:
     """Seconds per training step of the model ``values`` describes, timed over a few steps."""
     import torch
     import torch.nn.functional as F
-    from ..optim import make_optimizer
     torch.set_num_threads(values.get("threads", 1))
     dev = resolve_device(device)
     ds = dataset_for(values, dev)
     model = model_for(values, ds).to(dev)
-    opt = make_optimizer(model, values["optimizer"], values["lr"], normalize=values["normalize"])
+    opt = optimizer_for(values, model)
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps + 1):
@@ -167,7 +166,7 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
         per_shape: dict = {}
         for c in todo:  # time each distinct model shape once; a run costs steps x that
             v = c.values
-            key = (v["arch"], v["width"], v["depth"], v["batch_size"], v["optimizer"], v["normalize"],
+            key = (v["arch"], v["width"], v["depth"], v["batch_size"], v["optimizer"], v["update"], v.get("param"),
                    tuple(sorted((k, str(x)) for k, x in v.items() if k.startswith("data."))))
             if key not in per_shape:
                 per_shape[key] = time_per_step(v, device)
