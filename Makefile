@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/normalize_overhead.py
+	$(PY) benchmarks/step_cost.py
 	$(PY) benchmarks/normalize_accuracy.py
 	$(PY) benchmarks/jobs_speedup.py
 	$(PY) benchmarks/transfer_quickstart.py

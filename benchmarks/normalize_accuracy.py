@@ -1,4 +1,4 @@
-"""How close a normalized update is to its target, and what the normalization costs.
+"""How close a normalized update is to its target (its cost: benchmarks/step_cost.py).
 
 Accuracy: the quickstart configuration (ResMLP depth 2, block_depth 2, MNIST-1D with 40,000
 samples, batch 128, Adam normalized with the default tracked spectral norms, lr 2^-2, linear
@@ -8,18 +8,12 @@ decay 0 the applied update is w_before − w_after. Ratio 1 is exact; above 1 th
 larger than the README's "modular norm lr". Per width, the table gives the ratio at step 0
 (max over atoms), the max after step 0, the mean, and the fraction of atom-steps above 1.05.
 
-Cost: median time of whole training steps (forward, backward, optimizer) of a ResMLP
-(depth 3, batch 128, random data), normalized Adam over plain Adam, with the variants
-interleaved so that machine noise hits both alike (as benchmarks/normalize_overhead.py).
-
 Run on demand (not a test): python benchmarks/normalize_accuracy.py [--steps 300]
-[--widths 32,128,512] [--cost-widths 256,512,1024] [--repeats 20] [--device cpu]
+[--widths 32,128,512] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +27,7 @@ from lrtransfer.optim import make_optimizer
 def accuracy(width: int, steps: int, ds, device, seed: int = 0) -> dict:
     torch.manual_seed(seed)  # as a sweep run: the model (and its tracking state) from the seed
     model = build("mlp", width, 2, block_depth=2, input_dim=40, output_dim=10).to(device)
-    opt = make_optimizer(model, "adam", 2.0 ** -2, normalize=True, schedule="linear", steps=steps,
+    opt = make_optimizer(model, "adam", 2.0 ** -2, update="normalize", schedule="linear", steps=steps,
                          betas=(0.9, 0.99))
     atoms = model.atoms()
     linear = [k for k, a in enumerate(atoms) if isinstance(a, Linear)]
@@ -58,41 +52,10 @@ def accuracy(width: int, steps: int, ds, device, seed: int = 0) -> dict:
             "final_loss": loss.item()}
 
 
-def step_time(model, opt, x, y, sync) -> float:
-    t0 = time.perf_counter()
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    sync()
-    return time.perf_counter() - t0
-
-
-def overhead(width: int, repeats: int, device) -> tuple[float, float, float]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    x = torch.randn(128, 256, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-    variants = []
-    for normalize in (False, True):
-        model = build("mlp", width, 3, input_dim=256, output_dim=10).to(device)
-        opt = make_optimizer(model, "adam", 0.1 if normalize else 1e-3, normalize=normalize, schedule="constant")
-        for _ in range(3):
-            step_time(model, opt, x, y, sync)  # warm up (and the cold start of the tracking)
-        variants.append((model, opt, []))
-    for _ in range(repeats):
-        for model, opt, times in variants:
-            times.append(step_time(model, opt, x, y, sync))
-    plain, normed = (statistics.median(v[2]) * 1e3 for v in variants)
-    return plain, normed, normed / plain
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--widths", default="32,128,512")
-    p.add_argument("--cost-widths", default="256,512,1024")
-    p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -104,11 +67,6 @@ def main():
         r = accuracy(width, args.steps, ds, device)
         print(f"{width:>6} {r['step0']:>8.4f} {r['max_after0']:>8.4f} {r['mean']:>8.4f} "
               f"{r['frac_above_1.05']:>8.4f} {r['final_loss']:>7.3f}", flush=True)
-    print(f"cost: ResMLP depth 3, batch 128, {args.repeats} interleaved steps per variant, device {device}")
-    print(f"{'width':>6} {'adam ms':>9} {'normed ms':>10} {'normed/adam':>12}")
-    for width in map(int, args.cost_widths.split(",")):
-        plain, normed, ratio = overhead(width, args.repeats, device)
-        print(f"{width:>6} {plain:>9.2f} {normed:>10.2f} {ratio:>12.3f}", flush=True)
 
 
 if __name__ == "__main__":
