@@ -109,6 +109,22 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
 
 @app.command()
 @user_errors
+def keys(format: Format = typer.Option(Format.markdown, help="markdown | json")):
+    """The run keys an experiment file takes: section, default, allowed values, meaning.
+
+    Example: lrtransfer keys --format json
+    """
+    from . import spec
+    if format == Format.json:
+        out.print_json(json.dumps(spec.as_records()))
+    elif format == Format.markdown:
+        out.print(spec.markdown_table(), highlight=False, markup=False, soft_wrap=True)
+    else:
+        raise UserError(f"--format {format.value}: allowed: markdown, json")
+
+
+@app.command()
+@user_errors
 def worker(study: str = typer.Option(..., help="study name (the experiment's name)"),
            storage: Optional[str] = typer.Option(None, help="optuna storage URL (or env LRTRANSFER_STORAGE); default: the journal in --results"),
            results: Optional[Path] = typer.Option(None, help="results directory (default: the one the sweep recorded in the study)"),

@@ -109,3 +109,31 @@ def check_combination(values: dict) -> str | None:
     if values.get("optimizer") == "muon" and update != "plain":
         return f"optimizer = \"muon\" orthogonalizes its own steps; it needs update = \"plain\" (got {update!r})"
     return None
+
+
+def _allowed(k: Key) -> str:
+    if k.choices:
+        return " \\| ".join(k.choices)
+    if k.type is bool:
+        return "true \\| false"
+    if k.positive:
+        return "> 0"
+    if k.minimum is not None:
+        return f">= {k.minimum:g}"
+    return ""
+
+
+def markdown_table() -> str:
+    """The run keys as a markdown table (the README's and ``lrtransfer keys``'s)."""
+    rows = ["| key | section | default | allowed | what |", "|---|---|---|---|---|"]
+    for k in KEYS:
+        default = str(k.default).lower() if isinstance(k.default, bool) else repr(k.default) \
+            if isinstance(k.default, str) else f"{k.default:g}" if isinstance(k.default, float) else str(k.default)
+        rows.append(f"| `{k.name}` | {k.section} | `{default}` | {_allowed(k)} | {k.help} |")
+    return "\n".join(rows)
+
+
+def as_records() -> list[dict]:
+    return [{"name": k.name, "section": k.section, "type": k.type.__name__, "default": k.default,
+             "choices": list(k.choices) if k.choices else None, "positive": k.positive,
+             "minimum": k.minimum, "help": k.help, "owner": k.owner} for k in KEYS]

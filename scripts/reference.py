@@ -174,7 +174,12 @@ def table_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"quickstart": quickstart_section, "table": table_section}
+def keys_section() -> str:
+    from lrtransfer import spec
+    return spec.markdown_table()
+
+
+SECTIONS = {"quickstart": quickstart_section, "table": table_section, "keys": keys_section}
 
 
 def render(readme: str) -> str:
