@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from ..errors import ConfigError
 from ..modular import Module
 from .gpt import gpt
 from .mlp import resmlp
+from .param import PARAMS, apply_param
 from .resnet import rescnn
 
 ARCHS = {"mlp": resmlp, "resnet": rescnn, "gpt": gpt}
@@ -25,8 +28,11 @@ def options(arch: str) -> dict:
             for name, p in params.items() if name not in ("width", "depth")}
 
 
-def build(arch: str, width: int, depth: int, **kw) -> Module:
-    """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks."""
+def build(arch: str, width: int, depth: int, param: str = "modular", base_width: int | None = None,
+          optimizer: str = "adam", **kw) -> Module:
+    """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks,
+    in parametrization ``param`` (modular, sp, mup; see param.py). μP's base shapes are the
+    same architecture at ``base_width`` (None: ``width``); ``optimizer`` picks its LR rules."""
     allowed = options(arch)
     for name, value in (("width", width), ("depth", depth)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -38,10 +44,17 @@ def build(arch: str, width: int, depth: int, **kw) -> Module:
     missing = [k for k, v in allowed.items() if v is None and k not in kw]
     if missing:
         raise ConfigError(f"model: arch {arch!r} needs {', '.join(missing)}")
+    if param not in PARAMS:
+        raise ConfigError(f"model.param: unknown parametrization {param!r}; allowed: {', '.join(PARAMS)}")
     try:
-        return ARCHS[arch](width, depth, **kw)
+        model = ARCHS[arch](width, depth, **kw)
+        base = None
+        if param == "mup" and base_width not in (None, width):
+            with torch.random.fork_rng():  # the base model only lends its shapes: leave the stream alone
+                base = ARCHS[arch](base_width, depth, **kw)
+        return apply_param(model, param, optimizer=optimizer, base_model=base)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
 
 
-__all__ = ["build", "options", "ARCHS", "resmlp", "rescnn", "gpt"]
+__all__ = ["build", "options", "ARCHS", "PARAMS", "apply_param", "resmlp", "rescnn", "gpt"]

@@ -114,6 +114,7 @@ class CausalSelfAttention(Bond):
         if not isinstance(heads, int) or heads < 1:
             raise ValueError(f"CausalSelfAttention: heads must be a positive int, got {heads!r}")
         self.heads = heads
+        self.sqrt_scale = False  # True: standard practice's 1/sqrt(d_head) (param = "sp")
 
     def forward(self, qkv):
         q, k, v = qkv
@@ -122,7 +123,8 @@ class CausalSelfAttention(Bond):
             raise ValueError(f"CausalSelfAttention: width {D} is not divisible by heads={self.heads}")
         d_head = D // self.heads
         q, k, v = (t.view(B, T, self.heads, d_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / d_head)
+        scale = 1.0 / math.sqrt(d_head) if self.sqrt_scale else 1.0 / d_head
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return y.transpose(1, 2).reshape(B, T, D)
 
     def extra_repr(self):
