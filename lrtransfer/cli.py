@@ -290,6 +290,43 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                   highlight=False, soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file (its width grid gives the widths)"),
+               set_: List[str] = typer.Option([], "--set", help="override a key, as in sweep"),
+               steps: int = typer.Option(5, "--steps", help="training steps on the fixed batch"),
+               lr: Optional[float] = typer.Option(None, "--lr", help="one LR for every series (default: each series' "
+                                                  "base-scale LR, the middle of its LR grid at the smallest width)"),
+               threshold: float = typer.Option(0.1, "--threshold", help="largest |slope| of log RMS vs log width that passes"),
+               series: List[str] = typer.Option([], "--series", help="series to check (default: all)"),
+               format: str = typer.Option("markdown", "--format", help="markdown | json"),
+               out_: Optional[Path] = typer.Option(None, "--out", help="also draw RMS vs width per atom at the last step (.png/.svg/.pdf)"),
+               device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+               quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """μP-style coordinate check: per series, train every width of the grid a few steps on one
+    fixed batch (seed and depth: the smallest; constant LR) and fit, per atom and step, the
+    slope of log RMS against log width of its output and of its output's change since init.
+    A series passes when every |slope| <= --threshold (logits may only shrink). Verdicts are
+    data: the exit code is 0 whether series pass or fail (2 for bad input).
+
+    Example: lrtransfer coordcheck experiments/quickstart.toml --set width=[64,256,1024] --steps 3 --out coord.png
+    """
+    from . import coordcheck as cc_mod
+    from . import plots
+    cc_mod.check_format(format)
+    target = plots.check_out(out_)
+    from .sweep import load_experiment
+    exp = load_experiment(experiment, set_)
+    result = cc_mod.coordcheck(exp, steps=steps, lr=lr, threshold=threshold, series=series or None, device=device,
+                               on_width=None if quiet else lambda s, w: err.print(f"{s}: width {w}", highlight=False,
+                                                                                   markup=False))
+    if target is not None:  # drawn in full before anything is written
+        plots.save(cc_mod.figure(result), target)
+        err.print(f"wrote {target}", markup=False, highlight=False)
+    text = cc_mod.render(result, format)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
 def _has_tabulate() -> bool:
     try:
         import tabulate  # noqa: F401

@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 # The code a run's numbers depend on: the module algebra, the models, the update rules, the
 # data pipeline and the training loop.
-TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py")
+TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "spec.py")
 
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")
