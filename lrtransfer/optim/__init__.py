@@ -1,8 +1,8 @@
 """Update rules (SGD, Adam, sign, Muon) applied plain, normalized or dualized in the modular norm, and LR schedules."""
 from .muon import Muon
 from .optimizer import OPTIMIZERS, UPDATES, Diverged, Optimizer, make_optimizer
-from .rules import RULES, SGD, Adam, Sign
+from .rules import SGD, Adam, Sign
 from .schedule import SCHEDULES, Schedule
 
-__all__ = ["Optimizer", "make_optimizer", "Diverged", "SGD", "Adam", "Sign", "Muon", "RULES", "OPTIMIZERS",
+__all__ = ["Optimizer", "make_optimizer", "Diverged", "SGD", "Adam", "Sign", "Muon", "OPTIMIZERS",
            "UPDATES", "Schedule", "SCHEDULES"]

@@ -20,11 +20,10 @@ import torch
 
 from ..modular import Module
 from .muon import Muon
-from .rules import RULES, Adam, SGD, Sign
+from .rules import Adam, SGD, Sign
 from .schedule import Schedule
 
 UPDATES = ("plain", "normalize", "dualize")
-OPTIMIZERS = ("sgd", "adam", "sign", "muon")
 
 
 class Diverged(ArithmeticError):
@@ -104,6 +103,18 @@ class Optimizer:
             raise Diverged(self.t, torch.nonzero(~finite).flatten().tolist())
 
 
+# Base rules by name: (model, options) -> rule. A new optimizer is its rule class plus one
+# line here; the run spec's `optimizer` choices are these names.
+FACTORIES = {
+    "sgd": lambda model, o: SGD(momentum=o["momentum"]),
+    "adam": lambda model, o: Adam(betas=tuple(o["betas"]), eps=o["eps"]),
+    "sign": lambda model, o: Sign(),
+    "muon": lambda model, o: Muon([r == "hidden" for r in model.roles()], momentum=o["muon_momentum"],
+                                  ns_steps=o["ns_steps"] or 5, adam_ratio=o["muon_adam_ratio"], eps=o["eps"]),
+}
+OPTIMIZERS = tuple(FACTORIES)
+
+
 def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", weight_decay: float = 0.0,
                    schedule: str = "linear", steps: int = 1, warmup: int = 0, momentum: float = 0.9,
                    betas=(0.9, 0.99), eps: float = 1e-8, exact: bool = False, ns: str = "quintic",
@@ -113,18 +124,11 @@ def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", w
     ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``."""
     if normalize:
         update = "normalize"
-    if name == "sgd":
-        rule = SGD(momentum=momentum)
-    elif name == "adam":
-        rule = Adam(betas=tuple(betas), eps=eps)
-    elif name == "sign":
-        rule = Sign()
-    elif name == "muon":
-        if update != "plain":
-            raise ValueError(f"optimizer muon: it orthogonalizes on its own; update must be plain, got {update!r}")
-        rule = Muon([r == "hidden" for r in model.roles()], momentum=muon_momentum,
-                    ns_steps=ns_steps or 5, adam_ratio=muon_adam_ratio, eps=eps)
-    else:
+    if name not in FACTORIES:
         raise ValueError(f"optimizer: unknown name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if name == "muon" and update != "plain":
+        raise ValueError(f"optimizer muon: it orthogonalizes on its own; update must be plain, got {update!r}")
+    rule = FACTORIES[name](model, dict(momentum=momentum, betas=betas, eps=eps, ns_steps=ns_steps,
+                                       muon_momentum=muon_momentum, muon_adam_ratio=muon_adam_ratio))
     return Optimizer(model, rule, lr, update=update, weight_decay=weight_decay,
                      schedule=Schedule(schedule, steps, warmup), exact=exact, ns=ns, ns_steps=ns_steps)

@@ -96,5 +96,3 @@ class Sign:
     def state_dict(self) -> dict:
         return {}
 
-
-RULES = {"sgd": SGD, "adam": Adam, "sign": Sign}  # muon: lrtransfer/optim/muon.py
