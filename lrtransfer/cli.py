@@ -304,10 +304,11 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
                device: str = typer.Option("cpu", help="auto | cpu | cuda"),
                quiet: bool = typer.Option(False, "--quiet", "-q")):
     """μP-style coordinate check: per series, train every width of the grid a few steps on one
-    fixed batch (seed and depth: the smallest; constant LR) and fit, per atom and step, the
-    slope of log RMS against log width of its output and of its output's change since init.
-    A series passes when every |slope| <= --threshold (logits may only shrink). Verdicts are
-    data: the exit code is 0 whether series pass or fail (2 for bad input).
+    fixed batch (seed and depth: the smallest; constant LR) and fit, per weight atom and step,
+    the slope of log RMS against log width of its output, of its output's change since init and
+    of its own step ΔW·x. A series passes when every |slope| <= --threshold (the logits and
+    their change may shrink, not grow). Verdicts are data: the exit code is 0 whether series
+    pass or fail (2 for bad input).
 
     Example: lrtransfer coordcheck experiments/quickstart.toml --set width=[64,256,1024] --steps 3 --out coord.png
     """
