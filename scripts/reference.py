@@ -41,9 +41,13 @@ RESULTS = ROOT / "results"
 README = ROOT / "README.md"
 # The order the README lists them in: the quickstart, then width beside depth per family.
 ORDER = ("quickstart", "mlp_width_cifar10", "mlp_depth_cifar10", "resnet_width_cifar10",
-         "resnet_depth_cifar10", "gpt_width_shakespeare", "gpt_depth_shakespeare")
+         "resnet_depth_cifar10", "gpt_width_shakespeare", "gpt_depth_shakespeare",
+         "methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare")
+METHODS = "methods_width_mnist1d"  # the README's side-by-side table
 CI, TOLERANCE = 0.9, 1.0
-LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD"}
+LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD",
+          "sp_adam": "SP Adam", "mup_adam": "μP Adam", "modular_adam": "Adam (modular, plain)",
+          "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent"}
 
 
 def experiment_files(names=()) -> list[Path]:
@@ -159,7 +163,7 @@ def table_section() -> str:
              "| runs, time here |", "|---|---|---|---|---|---|---|---|"]
     for path in experiment_files():
         name = path.stem
-        if name == "quickstart" or not (RESULTS / name).exists():
+        if name in ("quickstart", METHODS) or not (RESULTS / name).exists():
             continue
         meta = reference_meta(name)
         for i, r in enumerate(verdicts(name).to_dict("records")):
@@ -174,12 +178,36 @@ def table_section() -> str:
     return "\n".join(lines)
 
 
+def methods_section() -> str:
+    """The methods experiment side by side: verdict, drift and slope with CIs, best loss."""
+    if not (RESULTS / METHODS).exists():
+        return f"(no committed results for `{METHODS}` yet: `make reference` writes them)"
+    runs, _ = load_results(RESULTS / METHODS)
+    done = runs[runs["status"] == "done"]
+    mean = done.groupby(["series", "width", "lr"])["final_train_loss"].mean()
+    top = int(done["width"].max())
+    best = mean.xs(top, level="width").groupby("series").min()
+    lines = [f"| series | verdict | drift, octaves (90% CI) | slope, octaves/octave (90% CI) "
+             f"| best seed-mean train loss at width {top} |", "|---|---|---|---|---|"]
+    for r in verdicts(METHODS).to_dict("records"):
+        flags = f" ({r['flags']})" if r.get("flags") else ""
+        lines.append(f"| {LABELS.get(r['series'], r['series'])} | **{r['verdict']}**{flags} "
+                     f"| {_f(r['drift'])} {_ci(r['drift_ci_lo'], r['drift_ci_hi'])} "
+                     f"| {_f(r['slope'])} {_ci(r['slope_ci_lo'], r['slope_ci_hi'])} "
+                     f"| {best.get(r['series'], float('nan')):.3f} |")
+    meta = reference_meta(METHODS)
+    lines += ["", f"{meta.get('cells', '?')} runs ({_minutes(meta.get('wall_seconds'))} here), 3 seeds per cell; "
+              f"from `results/{METHODS}/REPORT.md`."]
+    return "\n".join(lines)
+
+
 def keys_section() -> str:
     from lrtransfer import spec
     return spec.markdown_table()
 
 
-SECTIONS = {"quickstart": quickstart_section, "table": table_section, "keys": keys_section}
+SECTIONS = {"quickstart": quickstart_section, "table": table_section, "methods": methods_section,
+            "keys": keys_section}
 
 
 def render(readme: str) -> str:
