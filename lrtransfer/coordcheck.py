@@ -21,11 +21,11 @@ squares over the widths. A row passes when |slope| <= ``threshold`` — features
 and every atom's ΔW·x must be Θ(1), neither blowing up nor vanishing — except for the output
 atom's ``output_rms`` and ``output_update_rms`` (the logits and their change), which only fail
 by *growing* (slope > threshold): the logits need to be O(1), and both μP and the modular
-parametrization start them at a size that shrinks with width (μP: readout multiplier 1/m;
-modular: sqrt(d_out/d_in)·orthogonal, RMS ∝ width^-½). Through W_0·(x_t − x_0) that shrinking
-readout also makes the logits' change shrink towards its Θ(1) limit (measured on the MLP, μP
-with Adam, widths 64 → 1024: slope ≈ −0.35, while its ΔW·x is flat); that the readout does
-learn at every width is checked, two-sided, by its ``delta_wx_rms``. The update quantities at
+parametrization start them at a size that shrinks with width (μP: readout multiplier 1/m
+on an init rescaled by sqrt(m), so logits ∝ width^-½ at init; modular: sqrt(d_out/d_in)·orthogonal,
+RMS ∝ width^-½). Through W_0·(x_t − x_0) a shrinking readout can also make the logits' change
+shrink; that the readout does learn at every width is checked, two-sided, by its
+``delta_wx_rms``. The update quantities at
 step 0 are 0 by definition and not fitted. A series passes when every row passes.
 
 An RMS that is NaN or infinite at some width (a diverged run), or 0 at some widths but not

@@ -31,8 +31,13 @@ def options(arch: str) -> dict:
 def build(arch: str, width: int, depth: int, param: str = "modular", base_width: int | None = None,
           optimizer: str = "adam", **kw) -> Module:
     """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks,
-    in parametrization ``param`` (modular, sp, mup; see param.py). μP's base shapes are the
-    same architecture at ``base_width`` (None: ``width``); ``optimizer`` picks its LR rules."""
+    in parametrization ``param`` (modular, sp, mup; see param.py).
+
+    μP's base shapes are the same architecture (same options) at ``base_width`` (None: ``width``,
+    so every multiplier is 1; larger than ``width`` is allowed), built without touching torch's
+    global random stream: a seed gives the same weights whatever the base width. ``optimizer``
+    picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``optimizer``.
+    """
     allowed = options(arch)
     for name, value in (("width", width), ("depth", depth)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -46,12 +51,22 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
         raise ConfigError(f"model: arch {arch!r} needs {', '.join(missing)}")
     if param not in PARAMS:
         raise ConfigError(f"model.param: unknown parametrization {param!r}; allowed: {', '.join(PARAMS)}")
+    if base_width is not None and (not isinstance(base_width, int) or isinstance(base_width, bool)
+                                   or base_width < 1):
+        raise ConfigError(f"model.base_width: must be a positive integer or None, got {base_width!r}")
     try:
         model = ARCHS[arch](width, depth, **kw)
-        base = None
-        if param == "mup" and base_width not in (None, width):
-            with torch.random.fork_rng():  # the base model only lends its shapes: leave the stream alone
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    base = None
+    if param == "mup" and base_width not in (None, width):
+        try:
+            # the base model only lends its shapes: leave the global random stream alone
+            with torch.random.fork_rng(devices=[]):
                 base = ARCHS[arch](base_width, depth, **kw)
+        except ValueError as e:
+            raise ConfigError(f"model.base_width {base_width}: {e}") from e
+    try:
         return apply_param(model, param, optimizer=optimizer, base_model=base)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e

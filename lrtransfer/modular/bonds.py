@@ -103,10 +103,16 @@ class Positions(Bond):
 
 
 class CausalSelfAttention(Bond):
-    """softmax(q kᵀ / d_head + causal mask) v over ``heads`` heads; input the tuple (q, k, v).
+    """softmax(q kᵀ · s + causal mask) v over ``heads`` heads; input the tuple (q, k, v).
 
-    The 1/d_head softmax scale (not 1/sqrt) is what makes attention well-normed with
-    sensitivity 1 (SCIENCE.md §1).
+    The softmax scale s is 1/d_head by default: with it (not 1/sqrt) attention is well-normed
+    with sensitivity 1 (SCIENCE.md §1). A parametrization may change it (models/param.py):
+
+    * ``sqrt_scale = True``: s = 1/sqrt(d_head), standard practice (param = "sp");
+    * ``width_mult = m`` (a float, d_head over the base model's d_head): s =
+      (1/sqrt(d_head))/sqrt(m) = sqrt(base d_head)/d_head — μP's 1/d_head scaling with its
+      constant fixed so that at the base width it is SP's 1/sqrt(d_head) (param = "mup"; the
+      ``mup`` package's README does the same with 8/d, equal to 1/sqrt(d) at d = 64).
     """
 
     def __init__(self, heads: int):
@@ -114,7 +120,13 @@ class CausalSelfAttention(Bond):
         if not isinstance(heads, int) or heads < 1:
             raise ValueError(f"CausalSelfAttention: heads must be a positive int, got {heads!r}")
         self.heads = heads
-        self.sqrt_scale = False  # True: standard practice's 1/sqrt(d_head) (param = "sp")
+        self.sqrt_scale = False          # True: 1/sqrt(d_head) (param = "sp")
+        self.width_mult: float | None = None  # μP: 1/d_head, equal to 1/sqrt(d_head) at base width
+
+    def softmax_scale(self, d_head: int) -> float:
+        if self.width_mult is not None:
+            return (1.0 / math.sqrt(d_head)) / math.sqrt(self.width_mult)
+        return 1.0 / math.sqrt(d_head) if self.sqrt_scale else 1.0 / d_head
 
     def forward(self, qkv):
         q, k, v = qkv
@@ -123,8 +135,7 @@ class CausalSelfAttention(Bond):
             raise ValueError(f"CausalSelfAttention: width {D} is not divisible by heads={self.heads}")
         d_head = D // self.heads
         q, k, v = (t.view(B, T, self.heads, d_head).transpose(1, 2) for t in (q, k, v))
-        scale = 1.0 / math.sqrt(d_head) if self.sqrt_scale else 1.0 / d_head
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale(d_head))
         return y.transpose(1, 2).reshape(B, T, D)
 
     def extra_repr(self):
