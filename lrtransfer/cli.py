@@ -68,7 +68,7 @@ def _storage(url: Optional[str]) -> Optional[str]:
 @app.command()
 @user_errors
 def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
-          set_: List[str] = typer.Option([], "--set", help="override a key: lr=0.01, width=[32,64], series.adam.lr={log2=[-10,-4],step=1}"),
+          set_: List[str] = typer.Option([], "--set", help="override a key (run keys: `lrtransfer keys`): lr=0.01, width=[32,64], update=dualize, series.adam.lr={log2=[-10,-4],step=1}"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print grid size, finished cells and a time estimate; run nothing"),
           jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="local worker processes (default: one per core, "
                                              "divided by the runs' threads); 1 runs in this process, 0 only enqueues"),
