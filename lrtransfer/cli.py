@@ -205,11 +205,24 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
          out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/lr_curves.png"),
          ci: float = typer.Option(0.9, "--ci", help="confidence level of the bars on the fitted optima (bootstrap over seeds)"),
          tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift over the scale range that still count as transfer"),
+         steps: bool = typer.Option(False, "--steps", help="draw the training curves instead: loss vs step per series, "
+                                    "one line per LR (seed mean) at one scale; default --out RESULTS_DIR/loss_steps.png"),
+         scale: Optional[int] = typer.Option(None, "--scale", help="with --steps: the width or depth to show (default the largest)"),
          ):
-    """Loss vs LR per scale and series, and optimal LR / regret vs scale."""
+    """Loss vs LR per scale and series, and optimal LR / regret vs scale (or, with --steps, loss vs step).
+
+    Example: lrtransfer plot results/quickstart --steps --scale 128 --out curves.svg
+    """
     from . import plots
     from .store import load_results
-    runs, _ = load_results(results_dir)
+    runs, curves = load_results(results_dir)
+    if steps:
+        target = plots.check_out(out_ or results_dir / "loss_steps.png")
+        metric_name = metric.value if metric.value in ("train_loss", "test_loss") else "train_loss"
+        plots.loss_vs_step(runs, curves, metric=metric_name, axis=axis.value if axis else None, scale=scale,
+                           out=target)
+        out.print(f"wrote {target}", markup=False, highlight=False)
+        return
     target = plots.check_out(out_ or results_dir / "lr_curves.png")
     second = target.with_name(target.stem.replace("lr_curves", "transfer") if "lr_curves" in target.stem
                               else target.stem + "_transfer").with_suffix(target.suffix)

@@ -246,3 +246,53 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
     fig.suptitle(f"LR transfer across {' and '.join(axes_names)}: {metric.replace('_', ' ')}")
     save(fig, out)
     return fig
+
+
+def loss_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
+                 scale=None, out=None) -> Figure:
+    """Training curves: loss vs step, one panel per series at one scale (default the largest),
+    one line per LR — the mean over seeds at each logged step — coloured by log2(lr).
+
+    A run that diverged stops where it diverged (its curve simply ends). ``metric``:
+    ``train_loss`` or ``test_loss`` (the latter only where ``eval_every`` logged it).
+    """
+    out = check_out(out)
+    if metric not in ("train_loss", "test_loss"):
+        raise UserError(f"--metric {metric}: loss curves are train_loss or test_loss")
+    ax_name = resolve_axes(runs, axis)[0]
+    scales = sorted(runs[ax_name].dropna().unique())
+    if scale is None:
+        scale = scales[-1]
+    elif scale not in scales:
+        raise UserError(f"--scale {scale}: no runs at {ax_name}={scale}; {ax_name}s: "
+                        f"{', '.join(str(s) for s in scales)}")
+    at = runs[runs[ax_name] == scale][["run_id", "series", "lr"]]
+    c = curves.drop(columns=["lr", "series"], errors="ignore").merge(at, on="run_id")  # curves.lr is the scheduled LR
+    c = c[np.isfinite(c[metric].to_numpy(float))]
+    if c.empty:
+        raise UserError(f"no logged {metric} at {ax_name}={scale}")
+    mean = c.groupby(["series", "lr", "step"], sort=True)[metric].mean().reset_index()
+    series = list(dict.fromkeys(runs["series"]))
+    lo, hi = math.log2(mean["lr"].min()), math.log2(mean["lr"].max())
+    cmap = mpl.colormaps["viridis"]
+    norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    ylo, yhi = _robust_range(mean[metric], _initial_loss(runs))
+    for ax, name in zip(axes, series):
+        s = mean[mean["series"] == name]
+        for lr, line in s.groupby("lr", sort=True):
+            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.4, color=cmap(norm(math.log2(lr))),
+                    label=f"lr=2^{math.log2(lr):g}")
+        ax.set_title(name)
+        ax.set_ylim(ylo, yhi)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if s.empty:
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
+    bar.set_label("log2 learning rate")
+    fig.suptitle(f"{metric.replace('_', ' ')} vs step at {ax_name}={scale}")
+    save(fig, out)
+    return fig

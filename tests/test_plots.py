@@ -184,3 +184,40 @@ def test_transfer_plot_bad_ci_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="--tolerance -1"):
         plots.transfer_plot(runs(), tolerance=-1, out=tmp_path / "t.png")
     assert not list(tmp_path.iterdir())
+
+
+def _curves(r: pd.DataFrame) -> pd.DataFrame:
+    """Train loss at steps 10, 20, 30: 2 − step/100 + seed/10 + log2(lr)/100, with the scheduled lr."""
+    rows = []
+    for run in r.itertuples():
+        for step in (10, 20, 30):
+            if run.status == "diverged" and step > 10:
+                break  # a diverged run's curve ends where it diverged
+            rows.append({"run_id": run.run_id, "step": step, "lr": run.lr * (1 - step / 40),
+                         "train_loss": 2 - step / 100 + run.seed / 10 + math.log2(run.lr) / 100,
+                         "test_loss": math.nan})
+    return pd.DataFrame(rows)
+
+
+def test_loss_vs_step_draws_the_seed_mean_curve_of_every_lr(tmp_path):
+    r = runs(seeds=(0, 1))
+    fig = plots.loss_vs_step(r, _curves(r), out=tmp_path / "steps.svg")
+    assert (tmp_path / "steps.svg").exists()
+    panels = [ax for ax in fig.axes if ax.get_title() in ("adam", "normed")]
+    assert [ax.get_title() for ax in panels] == ["adam", "normed"]
+    for ax in panels:  # the largest width by default: 7 LRs, the diverged one a single point
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert sorted(lines) == sorted(f"lr=2^{x}" for x in range(-6, 1))
+        x, y = lines["lr=2^-3"].get_data()
+        assert list(x) == [10, 20, 30]
+        expected = [2 - s / 100 + 0.05 - 3 / 100 for s in (10, 20, 30)]   # mean over seeds 0 and 1
+        assert y == pytest.approx(expected)
+        assert list(lines["lr=2^0"].get_data()[0]) == [10]
+
+
+def test_loss_vs_step_refuses_a_scale_that_is_not_there():
+    r = runs()
+    with pytest.raises(UserError, match=r"--scale 64: no runs at width=64; widths: 32, 128, 512"):
+        plots.loss_vs_step(r, _curves(r), scale=64)
+    with pytest.raises(UserError, match="train_loss or test_loss"):
+        plots.loss_vs_step(r, _curves(r), metric="test_acc")
