@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -21,3 +22,12 @@ def need_shared_data(name: str) -> Path:
             pytest.fail(f"{path} is missing and CI=true: the offline datasets must be beside the repo")
         pytest.skip(f"offline dataset {path} not found (expected ../shared/data beside the repo)")
     return path
+
+
+_runner = CliRunner()
+
+
+def invoke(*args):
+    """Run the CLI in-process with ``args`` (paths become strings); exceptions propagate."""
+    from lrtransfer.cli import app
+    return _runner.invoke(app, [str(a) for a in args], catch_exceptions=False)

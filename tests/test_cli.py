@@ -2,11 +2,9 @@
 import json
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from lrtransfer.cli import app
+from conftest import invoke
 
-runner = CliRunner()
 
 TINY = """
 description = "tiny"
@@ -37,9 +35,6 @@ RUN_COLUMNS = {"run_id", "series", "width", "depth", "lr", "seed", "optimizer", 
                "status", "diverged_at_step", "wall_seconds", "lrtransfer_version", "git_sha",
                "torch_version", "device", "data.dataset", "data.samples"}
 
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,12 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
-from lrtransfer.cli import app
+from conftest import invoke
 from lrtransfer.coordcheck import base_lr, coordcheck, fit_slope, figure, passes, render, to_markdown
 from lrtransfer.errors import ConfigError, UserError
 from lrtransfer.sweep import load_experiment
 
-runner = CliRunner()
 
 HEAD = """
 description = "coord check"
@@ -193,9 +191,6 @@ normalize = true
 lr = [0.25]
 """
 
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_cli_json(tmp_path):

@@ -5,17 +5,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from typer.testing import CliRunner
 
-from conftest import need_shared_data
-from lrtransfer.cli import app
+from conftest import invoke, need_shared_data
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-runner = CliRunner()
 
 
 def run(*args):
-    r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    r = invoke(*args)
     assert r.exit_code == 0, r.output
     return r.output
 

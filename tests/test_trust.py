@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from lrtransfer.cli import app
+from conftest import invoke
 from lrtransfer.errors import ConfigError
 from lrtransfer.provenance import run_id
 from lrtransfer.sweep import experiment_from_dict, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 
 TINY = """
 description = "tiny"
@@ -43,9 +41,6 @@ width = [8, 16]
 lr = [0.001, 0.01]
 """
 
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def write(tmp_path, text=TINY, name="tiny.toml"):
