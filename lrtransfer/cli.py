@@ -18,9 +18,23 @@ from rich.table import Table
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Does a learning rate tuned on a small network stay optimal on a wider or deeper one?")
 err = Console(stderr=True)
 out = Console()
+
+
+def _version(value: bool):
+    if value:
+        from . import __version__
+        out.print(f"lrtransfer {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Does a learning rate tuned on a small network stay optimal on a wider or deeper one?"""
 
 
 def user_errors(fn):

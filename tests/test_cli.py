@@ -221,3 +221,21 @@ def test_bad_device_exit_2_before_anything_runs(swept, tmp_path, device):
     assert r.exit_code == 2 and device in r.output
     r = invoke("status", tmp_path / "w", "--format", "json")
     assert json.loads(r.output)["totals"] == {"waiting": 10, "running": 0, "done": 0, "diverged": 0, "failed": 0}
+
+
+def test_version_and_short_help():
+    from lrtransfer import __version__
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"lrtransfer {__version__}"
+    for args in (("-h",), ("sweep", "-h"), ("keys", "-h")):
+        r = invoke(*args)
+        assert r.exit_code == 0 and "Usage" in r.stdout, args
+
+
+def test_keys_lists_every_run_key_from_the_spec():
+    from lrtransfer import spec
+    r = invoke("keys", "--format", "json")
+    assert r.exit_code == 0
+    names = [k["name"] for k in json.loads(r.stdout)]
+    assert names == [k.name for k in spec.KEYS] and {"update", "ns", "param", "base_width"} <= set(names)
+    assert invoke("keys", "--format", "csv").exit_code == 2
