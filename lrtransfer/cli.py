@@ -69,6 +69,11 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class KeysFormat(str, Enum):
+    markdown = "markdown"
+    json = "json"
+
+
 class Axis(str, Enum):
     width = "width"
     depth = "depth"
@@ -123,18 +128,16 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
 
 @app.command()
 @user_errors
-def keys(format: Format = typer.Option(Format.markdown, help="markdown | json")):
+def keys(format: KeysFormat = typer.Option(KeysFormat.markdown, help="markdown | json")):
     """The run keys an experiment file takes: section, default, allowed values, meaning.
 
     Example: lrtransfer keys --format json
     """
     from . import spec
-    if format == Format.json:
+    if format == KeysFormat.json:
         out.print_json(json.dumps(spec.as_records()))
-    elif format == Format.markdown:
-        out.print(spec.markdown_table(), highlight=False, markup=False, soft_wrap=True)
     else:
-        raise UserError(f"--format {format.value}: allowed: markdown, json")
+        out.print(spec.markdown_table(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -232,8 +235,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     runs, curves = load_results(results_dir)
     if steps:
         target = plots.check_out(out_ or results_dir / "loss_steps.png")
-        metric_name = metric.value if metric.value in ("train_loss", "test_loss") else "train_loss"
-        plots.loss_vs_step(runs, curves, metric=metric_name, axis=axis.value if axis else None, scale=scale,
+        plots.loss_vs_step(runs, curves, metric=metric.value, axis=axis.value if axis else None, scale=scale,
                            out=target)
         out.print(f"wrote {target}", markup=False, highlight=False)
         return

@@ -267,7 +267,7 @@ def loss_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_
         raise UserError(f"--scale {scale}: no runs at {ax_name}={scale}; {ax_name}s: "
                         f"{', '.join(str(s) for s in scales)}")
     at = runs[runs[ax_name] == scale][["run_id", "series", "lr"]]
-    c = curves.drop(columns=["lr", "series"], errors="ignore").merge(at, on="run_id")  # curves.lr is the scheduled LR
+    c = curves.drop(columns=["lr"]).merge(at, on="run_id")  # curves.lr is the scheduled LR
     c = c[np.isfinite(c[metric].to_numpy(float))]
     if c.empty:
         raise UserError(f"no logged {metric} at {ax_name}={scale}")

@@ -183,10 +183,9 @@ def methods_section() -> str:
     if not (RESULTS / METHODS).exists():
         return f"(no committed results for `{METHODS}` yet: `make reference` writes them)"
     runs, _ = load_results(RESULTS / METHODS)
-    done = runs[runs["status"] == "done"]
-    mean = done.groupby(["series", "width", "lr"])["final_train_loss"].mean()
-    top = int(done["width"].max())
-    best = mean.xs(top, level="width").groupby("series").min()
+    table = analysis.transfer_table(runs, axis="width")   # best_loss: the seed-mean curve's minimum
+    top = int(table["scale"].max())
+    best = table[table["scale"] == top].set_index("series")["best_loss"]
     lines = [f"| series | verdict | drift, octaves (90% CI) | slope, octaves/octave (90% CI) "
              f"| best seed-mean train loss at width {top} |", "|---|---|---|---|---|"]
     for r in verdicts(METHODS).to_dict("records"):
