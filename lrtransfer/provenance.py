@@ -23,8 +23,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # The code a run's numbers depend on: the module algebra, the models, the update rules, the
-# data pipeline and the training loop.
-TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "spec.py")
+# data pipeline, the training loop and what it measures along the way.
+TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "spec.py", "diagnostics.py")
 
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .modular.newton_schulz import METHODS as NS_METHODS
-from .optim import OPTIMIZERS, SCHEDULES, UPDATES
+from .optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
 
 PARAMS = ("modular", "sp", "mup")
 DTYPES = ("float32", "float64", "bfloat16")
@@ -42,6 +42,8 @@ KEYS: tuple[Key, ...] = (
     Key("param", str, "modular", "parametrization: modular (the algebra's), sp (torch defaults), "
         "mup (μP, base shapes at base_width)", "models", "model", choices=PARAMS),
     Key("base_width", int, 0, "μP base width (0: the experiment's smallest width)", "models", "model", minimum=0),
+    Key("condition", bool, False, "weight conditioning (arXiv 2409.03424): every Linear/Conv2D uses its "
+        "row-equilibrated weight diag(1/‖W_i‖)·W", "models", "model"),
     # -- the update ------------------------------------------------------------------------
     Key("optimizer", str, "adam", "base rule: sgd, adam, sign (ℓ∞ steepest descent), muon", "optim",
         choices=OPTIMIZERS),
@@ -62,6 +64,11 @@ KEYS: tuple[Key, ...] = (
     Key("muon_momentum", float, 0.95, "muon: Nesterov momentum of the hidden weights", "optim", minimum=0),
     Key("muon_adam_ratio", float, 0.015, "muon: Adam's LR on embeddings, input and head as a "
         "fraction of lr", "optim", positive=True),
+    Key("constraint", str, "none", "sphere: train only the scale-invariant weights, projected back to "
+        "their initial joint norm after every step (fixed ELR); needs update = \"plain\"", "optim",
+        choices=CONSTRAINTS),
+    Key("elr", float, 0.0, "effective LR on the sphere: sets lr = elr·ρ₀² (ρ₀: initial norm of the "
+        "scale-invariant weights); 0: use lr", "optim", minimum=0),
     Key("exact_norm", bool, False, "SVD spectral norms in normalize (slow; tests) instead of tracked "
         "estimates", "optim"),
     # -- the run -----------------------------------------------------------------------------
@@ -75,6 +82,10 @@ KEYS: tuple[Key, ...] = (
     Key("final_k", int, 5, "final_train_loss = mean of the last final_k logged values", "train", positive=True),
     Key("diverge_factor", float, 4.0, "a loss above diverge_factor × the first loss counts as diverged",
         "train", positive=True),
+    Key("diagnostics", bool, True, "log per-atom weight/update norms, angles and ELR every log_every steps "
+        "(the diagnostics table)", "train"),
+    Key("log_condition", bool, False, "diagnostics also record each matrix's exact condition number "
+        "(an SVD per atom per log)", "train"),
     Key("dtype", str, "float32", "parameter dtype", "train", choices=DTYPES),
     Key("threads", int, 1, "torch threads per run (part of the run id: float sums depend on it)", "train",
         positive=True),
@@ -95,7 +106,8 @@ def optimizer_options(values: dict) -> dict:
                 schedule=values["schedule"], steps=values["steps"], warmup=values["warmup"],
                 momentum=values["momentum"], betas=(values["beta1"], values["beta2"]), eps=values["eps"],
                 exact=values["exact_norm"], ns=values["ns"], ns_steps=values["ns_steps"] or None,
-                muon_momentum=values["muon_momentum"], muon_adam_ratio=values["muon_adam_ratio"])
+                muon_momentum=values["muon_momentum"], muon_adam_ratio=values["muon_adam_ratio"],
+                constraint=values["constraint"])
 
 
 def check_combination(values: dict) -> str | None:
@@ -108,6 +120,14 @@ def check_combination(values: dict) -> str | None:
                 f"(got param = {values['param']!r})")
     if values.get("optimizer") == "muon" and update != "plain":
         return f"optimizer = \"muon\" orthogonalizes its own steps; it needs update = \"plain\" (got {update!r})"
+    constraint = values.get("constraint", "none")
+    if constraint != "none" and update != "plain":
+        return f"constraint = {constraint!r} projects plain steps; it needs update = \"plain\" (got {update!r})"
+    if values.get("elr", 0) and constraint != "sphere":
+        return (f"elr = {values['elr']:g} fixes the effective LR on the sphere; it needs constraint = \"sphere\" "
+                f"(got {constraint!r})")
+    if values.get("log_condition") and not values.get("diagnostics", True):
+        return "log_condition = true records into the diagnostics table; it needs diagnostics = true"
     return None
 
 

@@ -4,13 +4,15 @@ Layout under a results directory::
 
     runs/<run_id>.parquet     one row: the run's config and summary metrics
     curves/<run_id>.parquet   the logged curve (run_id, step, train_loss, test_loss, lr)
-    runs.parquet, curves.parquet   merged tables, rewritten after each sweep (``consolidate``)
+    diagnostics/<run_id>.parquet   per-atom norms at each logged step (``train.Diagnostics``)
+    runs.parquet, curves.parquet, diagnostics.parquet   merged tables, rewritten after each
+                              sweep (``consolidate``)
     experiment.json           the resolved experiment (series order, grid, source TOML)
     stale/                    runs made with other training code or data (moved, never deleted)
     *.corrupt                 unreadable run files, moved aside; their cells run again
 
-A run's files are written to a temporary name and renamed into place (curve first, then the
-summary row, which marks the run as recorded), so a crash or kill never leaves a
+A run's files are written to a temporary name and renamed into place (curve and diagnostics
+first, then the summary row, which marks the run as recorded), so a crash or kill never leaves a
 half-written file and concurrent workers never clobber each other. A file damaged anyway
 (a full disk, a copy cut short) is moved aside to ``<name>.corrupt`` the first time it is
 read, reported once, and its cell counts as not run.
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from .errors import UserError
 
 FINISHED = ("done", "diverged")   # statuses a sweep does not run again
+PER_RUN = ("curves", "diagnostics")  # the tables each run writes beside its summary row
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -94,7 +97,7 @@ class ResultStore:
         """Move an unreadable run's files aside (``.corrupt``) so its cell runs again."""
         rid = path.name[:-len(".parquet")]
         moved = []
-        for p in (self.runs_dir / f"{rid}.parquet", self.curves_dir / f"{rid}.parquet"):
+        for p in [self.runs_dir / f"{rid}.parquet"] + [self.root / t / f"{rid}.parquet" for t in PER_RUN]:
             try:
                 os.replace(p, p.with_name(p.name + ".corrupt"))
                 moved.append(p)
@@ -121,7 +124,7 @@ class ResultStore:
             row = self._read(path)
             if row is None or not len(row) or bool(current(row).all()):
                 continue
-            for sub in ("runs", "curves"):
+            for sub in ("runs", *PER_RUN):
                 src = self.root / sub / path.name
                 if src.exists():
                     (self.root / "stale" / sub).mkdir(parents=True, exist_ok=True)
@@ -133,12 +136,13 @@ class ResultStore:
             stale = merged[~current(merged)]
             if len(stale):
                 ids = set(stale["run_id"])
-                curves = self._merged("curves")
                 tag = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
                 write_table(stale, self.root / "stale" / f"runs-{tag}.parquet")
-                if len(curves):
-                    write_table(curves[curves["run_id"].isin(ids)], self.root / "stale" / f"curves-{tag}.parquet")
-                    write_table(curves[~curves["run_id"].isin(ids)], self.root / "curves.parquet")
+                for kind in PER_RUN:
+                    table = self._merged(kind)
+                    if len(table):
+                        write_table(table[table["run_id"].isin(ids)], self.root / "stale" / f"{kind}-{tag}.parquet")
+                        write_table(table[~table["run_id"].isin(ids)], self.root / f"{kind}.parquet")
                 write_table(merged[current(merged)], self.root / "runs.parquet")
                 self._merged_cache.clear()
                 moved += len(stale)
@@ -160,13 +164,15 @@ class ResultStore:
         except OSError as e:
             raise UserError(f"{self.root}: results directory is not writable ({e.strerror or e})") from None
 
-    def write(self, row: dict, curves: pd.DataFrame) -> None:
+    def write(self, row: dict, curves: pd.DataFrame, diagnostics: pd.DataFrame | None = None) -> None:
         rid = row["run_id"]
         write_table(curves, self.curves_dir / f"{rid}.parquet")
+        if diagnostics is not None and len(diagnostics):
+            write_table(diagnostics, self.root / "diagnostics" / f"{rid}.parquet")
         write_table(pd.DataFrame([row]), self.runs_dir / f"{rid}.parquet")
 
     def _merged(self, kind: str) -> pd.DataFrame:
-        """The merged table ``runs.parquet`` / ``curves.parquet`` (empty when absent), cached
+        """The merged table ``<kind>.parquet`` (runs, curves, diagnostics; empty when absent), cached
         until the file changes. Committed reference results ship only these, so they count
         as recorded runs alongside the per-run files."""
         path = self.root / f"{kind}.parquet"
@@ -253,8 +259,16 @@ class ResultStore:
         return runs.drop(columns="_order").reset_index(drop=True)
 
     def load_curves(self) -> pd.DataFrame:
-        per_run = self._concat(sorted(self.curves_dir.glob("*.parquet")) if self.curves_dir.exists() else [])
-        return self._with_merged(per_run, self._merged("curves"), self._per_run_ids(self.runs_dir))
+        return self._load_per_run("curves")
+
+    def load_diagnostics(self) -> pd.DataFrame:
+        """Every recorded run's per-atom diagnostics (see ``train.Diagnostics``); empty if none."""
+        return self._load_per_run("diagnostics")
+
+    def _load_per_run(self, kind: str) -> pd.DataFrame:
+        directory = self.root / kind
+        per_run = self._concat(sorted(directory.glob("*.parquet")) if directory.exists() else [])
+        return self._with_merged(per_run, self._merged(kind), self._per_run_ids(self.runs_dir))
 
     @staticmethod
     def _with_merged(per_run: pd.DataFrame, merged: pd.DataFrame, replaced: set[str]) -> pd.DataFrame:
@@ -272,11 +286,14 @@ class ResultStore:
         return pd.concat(frames, ignore_index=True, sort=False)
 
     def consolidate(self) -> pd.DataFrame:
-        """Rewrite runs.parquet and curves.parquet from the per-run files and the rows of the
-        old merged tables that no per-run file replaces; return the runs."""
-        runs, curves = self.load_runs(), self.load_curves()
+        """Rewrite runs.parquet, curves.parquet and diagnostics.parquet from the per-run files
+        and the rows of the old merged tables that no per-run file replaces; return the runs."""
+        runs = self.load_runs()
         write_table(runs, self.root / "runs.parquet")
-        write_table(curves, self.root / "curves.parquet")
+        for kind in PER_RUN:
+            table = self._load_per_run(kind)
+            if len(table) or (self.root / f"{kind}.parquet").exists():
+                write_table(table, self.root / f"{kind}.parquet")
         return runs
 
     def experiment(self) -> dict | None:
@@ -301,3 +318,11 @@ def load_results(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if runs.empty:
         raise UserError(f"{root}: no runs recorded here (expected {root}/runs/*.parquet); run `lrtransfer sweep` first")
     return runs, store.load_curves()
+
+
+def load_diagnostics(path: str | Path) -> pd.DataFrame:
+    """The per-atom diagnostics of a results directory (empty when none were recorded)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such results directory")
+    return ResultStore(root).load_diagnostics()

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 import lrtransfer
 
 from .data import Dataset, load
+from .diagnostics import Diagnostics
 from .models import build
-from .optim import Diverged, make_optimizer
+from .optim import Diverged, lr_for_elr, make_optimizer, sphere_radius
 from .errors import UserError
 from .provenance import code_fingerprint, git_state, run_id
 from .spec import optimizer_options
@@ -38,6 +39,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 class RunResult:
     row: dict
     curves: pd.DataFrame
+    diagnostics: pd.DataFrame | None = None   # per-atom rows (diagnostics.py); None when off
 
     @property
     def run_id(self) -> str:
@@ -96,11 +98,21 @@ def model_for(values: dict, ds: Dataset):
     param = values.get("param", "modular")
     if param != "modular":
         kw.update(param=param, base_width=values.get("base_width") or None, optimizer=values["optimizer"])
-    return build(values["arch"], values["width"], values["depth"], **kw)
+    return build(values["arch"], values["width"], values["depth"], condition=values.get("condition", False), **kw)
 
 
 def optimizer_for(values: dict, model):
-    return make_optimizer(model, values["optimizer"], **optimizer_options(values))
+    """The run's optimizer; with ``elr`` > 0 its LR is elr·ρ₀² at the model's initial radius."""
+    options = optimizer_options(values)
+    if values.get("elr"):
+        try:
+            options["lr"] = lr_for_elr(model, values["elr"])
+        except ValueError as e:
+            raise UserError(f"elr = {values['elr']:g}: {e}") from None
+    try:
+        return make_optimizer(model, values["optimizer"], **options)
+    except ValueError as e:  # e.g. constraint = "sphere" on a model without scale-invariant weights
+        raise UserError(f"run {values.get('series', '')} ({values['arch']}): {e}") from None
 
 
 def _loss(model, x, y):
@@ -138,7 +150,9 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     ds = dataset_for(values, device)
     model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
     steps = values["steps"]
+    radius0 = _radius(model)   # ρ₀, the initial joint norm of the scale-invariant weights
     opt = optimizer_for(values, model)
+    diagnostics = Diagnostics(model, values["log_condition"]) if values["diagnostics"] else None
     batches = torch.Generator().manual_seed(values["seed"])
     log_every, eval_every = values["log_every"], values["eval_every"]
     curve: list[dict] = []
@@ -158,13 +172,18 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
         lr_now = opt.current_lr()
         opt.zero_grad()
         loss.backward()
+        logged = (step + 1) % log_every == 0 or step + 1 == steps
+        if logged and diagnostics is not None:
+            diagnostics.before_step()
         try:
             opt.step()
         except Diverged:
             status, diverged_at = "diverged", step
             break
+        if logged and diagnostics is not None:
+            diagnostics.after_step(rid, step + 1, lr_now, opt.lr_mults)
         window.append(value)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if logged:
             point = {"step": step + 1, "train_loss": sum(window) / len(window), "test_loss": math.nan, "lr": lr_now}
             if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
                 model.eval()
@@ -179,7 +198,9 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     row.update(run_id=rid, status=status, error=None,
                diverged_at_step=math.nan if diverged_at is None else float(diverged_at),
                final_train_loss=math.nan, final_test_loss=math.nan, final_test_acc=math.nan,
-               first_train_loss=first_loss, steps_done=(diverged_at if diverged_at is not None else steps))
+               first_train_loss=first_loss, steps_done=(diverged_at if diverged_at is not None else steps),
+               lr_applied=opt.lr, chance_loss=math.log(ds.num_classes),
+               sphere_radius=radius0)
     if status == "done":
         k = values["final_k"]
         row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
@@ -195,7 +216,15 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
                torch_threads=torch.get_num_threads(), device=_device_name(device), host=platform.node())
     curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
     curves.insert(0, "run_id", rid)
-    return RunResult(row=row, curves=curves)
+    return RunResult(row=row, curves=curves, diagnostics=diagnostics.table() if diagnostics is not None else None)
+
+
+def _radius(model) -> float:
+    """The joint norm of the model's scale-invariant weights (NaN without any)."""
+    try:
+        return sphere_radius(model)
+    except ValueError:
+        return math.nan
 
 
 def _device_name(device: torch.device) -> str:

@@ -29,7 +29,7 @@ def options(arch: str) -> dict:
 
 
 def build(arch: str, width: int, depth: int, param: str = "modular", base_width: int | None = None,
-          optimizer: str = "adam", **kw) -> Module:
+          optimizer: str = "adam", condition: bool = False, **kw) -> Module:
     """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks,
     in parametrization ``param`` (modular, sp, mup; see param.py).
 
@@ -37,6 +37,8 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
     so every multiplier is 1; larger than ``width`` is allowed), built without touching torch's
     global random stream: a seed gives the same weights whatever the base width. ``optimizer``
     picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``optimizer``.
+    ``condition``: every Linear and Conv2D uses its row-equilibrated weight (weight
+    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms._Tracked``).
     """
     allowed = options(arch)
     for name, value in (("width", width), ("depth", depth)):
@@ -67,9 +69,14 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
         except ValueError as e:
             raise ConfigError(f"model.base_width {base_width}: {e}") from e
     try:
-        return apply_param(model, param, optimizer=optimizer, base_model=base)
+        model = apply_param(model, param, optimizer=optimizer, base_model=base)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+    if condition:
+        for atom in model.atoms():
+            if hasattr(atom, "condition"):
+                atom.condition = True
+    return model
 
 
 __all__ = ["build", "options", "ARCHS", "PARAMS", "apply_param", "resmlp", "rescnn", "gpt"]

@@ -45,6 +45,15 @@ class _Tracked(Atom):
     orthogonal to the whole block is missed until power steps bring it in.
     """
 
+    homogeneous = True   # y = s·W x: a scaled input gives a scaled output
+    # Weight conditioning (``condition = True``, Saratchandran, Wang & Lucey 2024, arXiv
+    # 2409.03424): the layer uses W̄ = D W with D = diag(1/‖W_i,:‖₂), each row of W (of the
+    # (out, in·k·k) matrix for a convolution) rescaled to unit ℓ2 norm — the paper's row
+    # equilibration, the optimal diagonal preconditioner up to √rows by van der Sluis'
+    # theorem. W itself is the trained parameter; the map is applied in every forward pass,
+    # and gradients flow through D. A conditioned atom is scale-invariant: W̄(c·W) = W̄(W).
+    condition = False
+
     block_rank = 8       # vectors per matrix; in a simulation, r = 4 (no refinement) let the quickstart ratio reach 1.25
     align_floor = 0.97   # unrelated Gaussian matrices give 0.77-0.97; on the quickstart 10-16% of atom-steps refine
     extra_steps = 3      # from ~0.85 alignment, 3 more steps bring a Gaussian matrix within ~1%
@@ -56,6 +65,29 @@ class _Tracked(Atom):
     def _reset_tracking(self, batch: tuple, small: int) -> None:
         self._power_q = torch.zeros(*batch, min(self.block_rank, small), small, device=self.weight.device)
         self._power_warm = False
+
+    def tracking_state(self):
+        # the block is replaced, never written in place, so holding the reference is a copy
+        return self._power_q, self._power_warm
+
+    def restore_tracking(self, state) -> None:
+        self._power_q, self._power_warm = state
+
+    @property
+    def linear_in_weight(self) -> bool:
+        return not self.condition
+
+    def scale_invariant(self) -> list[bool]:
+        return [bool(self.condition)]
+
+    def effective_weight(self) -> torch.Tensor:
+        """The matrix the forward pass uses: W, or with ``condition`` the row-equilibrated
+        D W of arXiv 2409.03424 (eq. for the conditioned weight, D = diag(1/‖W_i,:‖₂))."""
+        w = self.weight
+        if not self.condition:
+            return w
+        rows = torch.linalg.vector_norm(w.flatten(1), dim=1).clamp_min(1e-12)
+        return w / rows.reshape(-1, *([1] * (w.dim() - 1)))
 
     def _cold_start(self, m: torch.Tensor) -> torch.Tensor:
         """Exact σ₁ and block for a cold atom; stays cold on a zero or non-finite update.
@@ -208,7 +240,7 @@ class Linear(_Tracked):
         self._reset_tracking((), min(self.d_out, self.d_in))
 
     def forward(self, x):
-        return F.linear(x, self.weight) * self.scale
+        return F.linear(x, self.effective_weight()) * self.scale
 
     def _slices(self, w):
         return w
@@ -220,7 +252,7 @@ class Linear(_Tracked):
         return w if self.d_out >= self.d_in else w.mT
 
     def extra_repr(self):
-        return f"d_out={self.d_out}, d_in={self.d_in}, mass={self.mass:g}"
+        return f"d_out={self.d_out}, d_in={self.d_in}, mass={self.mass:g}" + (", condition" if self.condition else "")
 
 
 class Embed(Atom):
@@ -293,7 +325,7 @@ class Conv2D(_Tracked):
         self._reset_tracking((self.k * self.k,), min(self.c_out, self.c_in))
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, padding=self.k // 2) * self.scale
+        return F.conv2d(x, self.effective_weight(), padding=self.k // 2) * self.scale
 
     def _slices(self, w):
         """(k·k, c_out, c_in): one matrix per kernel position, row-major over (i, j)."""
@@ -311,4 +343,5 @@ class Conv2D(_Tracked):
         return self.spectral_norms(w, exact=exact).reshape(self.k, self.k)
 
     def extra_repr(self):
-        return f"c_out={self.c_out}, c_in={self.c_in}, k={self.k}, mass={self.mass:g}"
+        return (f"c_out={self.c_out}, c_in={self.c_in}, k={self.k}, mass={self.mass:g}"
+                + (", condition" if self.condition else ""))

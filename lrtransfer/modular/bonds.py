@@ -14,6 +14,8 @@ _SQRT2 = math.sqrt(2.0)
 class ReLU(Bond):
     """relu(x); sensitivity 1/sqrt(2)."""
 
+    homogeneous = True
+
     def __init__(self):
         super().__init__(1 / _SQRT2)
 
@@ -23,6 +25,8 @@ class ReLU(Bond):
 
 class ScaledReLU(Bond):
     """sqrt(2)·relu(x): keeps the RMS of a symmetric input; sensitivity 1."""
+
+    homogeneous = True
 
     def forward(self, x):
         return F.relu(x) * _SQRT2
@@ -48,6 +52,8 @@ class ScaledGELU(Bond):
 class MeanSubtract(Bond):
     """x - mean(x) over ``dim`` (features: -1 for vectors, 1 for channels of an image)."""
 
+    homogeneous = True
+
     def __init__(self, dim: int = -1):
         super().__init__()
         self.dim = dim
@@ -58,6 +64,8 @@ class MeanSubtract(Bond):
 
 class RMSDivide(Bond):
     """x / RMS(x) over ``dim``: unit RMS features, no learned gain."""
+
+    normalizes = True  # up to eps: RMS(c·x) = c·RMS(x)
 
     def __init__(self, dim: int = -1, eps: float = 1e-12):
         super().__init__()
@@ -73,12 +81,16 @@ def LayerNorm(dim: int = -1):
 
 
 class Flatten(Bond):
+
+    homogeneous = True
     def forward(self, x):
         return x.flatten(1)
 
 
 class AvgPool(Bond):
     """Average pooling with a k×k window and stride k."""
+
+    homogeneous = True
 
     def __init__(self, k: int = 2):
         super().__init__()
@@ -90,6 +102,8 @@ class AvgPool(Bond):
 
 class GlobalAvgPool(Bond):
     """Mean over the spatial dimensions: (B, C, H, W) -> (B, C)."""
+
+    homogeneous = True
 
     def forward(self, x):
         return x.mean(dim=(2, 3))

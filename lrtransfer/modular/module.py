@@ -12,6 +12,11 @@ is an ``Add`` bond after a tuple, and ``M ** L`` composes L independently initia
 The modular norm of a list of per-atom tensors is a recursive max; ``normalize`` splits a
 target norm down the same tree so that every term of that max is equal (``targets``), and
 each atom rescales its own update to its share.
+
+Scale invariance (SCIENCE.md §5): an atom is *scale-invariant* when multiplying its weight
+by any c > 0 leaves the network's output unchanged — its output reaches a normalization
+(``normalizes``) through positively homogeneous maps only (``homogeneous``: f(c·x) = c·f(x)
+for c > 0), or it conditions its own weight row by row. ``scale_invariant()`` finds them.
 """
 from __future__ import annotations
 
@@ -40,6 +45,12 @@ class Module(nn.Module):
     derived properties on combinators, so ``tare`` on a subtree is seen everywhere above it.
     """
 
+    # f(c·x) = c·f(x) for every c > 0 (ReLU, mean subtraction, pooling, a linear map): a scale
+    # of the input passes through unchanged in kind.
+    homogeneous = False
+    # f(c·x) = f(x) for every c > 0 (RMS division, so LayerNorm): scale stops here.
+    normalizes = False
+
     # -- structure -------------------------------------------------------------------
     def atoms(self) -> list["Atom"]:
         """The weight-carrying atoms of this subtree, in a fixed order (forward order)."""
@@ -55,6 +66,13 @@ class Module(nn.Module):
         if len(out) > 1:
             out[-1] = "output"
         return out
+
+    def scale_invariant(self) -> list[bool]:
+        """Whether each atom (aligned with ``atoms()``) is scale-invariant: the output does not
+        change when its weight is multiplied by any c > 0. Structural and conservative: an
+        atom counts only when, within its own chain, its output reaches a normalization
+        through homogeneous maps (or it conditions its own weight); anything else is False."""
+        return [bool(getattr(a, "condition", False)) for a in self.atoms()]
 
     def _split(self, eta: float, out: list[float]) -> None:
         """Append each atom's share of target ``eta`` to ``out`` (in ``atoms()`` order)."""
@@ -81,10 +99,18 @@ class Module(nn.Module):
     def norm(self, tensors: Seq[torch.Tensor], exact: bool = True) -> torch.Tensor:
         """The modular norm of ``tensors`` (one per atom, e.g. weights or an update).
 
-        ``exact=True`` uses SVDs for spectral norms; ``False`` the cached power iteration.
+        ``exact=True`` uses SVDs for spectral norms; ``False`` the tracked estimates, read
+        only: the atoms' tracking blocks (which ``normalize`` relies on) are left as they were,
+        so measuring a norm never changes a later normalized step.
         """
         self._check_aligned(tensors, "norm")
-        values = [atom.atom_norm(t, exact=exact) for atom, t in zip(self.atoms(), tensors)]
+        atoms = self.atoms()
+        saved = [a.tracking_state() for a in atoms]
+        try:
+            values = [atom.atom_norm(t, exact=exact) for atom, t in zip(atoms, tensors)]
+        finally:
+            for a, state in zip(atoms, saved):
+                a.restore_tracking(state)
         return self._norm(values)
 
     def normalize(self, updates: Seq[torch.Tensor], target: float, exact: bool = False) -> list[torch.Tensor]:
@@ -240,6 +266,14 @@ class Atom(Module):
         raise NotImplementedError
 
     embedding = False  # a lookup table (Embed): an input atom wherever it sits
+    linear_in_weight = True  # output(c·W) = c·output(W); False for an atom that conditions W
+
+    def tracking_state(self):
+        """The state a tracked norm estimate keeps between calls (None: the atom keeps none)."""
+        return None
+
+    def restore_tracking(self, state) -> None:
+        """Put back what ``tracking_state`` returned."""
 
     # ``estimate_norms(atoms, updates) -> norms``: a function that estimates the norms of
     # several atoms of one kind together (passed back to ``normalize`` as ``norms``), or None.
@@ -292,6 +326,8 @@ class Bond(Module):
 class Identity(Bond):
     """x; sensitivity 1."""
 
+    homogeneous = True
+
     def forward(self, x):
         return x
 
@@ -309,6 +345,8 @@ class Add(Bond):
 class Mul(Bond):
     """a·x; sensitivity |a|. ``a * M`` is ``Mul(a) @ M``."""
 
+    homogeneous = True
+
     def __init__(self, a: float):
         super().__init__(abs(float(a)))
         self.a = float(a)
@@ -318,6 +356,17 @@ class Mul(Bond):
 
     def extra_repr(self):
         return f"a={self.a:g}"
+
+
+def _reaches_normalization(parts) -> bool:
+    """Whether a chain of parts ignores its input's scale: a normalization comes after a
+    homogeneous prefix (homogeneous maps carry the scale to it)."""
+    for p in parts:
+        if p.normalizes:
+            return True
+        if not p.homogeneous:
+            return False
+    return False
 
 
 class _Combinator(Module):
@@ -333,6 +382,9 @@ class _Combinator(Module):
 
     def atoms(self) -> list[Atom]:
         return list(self._atom_list)
+
+    def scale_invariant(self) -> list[bool]:
+        return [f for part in self.parts for f in part.scale_invariant()]
 
     def _slices(self):
         start = 0
@@ -357,6 +409,27 @@ class Sequence(_Combinator):
     @property
     def sensitivity(self) -> float:
         return math.prod(p.sensitivity for p in self.parts)
+
+    @property
+    def homogeneous(self) -> bool:
+        return all(p.homogeneous for p in self.parts)
+
+    @property
+    def normalizes(self) -> bool:
+        return _reaches_normalization(self.parts)
+
+    def scale_invariant(self) -> list[bool]:
+        out: list[bool] = []
+        parts = list(self.parts)
+        for i, part in enumerate(parts):
+            if isinstance(part, Atom):
+                # c·W gives c·output for an atom linear in its weight; a later normalization
+                # removes that c if only homogeneous maps come between
+                out.append(part.scale_invariant()[0] or
+                           (part.linear_in_weight and _reaches_normalization(parts[i + 1:])))
+            else:  # nested chains are flattened, so this is a tuple: its atoms' own flags
+                out.extend(part.scale_invariant())
+        return out
 
     def forward(self, x):
         for part in self.parts:

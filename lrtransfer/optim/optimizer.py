@@ -11,6 +11,10 @@
 
 The optimizer calls exactly ``Module.normalize`` / ``Module.dualize``: the maps live with the
 atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``.
+
+``constraint = "sphere"`` (plain steps only) trains on the sphere of constraint.py: the
+non-scale-invariant atoms are frozen and the scale-invariant ones are projected back to their
+initial joint norm after every step.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import math
 import torch
 
 from ..modular import Module
+from .constraint import CONSTRAINTS, Sphere
 from .muon import Muon
 from .rules import Adam, SGD, Sign
 from .schedule import Schedule
@@ -37,13 +42,17 @@ class Diverged(ArithmeticError):
 class Optimizer:
     def __init__(self, model: Module, rule, lr: float, update: str = "plain", weight_decay: float = 0.0,
                  schedule: Schedule | None = None, exact: bool = False, ns: str = "quintic",
-                 ns_steps: int | None = None):
+                 ns_steps: int | None = None, constraint: str = "none"):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"optimizer: lr must be a positive finite number, got {lr!r}")
         if weight_decay < 0:
             raise ValueError(f"optimizer: weight_decay must be >= 0, got {weight_decay!r}")
         if update not in UPDATES:
             raise ValueError(f"optimizer: update {update!r} is not allowed; allowed: {', '.join(UPDATES)}")
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"optimizer: constraint {constraint!r} is not allowed; allowed: {', '.join(CONSTRAINTS)}")
+        if constraint != "none" and update != "plain":
+            raise ValueError(f"optimizer: constraint {constraint!r} needs update = \"plain\", got {update!r}")
         self.model, self.rule = model, rule
         self.lr, self.update, self.weight_decay = float(lr), update, float(weight_decay)
         self.schedule = schedule or Schedule("constant")
@@ -53,6 +62,9 @@ class Optimizer:
         rule_mults = getattr(rule, "lr_mults", None) or [1.0] * len(self.atoms)
         # plain steps: each atom's LR multiplier (parametrization × rule)
         self.lr_mults = [a.lr_mult * m for a, m in zip(self.atoms, rule_mults)]
+        self.sphere = Sphere(model) if constraint == "sphere" else None
+        if self.sphere is not None:  # the paper's setup: only the scale-invariant weights train
+            self.lr_mults = [0.0 if frozen else m for m, frozen in zip(self.lr_mults, self.sphere.frozen)]
         self.t = 0
 
     @property
@@ -83,6 +95,8 @@ class Optimizer:
             if self.weight_decay:
                 self.model.regularize(lr * self.weight_decay)
             torch._foreach_sub_(self.params, steps)
+        if self.sphere is not None:
+            self.sphere.project()
         self.t += 1
         return lr
 
@@ -119,9 +133,10 @@ def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", w
                    schedule: str = "linear", steps: int = 1, warmup: int = 0, momentum: float = 0.9,
                    betas=(0.9, 0.99), eps: float = 1e-8, exact: bool = False, ns: str = "quintic",
                    ns_steps: int | None = None, muon_momentum: float = 0.95, muon_adam_ratio: float = 0.015,
-                   normalize: bool | None = None) -> Optimizer:
+                   normalize: bool | None = None, constraint: str = "none") -> Optimizer:
     """The optimizer a run config describes: base rule ``name`` (sgd, adam, sign, muon) applied
-    ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``."""
+    ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``.
+    ``constraint``: "none" or "sphere" (constraint.py)."""
     if normalize:
         update = "normalize"
     if name not in FACTORIES:
@@ -131,4 +146,5 @@ def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", w
     rule = FACTORIES[name](model, dict(momentum=momentum, betas=betas, eps=eps, ns_steps=ns_steps,
                                        muon_momentum=muon_momentum, muon_adam_ratio=muon_adam_ratio))
     return Optimizer(model, rule, lr, update=update, weight_decay=weight_decay,
-                     schedule=Schedule(schedule, steps, warmup), exact=exact, ns=ns, ns_steps=ns_steps)
+                     schedule=Schedule(schedule, steps, warmup), exact=exact, ns=ns, ns_steps=ns_steps,
+                     constraint=constraint)

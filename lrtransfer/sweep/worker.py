@@ -93,7 +93,7 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
             if on_finish:
                 on_finish(trial, {"status": "failed", "error": str(e), "run_id": rid})
         else:
-            store.write(result.row, result.curves)
+            store.write(result.row, result.curves, result.diagnostics)
             queue.finish(trial, objective(result.row), run_status=result.row["status"],
                          wall_seconds=result.row["wall_seconds"])
             log_event(store.root, event="finish", run_id=rid, trial=trial.number, status=result.row["status"])
