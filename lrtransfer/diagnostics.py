@@ -19,10 +19,11 @@ vector (Frobenius norms): its ``weight_norm`` is the sphere radius ρ, its ``elr
 its ``angle`` the angular step of the whole scale-invariant network — what the three-regimes
 rule reads.
 
-Measuring must not disturb training. Spectral norms here are estimated by power iteration on
-vectors this object owns (two steps per log from the last log's vectors, a lower bound that
-is tight while weights change slowly), never by the atoms' own tracking blocks, which
-``normalize`` relies on; a test checks that logging leaves every loss unchanged. The work is
+Measuring must not disturb training. Spectral norms here are exact at the first log (a Gram
+eigendecomposition), then one warm block power step per log on blocks this object owns (a
+lower bound, tight while the matrices change slowly between logs), never the atoms' own
+tracking blocks, which ``normalize`` relies on; a test checks that logging leaves every loss
+unchanged, and that the estimates match SVD norms. The work is
 a weight snapshot before the logged step and a handful of matrix-vector products after it,
 read back with one host sync (cost: benchmarks/diagnostics_cost.py).
 """
@@ -32,20 +33,22 @@ import math
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .modular import Module
-from .modular.spectral import power_step
+from .modular.spectral import block_power_step, top_subspace
 
 COLUMNS = ["run_id", "step", "atom", "name", "role", "scale_invariant", "weight_norm", "update_norm",
            "relative_update", "angle", "elr", "condition"]
 
-_POWER_STEPS = 2
+_BLOCK_RANK = 4   # vectors per matrix: a cheap block; orthogonal inits start with a flat spectrum
 
 
 def _matrices(atom, w: torch.Tensor) -> torch.Tensor | None:
-    """The matrices whose largest spectral norm is the atom's norm, or None (a row norm)."""
-    slices = getattr(atom, "_slices", None)
-    return slices(w) if slices is not None else None
+    """The matrices whose largest spectral norm is the atom's norm, oriented with the smaller
+    side last, or None (Embed: a row norm)."""
+    matrices = getattr(atom, "_matrices", None)
+    return matrices(w) if matrices is not None else None
 
 
 def _name(k: int, atom) -> str:
@@ -63,37 +66,61 @@ class Diagnostics:
         self.invariant = model.scale_invariant()
         self.log_condition = log_condition
         self.names = [_name(k, a) for k, a in enumerate(self.atoms)]
-        self._vectors: dict = {}     # (atom index, "weight" | "update") -> unit right vectors
+        self._blocks: dict | None = None   # batch shape -> tracking block of the matrices batched there
         self._before: list[torch.Tensor] | None = None
         self.rows: list[dict] = []
 
     @torch.no_grad()
     def before_step(self) -> None:
         """Snapshot the weights; call right before the step that will be logged."""
-        self._before = [a.weight.detach().clone() for a in self.atoms]
+        self._before = torch._foreach_mul([a.weight.detach() for a in self.atoms], 1.0)   # copies
 
-    def _spectral(self, key, m: torch.Tensor) -> torch.Tensor:
-        """Max spectral norm over the matrices ``m`` (…, rows, cols) by power iteration on
-        this object's own vectors (warm from the previous log)."""
-        m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
-        if m.dim() == 2:
-            m = m.unsqueeze(0)
-        v = self._vectors.get(key)
-        if v is None or v.shape != (m.shape[0], m.shape[-1]):
-            g = torch.Generator(device="cpu").manual_seed(len(self._vectors))  # never the global stream
-            v = torch.randn(m.shape[0], m.shape[-1], generator=g).to(m.device, m.dtype)
-            v = v / v.norm(dim=-1, keepdim=True)
-        sigma = torch.zeros(m.shape[0], device=m.device, dtype=m.dtype)
-        for _ in range(_POWER_STEPS):
-            sigma, v = power_step(m, v)
-        self._vectors[key] = v
-        return torch.nan_to_num(sigma, nan=0.0).max()
+    def _atom_norms(self, *kinds: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Each atom's own norm of each list of tensors in ``kinds`` (lists aligned with the atoms).
 
-    def _atom_norm(self, k: int, kind: str, w: torch.Tensor) -> torch.Tensor:
-        m = _matrices(self.atoms[k], w)
-        if m is None:  # Embed: max row ℓ2 norm, exact and cheap
-            return torch.linalg.vector_norm(w.float(), dim=1).max()
-        return self._spectral((k, kind), m)
+        Spectral norms: every matrix of every kind is zero-padded to one common shape (padding
+        adds only zero singular values) and all are stepped as one batch — at small widths
+        the per-call overhead, not the arithmetic, is the cost; where padding would more
+        than double the work, matrices are batched by shape instead. Exact the first time (a Gram
+        eigendecomposition), then one warm block power step per call on this object's own
+        block, never the atoms' blocks, which ``normalize`` uses.
+        """
+        norms = [[None] * len(self.atoms) for _ in kinds]
+        owners, ms = [], []
+        for i, tensors in enumerate(kinds):
+            for k, (atom, t) in enumerate(zip(self.atoms, tensors)):
+                m = _matrices(atom, t)
+                if m is None:   # Embed: max row ℓ2 norm, exact and cheap
+                    norms[i][k] = torch.linalg.vector_norm(t.float(), dim=1).max()
+                    continue
+                m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
+                ms.append(m if m.dim() == 3 else m.unsqueeze(0))
+                owners.append((i, k))
+        if not ms:
+            return norms
+        rows, cols = max(m.shape[-2] for m in ms), max(m.shape[-1] for m in ms)
+        actual = sum(m.numel() for m in ms)
+        if sum(m.shape[0] for m in ms) * rows * cols <= 2 * actual:
+            groups = {(rows, cols): list(range(len(ms)))}   # small or alike: one padded batch
+        else:  # padding would copy more than it saves: one batch per shape
+            groups = {}
+            for j, m in enumerate(ms):
+                groups.setdefault(tuple(m.shape[-2:]), []).append(j)
+        if self._blocks is None or set(self._blocks) != set(groups):
+            self._blocks = dict.fromkeys(groups)
+        for shape, js in groups.items():
+            batch = torch.cat([F.pad(ms[j], (0, shape[1] - ms[j].shape[-1], 0, shape[0] - ms[j].shape[-2]))
+                               for j in js])
+            block = self._blocks[shape]
+            if block is None or block.shape[0] != batch.shape[0]:
+                sigma, block = top_subspace(batch, min(_BLOCK_RANK, min(ms[j].shape[-1] for j in js)))
+            else:
+                sigma, _, block = block_power_step(batch, block)
+            self._blocks[shape] = block
+            for j, sj in zip(js, torch.nan_to_num(sigma, nan=0.0).split([ms[j].shape[0] for j in js])):
+                i, k = owners[j]
+                norms[i][k] = sj.max()
+        return norms
 
     @torch.no_grad()
     def after_step(self, run_id: str, step: int, lr: float, lr_mults: list[float]) -> None:
@@ -101,50 +128,47 @@ class Diagnostics:
         atom k's LR is lr · lr_mults[k])."""
         if self._before is None:
             raise RuntimeError("Diagnostics.after_step without before_step")
-        values = []   # per atom: weight norm, update norm, ‖w_before‖_F², ‖w_after‖_F², <w_before, w_after>, ‖Δ‖_F²
-        for k, (atom, w0) in enumerate(zip(self.atoms, self._before)):
-            w1 = atom.weight.detach()
-            delta = w1 - w0
-            # angles come from cosines near 1: sums in float64 resolve angles down to ~1e-8 rad
-            a, b = w0.double(), w1.double()
-            values.append(torch.stack([self._atom_norm(k, "weight", w1).double(),
-                                       self._atom_norm(k, "update", delta).double(),
-                                       a.pow(2).sum(), b.pow(2).sum(), (a * b).sum(), (b - a).pow(2).sum()]))
-        conditions = [math.nan] * len(self.atoms)
+        after = [a.weight.detach() for a in self.atoms]
+        deltas = torch._foreach_sub(after, self._before)
+        columns = [*self._atom_norms(after, deltas), torch._foreach_norm(self._before), torch._foreach_norm(after), torch._foreach_norm(deltas)]
         if self.log_condition:
             conds = []
             for atom in self.atoms:
                 w = atom.effective_weight() if hasattr(atom, "effective_weight") else atom.weight
                 s = torch.linalg.svdvals(w.detach().float().flatten(1))
                 conds.append(s[0] / s[-1])
-            conditions = torch.stack(conds).tolist()
-        table = torch.stack(values).tolist()   # the one host sync
+            columns.append(conds)
+        table = torch.stack([torch.stack([c.float() for c in col]) for col in columns]).T.tolist()   # one host sync
         self._before = None
-        joint = [0.0, 0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², <w0, w1>, ‖Δ‖²
-        for k, (wn, un, n0, n1, dot, dd) in enumerate(table):
+        joint = [0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², ‖Δ‖²
+        for k, values in enumerate(table):
+            wn, un, n0, n1, dn = values[:5]
             si = self.invariant[k]
-            lr_k = lr * lr_mults[k]
             self.rows.append(dict(run_id=run_id, step=step, atom=k, name=self.names[k], role=self.roles[k],
                                   scale_invariant=si, weight_norm=wn, update_norm=un,
                                   relative_update=un / wn if wn > 0 else math.nan,
-                                  angle=_angle(n0, n1, dot), elr=lr_k / n1 if si and n1 > 0 else math.nan,
-                                  condition=conditions[k]))
+                                  angle=_angle(n0, n1, dn),
+                                  elr=lr * lr_mults[k] / n1 ** 2 if si and n1 > 0 else math.nan,
+                                  condition=values[5] if self.log_condition else math.nan))
             if si and lr_mults[k] != 0:
-                joint = [a + b for a, b in zip(joint, (n0, n1, dot, dd))]
+                joint = [a + b * b for a, b in zip(joint, (n0, n1, dn))]
         if any(self.invariant):
-            n0, n1, dot, dd = joint
-            rho = math.sqrt(n1)
+            n0, n1, dn = (math.sqrt(v) for v in joint)
             self.rows.append(dict(run_id=run_id, step=step, atom=-1, name="all scale-invariant",
-                                  role="scale_invariant", scale_invariant=True, weight_norm=rho,
-                                  update_norm=math.sqrt(dd), relative_update=math.sqrt(dd) / rho if rho else math.nan,
-                                  angle=_angle(n0, n1, dot), elr=lr / n1 if n1 > 0 else math.nan,
+                                  role="scale_invariant", scale_invariant=True, weight_norm=n1,
+                                  update_norm=dn, relative_update=dn / n1 if n1 else math.nan,
+                                  angle=_angle(n0, n1, dn), elr=lr / n1 ** 2 if n1 > 0 else math.nan,
                                   condition=math.nan))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
 
 
-def _angle(n0: float, n1: float, dot: float) -> float:
+def _angle(n0: float, n1: float, dn: float) -> float:
+    """The angle between w0 and w1 from ‖w0‖, ‖w1‖ and ‖w1 − w0‖, without a cosine near 1:
+    ‖ŵ1 − ŵ0‖² = (‖Δ‖² − (‖w1‖ − ‖w0‖)²)/(‖w0‖‖w1‖), and the angle is 2·asin(‖ŵ1 − ŵ0‖/2),
+    so small angles keep float32's relative precision of ‖Δ‖ (a cosine would lose it)."""
     if n0 <= 0 or n1 <= 0:
         return math.nan
-    return math.acos(max(-1.0, min(1.0, dot / math.sqrt(n0 * n1))))
+    chord = math.sqrt(max(0.0, (dn * dn - (n1 - n0) ** 2) / (n0 * n1)))
+    return 2.0 * math.asin(min(1.0, chord / 2.0))
