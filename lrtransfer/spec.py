@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .models import ARCHS as _ARCH_BUILDERS, PARAMS
 from .modular.newton_schulz import METHODS as NS_METHODS
 from .optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
 
-PARAMS = ("modular", "sp", "mup")
 DTYPES = ("float32", "float64", "bfloat16")
-ARCHS = ("mlp", "resnet", "gpt")
+ARCHS = tuple(_ARCH_BUILDERS)
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,6 @@ KEYS: tuple[Key, ...] = (
 )
 
 BY_NAME = {k.name: k for k in KEYS}
-MODEL_KEYS = {k.name: k for k in KEYS if k.section == "model"}
-TRAIN_KEYS = {k.name: k for k in KEYS if k.section == "train"}
 
 
 def defaults(section: str) -> dict:

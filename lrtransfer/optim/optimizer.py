@@ -67,10 +67,6 @@ class Optimizer:
             self.lr_mults = [0.0 if frozen else m for m, frozen in zip(self.lr_mults, self.sphere.frozen)]
         self.t = 0
 
-    @property
-    def normalize(self) -> bool:
-        return self.update == "normalize"
-
     def current_lr(self) -> float:
         return self.lr * self.schedule(self.t)
 
