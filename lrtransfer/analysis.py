@@ -110,7 +110,11 @@ VERDICTS = ("transfers", "drifts", "inconclusive")
 METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
             "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
             "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study",
-            "git_dirty", "torch_threads"}
+            "git_dirty", "torch_threads",
+            # the LR restated (elr = lr / ‖w‖², lr_applied = lr or elr·radius²): one per LR, never a group
+            "elr", "lr_applied",
+            # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group
+            "sphere_radius", "chance_loss"}
 METADATA_PREFIXES = ("final_", "first_")
 METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time", "_fingerprint")
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")

@@ -214,41 +214,98 @@ def status(results_dir: Optional[Path] = typer.Argument(None, help="results dire
     out.print(f"total: {st['totals']}; eta {st['eta']}", highlight=False)
 
 
+PLOT_KINDS = ("lr", "curves", "diagnostics", "regimes", "lrwd")
+REGIME_HELP = {
+    "window": "regimes: fraction of each run's logged points, at the end, that make up its 'late' window",
+    "chance": "regimes: a late loss at or above this fraction of the chance loss ln(classes) counts as diverge",
+    "slope": "regimes: a late slope of ln(loss) per ln(step) at or below this (< 0) counts as still converging",
+    "angle": "regimes: a plateau whose scale-invariant weights still turn at least this many radians per step "
+             "(mean over the late window) is chaotic; below it, converged",
+}
+
+
+def _regime_options(window: float, chance: float, slope: float, angle: float) -> dict:
+    from .dynamics import check_regime_options
+    check_regime_options(window, chance, slope, angle)
+    return {"window": window, "chance_fraction": chance, "slope": slope, "angle": angle}
+
+
+def _second_path(target: Path, stem: str, suffix: str) -> Path:
+    """The second figure's path: ``stem`` swapped for ``suffix`` in the first one's name, else appended."""
+    name = target.stem.replace(stem, suffix) if stem in target.stem else f"{target.stem}_{suffix}"
+    return target.with_name(name).with_suffix(target.suffix)
+
+
 @app.command()
 @user_errors
 def plot(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
+         kind: str = typer.Option("lr", "--kind", help="lr: loss vs LR per scale and the transfer view | curves: loss "
+                                  "vs step | diagnostics: a per-atom quantity vs step | regimes: final loss vs ELR "
+                                  "coloured by regime | lrwd: loss over lr x weight decay and curves by lr·wd"),
          metric: Metric = typer.Option(Metric.train_loss),
          axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
-         out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/lr_curves.png"),
+         out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/"
+                                             "<lr_curves|loss_steps|diagnostics_QUANTITY|regimes|lrwd>.png"),
          ci: float = typer.Option(0.9, "--ci", help="confidence level of the bars on the fitted optima (bootstrap over seeds)"),
          tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift over the scale range that still count as transfer"),
-         steps: bool = typer.Option(False, "--steps", help="draw the training curves instead: loss vs step per series, "
-                                    "one line per LR (seed mean) at one scale; default --out RESULTS_DIR/loss_steps.png"),
-         scale: Optional[int] = typer.Option(None, "--scale", help="with --steps: the width or depth to show (default the largest)"),
+         steps: bool = typer.Option(False, "--steps", help="the same as --kind curves"),
+         scale: Optional[int] = typer.Option(None, "--scale", help="curves, diagnostics, lrwd: the width or depth to show "
+                                             "(default the largest; with --color-by scale, default all)"),
+         lr: Optional[float] = typer.Option(None, "--lr", help="curves, diagnostics: only the runs at this LR "
+                                            "(default: all LRs, or with --color-by scale / diagnostics each one's best)"),
+         color_by: str = typer.Option("lr", "--color-by", help="curves: one line per lr (at one scale) or per scale"),
+         quantity: str = typer.Option("relative_update", "--quantity", help="diagnostics: relative_update | elr | "
+                                      "condition | weight_norm | update_norm | angle"),
+         regime_window: float = typer.Option(0.25, "--regime-window", help=REGIME_HELP["window"]),
+         regime_chance: float = typer.Option(0.9, "--regime-chance", help=REGIME_HELP["chance"]),
+         regime_slope: float = typer.Option(-0.1, "--regime-slope", help=REGIME_HELP["slope"]),
+         regime_angle: float = typer.Option(1e-3, "--regime-angle", help=REGIME_HELP["angle"]),
          ):
-    """Loss vs LR per scale and series, and optimal LR / regret vs scale (or, with --steps, loss vs step).
+    """Figures of a sweep: loss vs LR per scale and series with optimal LR / regret vs scale (default),
+    or training curves, per-atom diagnostics, sphere regimes, or the lr x weight decay view (--kind).
 
-    Example: lrtransfer plot results/quickstart --steps --scale 128 --out curves.svg
+    Example: lrtransfer plot results/quickstart --kind curves --scale 128 --out curves.svg
     """
     from . import plots
-    from .store import load_results
-    runs, curves = load_results(results_dir)
+    from .store import load_diagnostics, load_results
     if steps:
-        target = plots.check_out(out_ or results_dir / "loss_steps.png")
-        plots.loss_vs_step(runs, curves, metric=metric.value, axis=axis.value if axis else None, scale=scale,
-                           out=target)
-        out.print(f"wrote {target}", markup=False, highlight=False)
-        return
-    target = plots.check_out(out_ or results_dir / "lr_curves.png")
-    second = target.with_name(target.stem.replace("lr_curves", "transfer") if "lr_curves" in target.stem
-                              else target.stem + "_transfer").with_suffix(target.suffix)
+        kind = "curves"
+    if kind not in PLOT_KINDS:
+        raise UserError(f"--kind {kind!r}: allowed: {', '.join(PLOT_KINDS)}")
+    if quantity not in plots.QUANTITIES:
+        raise UserError(f"--quantity {quantity!r}: allowed: {', '.join(plots.QUANTITIES)}")
+    if color_by not in plots.COLOR_BY:
+        raise UserError(f"--color-by {color_by!r}: allowed: {', '.join(plots.COLOR_BY)}")
+    thresholds = _regime_options(regime_window, regime_chance, regime_slope, regime_angle)
+    default = {"lr": "lr_curves", "curves": "loss_steps", "diagnostics": f"diagnostics_{quantity}",
+               "regimes": "regimes", "lrwd": "lrwd"}[kind]
+    runs, curves = load_results(results_dir)
+    target = plots.check_out(out_ or results_dir / f"{default}.png")
     a = axis.value if axis else None
-    # both figures are drawn before either is written: an error leaves the old figures intact
-    figures = [(plots.lr_curves(runs, metric=metric.value, axis=a), target),
-               (plots.transfer_plot(runs, metric=metric.value, axis=a, ci=ci, tolerance=tolerance), second)]
+    m = metric.value
+    # every figure is drawn before any is written: an error leaves the old figures intact
+    if kind == "lr":
+        second = _second_path(target, "lr_curves", "transfer")
+        figures = [(plots.lr_curves(runs, metric=m, axis=a), target),
+                   (plots.transfer_plot(runs, metric=m, axis=a, ci=ci, tolerance=tolerance), second)]
+    elif kind == "curves":
+        figures = [(plots.training_curves(runs, curves, color_by=color_by, metric=m, axis=a, scale=scale, lr=lr),
+                    target)]
+    elif kind == "diagnostics":
+        figures = [(plots.diagnostics_plot(runs, load_diagnostics(results_dir), quantity=quantity, axis=a,
+                                           scale=scale, lr=lr), target)]
+    elif kind == "regimes":
+        from . import dynamics
+        table = dynamics.regimes(runs, curves, load_diagnostics(results_dir), **thresholds)
+        x = "elr" if (dynamics.effective_lr(runs) > 0).any() else "lr"
+        figures = [(plots.regime_plot(runs, table, x=x, metric=m), target)]
+    else:
+        second = _second_path(target, "lrwd", "lrwd_curves")
+        figures = [(plots.lrwd_heatmap(runs, metric=m, axis=a, scale=scale), target),
+                   (plots.curves_by_lrwd(runs, curves, metric=m, axis=a, scale=scale), second)]
     for fig, path in figures:
         plots.save(fig, path)
-    out.print(f"wrote {target} and {second}", markup=False, highlight=False)
+    out.print("wrote " + " and ".join(str(path) for _, path in figures), markup=False, highlight=False)
 
 
 @app.command()
@@ -256,19 +313,47 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
 def report(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
            metric: Metric = typer.Option(Metric.train_loss),
            axis: Optional[Axis] = typer.Option(None),
-           format: Format = typer.Option(Format.markdown),
+           format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the transfer table only)"),
            min_runs: int = typer.Option(3, help="fewer finished LRs at a scale than this is flagged"),
            ci: float = typer.Option(0.9, "--ci", help="confidence level of the intervals (bootstrap over seeds)"),
            tolerance: float = typer.Option(1.0, "--tolerance", help="a drift CI inside ±this many octaves over the scale range is 'transfers'"),
            n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates"),
-           seed: int = typer.Option(0, "--seed", help="bootstrap random seed (reports are reproducible)")):
+           seed: int = typer.Option(0, "--seed", help="bootstrap random seed (reports are reproducible)"),
+           regime_window: float = typer.Option(0.25, "--regime-window", help=REGIME_HELP["window"]),
+           regime_chance: float = typer.Option(0.9, "--regime-chance", help=REGIME_HELP["chance"]),
+           regime_slope: float = typer.Option(-0.1, "--regime-slope", help=REGIME_HELP["slope"]),
+           regime_angle: float = typer.Option(1e-3, "--regime-angle", help=REGIME_HELP["angle"])):
     """Per series and axis: a transfer verdict (transfers / drifts / inconclusive) from the
-    bootstrap CI of the fitted drift, with slope and regret CIs, then the optimum per scale."""
-    from . import analysis
-    from .store import load_results
-    runs, _ = load_results(results_dir)
+    bootstrap CI of the fitted drift, with slope and regret CIs, then the optimum per scale.
+
+    A "Regimes" section follows when the runs set an effective LR or train on the sphere, and an
+    "lr·wd invariance" section when weight_decay takes two or more values (JSON: keys "regimes"
+    and "lrwd")."""
+    from . import analysis, dynamics
+    from .store import load_diagnostics, load_results
+    thresholds = _regime_options(regime_window, regime_chance, regime_slope, regime_angle)
+    runs, curves = load_results(results_dir)
     text = analysis.report(runs, metric=metric.value, axis=axis.value if axis else None, format=format.value,
                            min_runs=min_runs, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed)
+    sections = {}
+    if format != Format.csv and dynamics.has_regimes(runs):
+        sections["regimes"] = dynamics.regime_summary(runs, curves, load_diagnostics(results_dir),
+                                                      **thresholds)
+    if format != Format.csv and dynamics.has_lrwd(runs):
+        try:
+            sections["lrwd"] = dynamics.lrwd_invariance(runs, curves, metric=metric.value, ci=ci, n_boot=n_boot,
+                                                        seed=seed)
+        except UserError as e:  # a wd axis this statistic cannot use (e.g. only 0 and one value) is not an error
+            sections["lrwd"] = {"error": str(e)}
+    if format == Format.json:
+        doc = json.loads(text)
+        doc.update(sections)
+        text = dynamics.to_json(doc)
+    elif sections:
+        text = text.rstrip("\n") + "\n\n"
+        text += "\n".join(dynamics.regime_report(v) if k == "regimes" else
+                          f"## lr·wd invariance\n\nnot computed: {v['error']}\n" if "error" in v else
+                          dynamics.lrwd_report(v) for k, v in sections.items())
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
@@ -286,11 +371,25 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
          storage: Optional[str] = typer.Option(None),
          device: str = typer.Option("auto"),
          seed: int = typer.Option(0, help="sampler seed"),
-         format: Format = typer.Option(Format.markdown)):
-    """Search the LR at the smallest scale, run it at the larger ones, report regret and compute."""
+         format: Format = typer.Option(Format.markdown),
+         along: str = typer.Option("lr", "--along", help="lr: search the LR at the smallest scale and transfer it | "
+                                   "lrwd: hold lr fixed and search only lr·weight_decay (needs a weight_decay grid)"),
+         lr: Optional[float] = typer.Option(None, "--lr", help="with --along lrwd: the fixed LR (default: the series' "
+                                            "lr, or the middle of its LR grid)")):
+    """Search the LR at the smallest scale, run it at the larger ones, report regret and compute
+    (or, with --along lrwd, search lr·wd at a fixed LR against the full lr x weight_decay grid)."""
     from .sweep import load_experiment
-    from .tune import SearchParam, tune as run_tune, tune_table
+    from .tune import ALONG, SearchParam, tune as run_tune, tune_table
+    if along not in ALONG:
+        raise UserError(f"--along {along!r}: allowed: {', '.join(ALONG)}")
+    if along == "lr" and lr is not None:
+        raise UserError("--lr: only with --along lrwd (--along lr searches the LR)")
+    if along == "lrwd" and param:
+        raise UserError(f"--param {param[0]}: only with --along lr (--along lrwd searches lr·wd alone)")
     exp = load_experiment(experiment, set_)
+    if along == "lrwd":
+        _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format)
+        return
     results_list = run_tune(exp, series or None, trials=trials, sampler=sampler,
                             params=[SearchParam.parse(p) for p in param], axis=axis.value if axis else None,
                             metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
@@ -316,6 +415,33 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
         out.print(f"compute: {r.tune_seconds:.1f} s to tune small and transfer "
                   f"({r.trials + len(r.rows) - 1} runs) vs ~{r.target_tuning_seconds:.1f} s to tune "
                   f"at every target scale ({ratio:.1f}x)" + (f"; the full grid took {r.grid_runs} runs" if r.grid_runs else ""),
+                  highlight=False, soft_wrap=True)
+
+
+def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format) -> None:
+    from .tune import lrwd_tune_table, tune_lrwd
+    found = tune_lrwd(exp, series or None, trials=trials, sampler=sampler, lr=lr, axis=axis.value if axis else None,
+                      metric=metric.value, results_dir=results, storage=_storage(storage), device=device, seed=seed,
+                      on_run=lambda s, sc, row: err.print(f"{s} {sc}: {row['status']} {row.get('final_train_loss')}",
+                                                          highlight=False, markup=False))
+    table = lrwd_tune_table(found)
+    if format == Format.json:
+        out.print_json(table.to_json(orient="records"))
+        return
+    if format == Format.csv:
+        sys.stdout.write(table.to_csv(index=False))
+        return
+    for r in found:
+        where = f" at {r.axis}={r.base_scale}" if r.axis else ""
+        grid = (f"; the grid's best cell has lr·wd 2^{math.log2(r.grid_best_product):.2f} "
+                f"({r.octaves_from_grid:.2f} octaves away), loss {r.grid_best_loss:.4f}"
+                + (f" ({r.loss_above_grid:+.4f} here)" if r.loss_above_grid is not None else "")
+                if r.grid_best_product else "")
+        out.print(f"[bold]{escape(r.series)}[/]: best lr·wd 2^{math.log2(r.product):.2f} (wd {r.weight_decay:.3g} at "
+                  f"fixed lr {r.lr:g}){escape(where)}, {metric.value} {r.loss:.4f}, in {r.trials} runs over lr·wd "
+                  f"[{r.product_range[0]:.3g}, {r.product_range[1]:.3g}]{escape(grid)}", soft_wrap=True)
+        out.print(f"compute: {r.trials} runs vs {r.grid_cells} cells of the lr x weight_decay grid: "
+                  f"{100 * r.saved:.0f}% saved ({100 * r.saved_steps:.0f}% of the steps)",
                   highlight=False, soft_wrap=True)
 
 

@@ -1,4 +1,5 @@
-"""Figures: loss vs LR per scale and series, and the transfer view (optimum and regret vs scale).
+"""Figures: loss vs LR per scale and series, the transfer view (optimum and regret vs scale),
+training curves, per-atom diagnostics, sphere regimes and the lr x weight decay view.
 
 Figures are plain ``matplotlib.figure.Figure`` objects rendered with the Agg/SVG/PDF canvases:
 no pyplot state, no GUI, nothing to close. Numbers come from ``analysis`` (one implementation).
@@ -248,51 +249,419 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
     return fig
 
 
-def loss_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
-                 scale=None, out=None) -> Figure:
-    """Training curves: loss vs step, one panel per series at one scale (default the largest),
-    one line per LR — the mean over seeds at each logged step — coloured by log2(lr).
+# ----------------------------------------------------------------------------- training curves
 
-    A run that diverged stops where it diverged (its curve simply ends). ``metric``:
-    ``train_loss`` or ``test_loss`` (the latter only where ``eval_every`` logged it).
-    """
-    out = check_out(out)
-    if metric not in ("train_loss", "test_loss"):
+CURVE_METRICS = ("train_loss", "test_loss")
+COLOR_BY = ("scale", "lr")
+# per-atom diagnostics that can be drawn against step, with the axis label each gets
+QUANTITIES = {"relative_update": "update norm / weight norm", "elr": "effective LR (lr / ‖w‖²)",
+              "condition": "condition number σ_max / σ_min", "weight_norm": "weight norm",
+              "update_norm": "update norm", "angle": "angle per step (rad)"}
+# what to turn on when a quantity has no finite values
+QUANTITY_HINTS = {"condition": "set `log_condition = true` in [train] and sweep again",
+                  "elr": "it exists only for scale-invariant weights: train with `constraint = \"sphere\"` "
+                         "or a post-norm model"}
+REGIME_COLORS = {"converge": "tab:blue", "chaotic": "tab:orange", "diverge": "tab:red"}
+DIVERGED_END = {"marker": "x", "s": 64, "linewidths": 2, "zorder": 6, "clip_on": False}
+
+
+def _lr_text(lr: float) -> str:
+    return f"2^{math.log2(lr):g}"
+
+
+def _check_curve_metric(metric: str) -> None:
+    if metric not in CURVE_METRICS:
         raise UserError(f"--metric {metric}: loss curves are train_loss or test_loss")
-    ax_name = resolve_axes(runs, axis)[0]
+
+
+def _at_scale(runs: pd.DataFrame, ax_name: str, scale) -> tuple[pd.DataFrame, object]:
+    """The runs at ``scale`` of ``ax_name`` (default the largest), checked; and the scale."""
     scales = sorted(runs[ax_name].dropna().unique())
     if scale is None:
         scale = scales[-1]
     elif scale not in scales:
         raise UserError(f"--scale {scale}: no runs at {ax_name}={scale}; {ax_name}s: "
                         f"{', '.join(str(s) for s in scales)}")
-    at = runs[runs[ax_name] == scale][["run_id", "series", "lr"]]
-    c = curves.drop(columns=["lr"]).merge(at, on="run_id")  # curves.lr is the scheduled LR
+    return runs[runs[ax_name] == scale], scale
+
+
+def _at_lr(runs: pd.DataFrame, lr) -> pd.DataFrame:
+    """The runs at learning rate ``lr`` (None: all), matched to 1e-9 relative (grids are 2^k floats)."""
+    if lr is None:
+        return runs
+    hit = runs[np.isclose(runs["lr"].astype(float), float(lr), rtol=1e-9, atol=0)]
+    if hit.empty:
+        lrs = sorted(runs["lr"].dropna().unique())
+        raise UserError(f"--lr {lr:g}: no runs at that learning rate here; lrs: "
+                        f"{', '.join(f'{v:g}' for v in lrs)}")
+    return hit
+
+
+def _best_lr_runs(runs: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
+    """Per ``keys`` group, the runs at the LR with the lowest seed-mean final metric among the
+    finished runs (groups where none finished are left out)."""
+    col = metric_column(metric, runs)
+    done = runs[(runs["status"] == "done") & np.isfinite(pd.to_numeric(runs[col], errors="coerce").astype(float))]
+    if done.empty:
+        return done
+    means = done.groupby([*keys, "lr"], sort=False)[col].mean().reset_index()
+    best = means.loc[means.groupby(keys, sort=False)[col].idxmin(), [*keys, "lr"]]
+    return runs.merge(best, on=[*keys, "lr"])
+
+
+def _mean_lines(sel: pd.DataFrame, curves: pd.DataFrame, metric: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed-mean curves per (series, ``key``) of the runs in ``sel``, and where each diverged run's
+    curve ends (series, key, step, and the seed-mean value there, so the ✕ sits on its line)."""
+    c = curves.drop(columns=["lr"], errors="ignore").merge(sel[["run_id", "series", key, "status"]], on="run_id")
     c = c[np.isfinite(c[metric].to_numpy(float))]
-    if c.empty:
-        raise UserError(f"no logged {metric} at {ax_name}={scale}")
-    mean = c.groupby(["series", "lr", "step"], sort=True)[metric].mean().reset_index()
+    mean = c.groupby(["series", key, "step"], sort=True)[metric].mean().reset_index()
+    last = c[c["status"] == "diverged"].sort_values("step").groupby("run_id", sort=False).tail(1)
+    ends = last[["series", key, "step"]].drop_duplicates().merge(mean, on=["series", key, "step"])
+    return mean, ends
+
+
+def _no_runs(ax) -> None:
+    ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "lr", metric: str = "train_loss",
+                    axis: str | None = None, scale=None, lr=None, out=None) -> Figure:
+    """Training curves: loss vs step, one panel per series, one seed-mean line per LR or per scale.
+
+    * ``color_by="lr"``: at one scale (``scale``, default the largest), one line per LR (or only
+      ``lr``) coloured by log2(lr), labelled ``lr=2^k``, with a colorbar;
+    * ``color_by="scale"``: one line per scale (or only ``scale``), labelled ``<axis>=<scale>``,
+      each at ``lr`` or, by default, at that scale's best LR (lowest seed-mean final metric).
+
+    A run that diverged stops where it diverged; a ✕ (a scatter labelled ``_diverged``) marks
+    its last logged point on its line. ``metric``: ``train_loss`` or ``test_loss`` (the latter
+    only where ``eval_every`` logged it).
+    """
+    out = check_out(out)
+    _check_curve_metric(metric)
+    if color_by not in COLOR_BY:
+        raise UserError(f"--color-by {color_by!r}: allowed: {', '.join(COLOR_BY)}")
+    ax_name = resolve_axes(runs, axis)[0]
     series = list(dict.fromkeys(runs["series"]))
-    lo, hi = math.log2(mean["lr"].min()), math.log2(mean["lr"].max())
+    if color_by == "lr":
+        sel, scale = _at_scale(runs, ax_name, scale)
+        sel = _at_lr(sel, lr).assign(_key=lambda r: r["lr"].astype(float))
+        where = f"at {ax_name}={scale}"
+    else:
+        sel = runs if scale is None else _at_scale(runs, ax_name, scale)[0]
+        sel = _at_lr(sel, lr) if lr is not None else _best_lr_runs(sel, metric, ["series", ax_name])
+        sel = sel.assign(_key=sel[ax_name])
+        where = f"at lr={_lr_text(lr)}" if lr is not None else f"at each {ax_name}'s best LR"
+    mean, ends = _mean_lines(sel, curves, metric, "_key")
+    if mean.empty:
+        raise UserError(f"no logged {metric} for the runs {where}")
     cmap = mpl.colormaps["viridis"]
-    norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    if color_by == "lr":
+        lo, hi = math.log2(mean["_key"].min()), math.log2(mean["_key"].max())
+        norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+        color = {k: cmap(norm(math.log2(k))) for k in mean["_key"].unique()}
+        label = {k: f"lr={_lr_text(k)}" for k in color}
+    else:
+        keys = sorted(mean["_key"].unique())
+        color = {k: cmap(0.9 * i / max(len(keys) - 1, 1)) for i, k in enumerate(keys)}
+        label = {k: f"{ax_name}={k}" for k in keys}
     fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
     ylo, yhi = _robust_range(mean[metric], _initial_loss(runs))
     for ax, name in zip(axes, series):
         s = mean[mean["series"] == name]
-        for lr, line in s.groupby("lr", sort=True):
-            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.4, color=cmap(norm(math.log2(lr))),
-                    label=f"lr=2^{math.log2(lr):g}")
+        for key, line in s.groupby("_key", sort=True):
+            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.4, color=color[key], label=label[key])
+            end = ends[(ends["series"] == name) & (ends["_key"] == key)]
+            if not end.empty:
+                ax.scatter(end["step"], np.minimum(end[metric], yhi), color=color[key], label="_diverged",
+                           **DIVERGED_END)
         ax.set_title(name)
         ax.set_ylim(ylo, yhi)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if s.empty:
-            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+            _no_runs(ax)
+    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+    crossed = [] if ends.empty else [Line2D([], [], color="gray", marker="x", mew=2, ls="none",
+                                            label="diverged (its last logged step)")]
+    if color_by == "lr":
+        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
+        bar.set_label("log2 learning rate")
+        if crossed:
+            axes[-1].legend(handles=crossed, fontsize=8)
+    else:
+        handles = [Line2D([], [], color=color[k], label=label[k]) for k in color]
+        fig.legend(handles=handles + crossed, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"{metric.replace('_', ' ')} vs step {where}")
+    save(fig, out)
+    return fig
+
+
+def loss_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
+                 scale=None, out=None) -> Figure:
+    """``training_curves`` coloured by LR at one scale (what ``plot --steps`` draws)."""
+    return training_curves(runs, curves, color_by="lr", metric=metric, axis=axis, scale=scale, out=out)
+
+
+def curves_by_lrwd(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
+                   scale=None, out=None) -> Figure:
+    """Loss vs step, one panel per series at one scale (default the largest), one seed-mean line
+    per (lr, weight_decay) cell with wd > 0, coloured by log2(lr·wd) (colorbar) with a line style
+    per lr, labelled ``lr=2^a, wd=2^b``: under the lr·wd invariance lines of one colour meet late
+    in training while lines of one style part. ✕ marks where a diverged run's curve ends."""
+    out = check_out(out)
+    _check_curve_metric(metric)
+    if "weight_decay" not in runs:
+        raise UserError("the runs table has no weight_decay column: nothing to colour by lr·wd")
+    ax_name = resolve_axes(runs, axis)[0]
+    sel, scale = _at_scale(runs, ax_name, scale)
+    wd = pd.to_numeric(sel["weight_decay"], errors="coerce").astype(float)
+    sel = sel[wd > 0].assign(_key=lambda r: list(zip(r["lr"].astype(float), r["weight_decay"].astype(float))))
+    if sel.empty:
+        raise UserError(f"no runs with weight_decay > 0 at {ax_name}={scale}: lr·wd is 0 everywhere")
+    mean, ends = _mean_lines(sel, curves, metric, "_key")
+    if mean.empty:
+        raise UserError(f"no logged {metric} at {ax_name}={scale}")
+    products = {k: math.log2(k[0] * k[1]) for k in mean["_key"].unique()}
+    lo, hi = min(products.values()), max(products.values())
+    cmap, norm = mpl.colormaps["plasma"], mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    styles = ["-", "--", ":", "-."]
+    lr_style = {v: styles[i % len(styles)] for i, v in enumerate(sorted({k[0] for k in products}))}
+    series = list(dict.fromkeys(runs["series"]))
+    fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    ylo, yhi = _robust_range(mean[metric], _initial_loss(runs))
+    for ax, name in zip(axes, series):
+        s = mean[mean["series"] == name]
+        for key, line in s.groupby("_key", sort=True):
+            col = cmap(norm(products[key]))
+            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.3, color=col, ls=lr_style[key[0]],
+                    label=f"lr={_lr_text(key[0])}, wd={_lr_text(key[1])}")
+            end = ends[(ends["series"] == name) & (ends["_key"] == key)]
+            if not end.empty:
+                ax.scatter(end["step"], np.minimum(end[metric], yhi), color=col, label="_diverged", **DIVERGED_END)
+        ax.set_title(name)
+        ax.set_ylim(ylo, yhi)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if s.empty:
+            _no_runs(ax)
     axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
-    bar.set_label("log2 learning rate")
-    fig.suptitle(f"{metric.replace('_', ' ')} vs step at {ax_name}={scale}")
+    bar.set_label("log2 (lr · weight decay)")
+    handles = [Line2D([], [], color="gray", ls=st, label=f"lr={_lr_text(v)}") for v, st in lr_style.items()]
+    axes[-1].legend(handles=handles, fontsize=7, title="line style", title_fontsize=7)
+    fig.suptitle(f"{metric.replace('_', ' ')} vs step by lr·wd at {ax_name}={scale}")
+    save(fig, out)
+    return fig
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+def _panel_groups(runs: pd.DataFrame) -> tuple[list[str], list, list[str]]:
+    """Series (columns), the values of varying width/depth (rows) and their names."""
+    from .dynamics import _scale_keys
+    keys = _scale_keys(runs)
+    groups = list(dict.fromkeys(runs[keys].itertuples(index=False, name=None))) if keys else [()]
+    return list(dict.fromkeys(runs["series"])), groups, keys
+
+
+def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metric: str = "train_loss",
+                boundaries: pd.DataFrame | None = None, out=None) -> Figure:
+    """Final loss against ``x`` (log2 axis; ``elr`` by default) per run, coloured by its regime
+    (a scatter per regime labelled ``converge`` / ``chaotic`` / ``diverge``, fixed colours
+    ``REGIME_COLORS``), the seed mean (line ``seed mean``), the chance loss (dotted, ``_chance``)
+    and the regime boundaries of ``dynamics.regime_boundaries`` (dashed ``_to_chaotic`` /
+    ``_to_diverge`` at the seeds' mean log2, a span ``_to_*_spread`` over their min–max). Runs
+    with no final loss (diverged) are ✕ at the top edge (``_diverged``). One panel per series
+    (a row per width/depth where those vary)."""
+    from . import dynamics
+    out = check_out(out)
+    col = metric_column(metric, runs)
+    full = dynamics.with_dynamics_columns(runs)
+    full = full.assign(_x=dynamics.x_values(full, x)).merge(regimes[["run_id", "regime"]], on="run_id")
+    full = full[full["_x"] > 0]
+    if full.empty:
+        raise UserError(f"no run with both a regime and a positive {x}")
+    if boundaries is None:
+        boundaries = dynamics.regime_boundaries(runs, regimes, x)
+    full["_y"] = pd.to_numeric(full[col], errors="coerce").astype(float)
+    series, groups, keys = _panel_groups(full)
+    chance = full["chance_loss"][np.isfinite(full["chance_loss"])]
+    ylo, yhi = _robust_range(pd.concat([full["_y"], chance]), _initial_loss(runs))
+    if len(chance):
+        yhi = max(yhi, float(chance.max()) * 1.05)
+    fig = Figure(figsize=(1.6 + 4.2 * len(series), 0.6 + 3.4 * len(groups)), layout="constrained")
+    axes = fig.subplots(len(groups), len(series), sharey=True, squeeze=False)
+    for gi, gval in enumerate(groups):
+        for si, name in enumerate(series):
+            ax = axes[gi][si]
+            sel = _select(full[full["series"] == name], keys, gval)
+            for regime, color in REGIME_COLORS.items():
+                pts = sel[sel["regime"] == regime]
+                ok = pts[np.isfinite(pts["_y"])]
+                if not ok.empty:
+                    ax.scatter(ok["_x"], np.minimum(ok["_y"], yhi), color=color, s=20, zorder=4, label=regime)
+                gone = pts[~np.isfinite(pts["_y"])]
+                if not gone.empty:
+                    ax.scatter(gone["_x"], [yhi] * len(gone), color=color, label="_diverged", **DIVERGED_END)
+            mean = sel[np.isfinite(sel["_y"])].groupby("_x")["_y"].mean()
+            if len(mean):
+                ax.plot(mean.index, np.minimum(mean.to_numpy(), yhi), "-", color="gray", lw=1.2, zorder=3,
+                        label="seed mean")
+            c = sel["chance_loss"][np.isfinite(sel["chance_loss"])]
+            if len(c):
+                ax.axhline(float(c.median()), color="black", ls=":", lw=1, label="_chance")
+            b = _select(boundaries[boundaries["series"] == name], keys, gval)
+            for bname, color in (("to_chaotic", REGIME_COLORS["chaotic"]), ("to_diverge", REGIME_COLORS["diverge"])):
+                if b.empty or not b[f"{bname}_n"].iloc[0]:
+                    continue
+                row = b.iloc[0]
+                ax.axvline(2.0 ** row[f"{bname}_log2"], color=color, ls="--", lw=1.2, label=f"_{bname}")
+                if row[f"{bname}_log2_max"] > row[f"{bname}_log2_min"]:
+                    ax.axvspan(2.0 ** row[f"{bname}_log2_min"], 2.0 ** row[f"{bname}_log2_max"], color=color,
+                               alpha=0.12, lw=0, label=f"_{bname}_spread")
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(ylo, yhi)
+            ax.set_title(f"{name}{_group_label(keys, gval)}")
+            ax.grid(alpha=0.3)
+            if sel.empty:
+                _no_runs(ax)
+            if gi == len(groups) - 1:
+                ax.set_xlabel("effective LR (lr / ‖w‖²)" if x == "elr" else x.replace("_", " "))
+            if si == 0:
+                ax.set_ylabel(f"final {metric.replace('_', ' ')}")
+    handles = [Line2D([], [], color=c, marker="o", ls="none", label=r) for r, c in REGIME_COLORS.items()]
+    handles += [Line2D([], [], color="gray", label="seed mean"),
+                Line2D([], [], color="black", ls=":", label="chance loss"),
+                Line2D([], [], color="gray", ls="--", label="boundary (seed mean; band: min–max)")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"regimes: final {metric.replace('_', ' ')} vs {x}")
+    save(fig, out)
+    return fig
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centres (half a step beyond the ends; one centre: ±0.5)."""
+    if len(centers) == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    mid = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[centers[0] - (mid[0] - centers[0])], mid, [centers[-1] + (centers[-1] - mid[-1])]])
+
+
+def lrwd_heatmap(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, scale=None,
+                 out=None) -> Figure:
+    """Seed-mean final loss over (log2 lr, log2 weight_decay) as a heatmap (one QuadMesh per
+    panel, one colour scale), one panel per series at one scale (default the largest): ✕ marks
+    cells whose seeds all diverged (``_diverged``), dashed diagonals (``_product``) join the
+    cells of equal lr·wd, each labelled ``lr·wd=2^k`` at its top end. Cells with wd = 0 have
+    no place on the log axis and are left out."""
+    out = check_out(out)
+    col = metric_column(metric, runs)
+    if "weight_decay" not in runs:
+        raise UserError("the runs table has no weight_decay column: no lr x weight_decay grid to draw")
+    ax_name = resolve_axes(runs, axis)[0]
+    sel, scale = _at_scale(runs, ax_name, scale)
+    sel = sel.assign(_wd=pd.to_numeric(sel["weight_decay"], errors="coerce").astype(float),
+                     _y=pd.to_numeric(sel[col], errors="coerce").astype(float))
+    sel = sel[sel["_wd"] > 0]
+    if sel.empty or sel["_wd"].nunique() < 2:
+        raise UserError(f"weight_decay does not vary over values > 0 at {ax_name}={scale}: no lr x weight_decay grid")
+    ok = (sel["status"] == "done") & np.isfinite(sel["_y"])
+    sel = sel.assign(_ok=ok, _div=sel["status"] == "diverged", _y=sel["_y"].where(ok))
+    cells = sel.groupby(["series", "lr", "_wd"], sort=False).agg(loss=("_y", "mean"), n_ok=("_ok", "sum"),
+                                                                 n_div=("_div", "sum")).reset_index()
+    cells["x"], cells["y"] = np.log2(cells["lr"].astype(float)), np.log2(cells["_wd"])
+    cells["p"] = np.round(cells["x"] + cells["y"], 6)
+    xs, ys = np.sort(cells["x"].unique()), np.sort(cells["y"].unique())
+    xe, ye = _edges(xs), _edges(ys)
+    lo, hi = _robust_range(cells["loss"], _initial_loss(runs))
+    norm = mpl.colors.Normalize(vmin=float(cells["loss"].min()) if cells["loss"].notna().any() else 0, vmax=hi)
+    cmap = mpl.colormaps["viridis"]
+    series = list(dict.fromkeys(sel["series"]))
+    fig = Figure(figsize=(1.8 + 4.0 * len(series), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    for ax, name in zip(axes, series):
+        c = cells[cells["series"] == name]
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for r in c.itertuples():
+            # the true loss: a value above the robust range saturates in the colormap, it is not altered
+            grid[np.searchsorted(ys, r.y), np.searchsorted(xs, r.x)] = r.loss if r.n_ok else np.nan
+        ax.pcolormesh(xe, ye, np.ma.masked_invalid(grid), cmap=cmap, norm=norm, label="_loss")
+        div = c[(c["n_ok"] == 0) & (c["n_div"] > 0)]
+        if not div.empty:
+            ax.plot(div["x"], div["y"], color="red", label="_diverged", **DIVERGED)
+        for p, g in c.groupby("p", sort=True):
+            if len(g) < 2:
+                continue
+            x0, x1 = g["x"].min(), g["x"].max()
+            ax.plot([x0, x1], [p - x0, p - x1], color="white", ls="--", lw=0.9, label="_product")
+            ax.text(x0, p - x0, f"lr·wd=2^{p:g}", fontsize=6, color="white", ha="left", va="bottom",
+                    rotation=-35, rotation_mode="anchor")
+        ax.set_xlim(xe[0], xe[-1])
+        ax.set_ylim(ye[0], ye[-1])
+        ax.set_xticks(xs)
+        ax.set_yticks(ys)
+        ax.set_xlabel("log2 learning rate")
+        ax.set_title(name)
+    axes[0].set_ylabel("log2 weight decay")
+    bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
+    bar.set_label(f"final {metric.replace('_', ' ')} (seed mean)")
+    fig.suptitle(f"final {metric.replace('_', ' ')} over lr x weight decay at {ax_name}={scale} "
+                 f"(dashed: equal lr·wd; ✕ diverged)")
+    save(fig, out)
+    return fig
+
+
+def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: str = "relative_update",
+                     axis: str | None = None, scale=None, lr=None, out=None) -> Figure:
+    """Per-atom ``quantity`` (``QUANTITIES``) against step: one panel per series, one seed-mean
+    line per atom labelled with the atom's name (atom −1, all scale-invariant weights together,
+    black and dashed), for the runs at one scale (default the largest) and one LR (``lr``, or
+    per series its best: lowest seed-mean final train loss). Log y-axis when every value is
+    positive."""
+    out = check_out(out)
+    if quantity not in QUANTITIES:
+        raise UserError(f"--quantity {quantity!r}: allowed: {', '.join(QUANTITIES)}")
+    if diagnostics is None or diagnostics.empty:
+        raise UserError("no diagnostics recorded for these runs: the training code logged no per-atom numbers")
+    ax_name = resolve_axes(runs, axis)[0]
+    sel, scale = _at_scale(runs, ax_name, scale)
+    sel = _at_lr(sel, lr) if lr is not None else _best_lr_runs(sel, "train_loss", ["series"])
+    d = pd.DataFrame()
+    if quantity in diagnostics:
+        d = diagnostics.merge(sel[["run_id", "series", "lr"]], on="run_id")
+        d = d[np.isfinite(pd.to_numeric(d[quantity], errors="coerce").astype(float))]
+    if d.empty:
+        hint = QUANTITY_HINTS.get(quantity, "the runs recorded none")
+        raise UserError(f"--quantity {quantity}: no finite values at {ax_name}={scale}; {hint}")
+    d = d.assign(**{quantity: d[quantity].astype(float)})
+    mean = d.groupby(["series", "lr", "atom", "name", "step"], sort=True)[quantity].mean().reset_index()
+    series = list(dict.fromkeys(runs["series"]))
+    atoms = sorted(a for a in mean["atom"].unique() if a >= 0)
+    palette = mpl.colormaps["tab20" if len(atoms) > 10 else "tab10"]
+    colors = {a: palette(i % palette.N) for i, a in enumerate(atoms)}
+    fig = Figure(figsize=(2.6 + 3.9 * len(series), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, series):
+        s = mean[mean["series"] == name]
+        for (atom, atom_name), line in s.groupby(["atom", "name"], sort=True):
+            style = {"color": "black", "ls": "--", "lw": 1.8} if atom == -1 else {"color": colors[atom], "lw": 1.2}
+            ax.plot(line["step"], line[quantity], label=str(atom_name), **style)
+        lrs = s["lr"].unique()
+        ax.set_title(name + (f" (lr={_lr_text(lrs[0])})" if len(lrs) == 1 else ""))
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if s.empty:
+            _no_runs(ax)
+    if (mean[quantity] > 0).all():
+        for ax in axes:
+            ax.set_yscale("log")
+    axes[0].set_ylabel(QUANTITIES[quantity] + " (seed mean)")
+    labels = dict.fromkeys(h.get_label() for ax in axes for h in ax.get_lines())
+    handles = [next(h for ax in axes for h in ax.get_lines() if h.get_label() == lab) for lab in labels]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+    fig.suptitle(f"{quantity.replace('_', ' ')} per atom vs step at {ax_name}={scale}")
     save(fig, out)
     return fig
