@@ -588,3 +588,40 @@ def lrwd_report(result: dict) -> str:
 def to_json(doc: dict) -> str:
     """Strict JSON (no NaN) for the summaries above."""
     return json.dumps(doc, indent=2, allow_nan=False, default=_json_value) + "\n"
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+def condition_table(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str = "train_loss") -> pd.DataFrame:
+    """How well-conditioned the trained matrices are, per series and scale, at each one's best LR.
+
+    For every (series, width/depth) the LR with the lowest seed-mean ``final_<metric>`` among
+    finished runs is taken; over its seeds, the condition numbers (σ_max/σ_min, diagnostics
+    ``condition``) of the hidden matrices at the last logged step are summarised: ``median``
+    and ``max`` over the hidden atoms, averaged over seeds; ``input`` and ``output`` give the
+    first and last atom's. Needs diagnostics recorded with ``log_condition = true``.
+    """
+    column = LRWD_METRICS.get(metric)
+    if column is None:
+        raise UserError(f"--metric {metric!r}: allowed: {', '.join(LRWD_METRICS)}")
+    if diagnostics is None or diagnostics.empty or "condition" not in diagnostics \
+            or not np.isfinite(diagnostics["condition"]).any():
+        raise UserError("no condition numbers recorded: run the experiment with log_condition = true")
+    done = runs[(runs["status"] == "done") & np.isfinite(runs[column])]
+    keys = ["series", *_scale_keys(done)]
+    best = (done.groupby([*keys, "lr"], dropna=False)[column].mean().reset_index()
+            .sort_values(column).groupby(keys, dropna=False).head(1))
+    chosen = done.merge(best[[*keys, "lr"]], on=[*keys, "lr"])
+    d = diagnostics[diagnostics["run_id"].isin(chosen["run_id"]) & (diagnostics["atom"] >= 0)]
+    last = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
+    rows = []
+    for key, g in chosen.groupby(keys, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        per_run = last[last["run_id"].isin(g["run_id"])]
+        hidden = per_run[per_run["role"] == "hidden"].groupby("run_id")["condition"]
+        rows.append({**dict(zip(keys, key)), "lr": float(g["lr"].iloc[0]), "loss": float(g[column].mean()),
+                     "n_seeds": int(g["seed"].nunique()),
+                     "median": float(hidden.median().mean()), "max": float(hidden.max().mean()),
+                     "input": float(per_run[per_run["role"] == "input"]["condition"].mean()),
+                     "output": float(per_run[per_run["role"] == "output"]["condition"].mean())})
+    return pd.DataFrame(rows)

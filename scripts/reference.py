@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from lrtransfer import analysis, plots  # noqa: E402
-from lrtransfer.store import ResultStore, atomic_write, load_results, write_json  # noqa: E402
+from lrtransfer import analysis, dynamics, plots  # noqa: E402
+from lrtransfer.store import ResultStore, atomic_write, load_diagnostics, load_results, write_json  # noqa: E402
 
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "results"
@@ -42,12 +42,17 @@ README = ROOT / "README.md"
 # The order the README lists them in: the quickstart, then width beside depth per family.
 ORDER = ("quickstart", "mlp_width_cifar10", "mlp_depth_cifar10", "resnet_width_cifar10",
          "resnet_depth_cifar10", "gpt_width_shakespeare", "gpt_depth_shakespeare",
-         "methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare")
+         "methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare",
+         "sphere_resmlp_mnist1d", "sphere_rescnn_cifar10", "lrwd_resmlp_mnist1d", "condition_width_mnist1d")
 METHODS = "methods_width_mnist1d"  # the README's side-by-side table
+SPHERES = ("sphere_resmlp_mnist1d", "sphere_rescnn_cifar10")   # the README's regimes table
+LRWD = "lrwd_resmlp_mnist1d"                                   # the README's lr·wd numbers
+CONDITION = "condition_width_mnist1d"                          # the README's conditioning table
 CI, TOLERANCE = 0.9, 1.0
 LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD",
           "sp_adam": "SP Adam", "mup_adam": "μP Adam", "modular_adam": "Adam (modular, plain)",
-          "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent"}
+          "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent",
+          "conditioned_adam": "conditioned Adam", "adamw": "AdamW", "sphere_sgd": "SGD on the sphere"}
 
 
 def experiment_files(names=()) -> list[Path]:
@@ -93,12 +98,40 @@ def stamp_header(path: Path, meta: dict) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(HEADER.sub(line, text, count=1)))
 
 
+def figure_stems(runs: pd.DataFrame) -> list[str]:
+    """The figures an experiment's results directory keeps (by what the experiment varies)."""
+    if dynamics.has_regimes(runs):
+        return ["regimes", "loss_steps"]
+    if dynamics.has_lrwd(runs):
+        return ["lrwd", "lrwd_curves"]
+    return ["lr_curves", "transfer"]
+
+
 def figures_and_report(name: str) -> None:
+    """The figures and REPORT.md of one experiment: the transfer view for a width or depth
+    sweep; regimes and training curves for a sphere (ELR) sweep; the heatmap and curves by
+    lr·wd for a weight-decay grid (whose report leads with the invariance numbers)."""
     root = RESULTS / name
-    runs, _ = load_results(root)
-    lr = plots.lr_curves(runs)
-    tr = plots.transfer_plot(runs, ci=CI, tolerance=TOLERANCE)
-    for fig, stem in ((lr, "lr_curves"), (tr, "transfer")):
+    runs, curves = load_results(root)
+    diagnostics = load_diagnostics(root)
+    stems = figure_stems(runs)
+    if stems[0] == "regimes":
+        summary = dynamics.regime_summary(runs, curves, diagnostics)
+        table = dynamics.regimes(runs, curves, diagnostics)
+        figures = [plots.regime_plot(runs, table, x=summary["x"]),
+                   plots.training_curves(runs, curves, color_by="lr")]
+        text = dynamics.regime_report(summary)
+    elif stems[0] == "lrwd":
+        figures = [plots.lrwd_heatmap(runs), plots.curves_by_lrwd(runs, curves)]
+        text = dynamics.lrwd_report(dynamics.lrwd_invariance(runs, curves, ci=CI))
+    else:
+        figures = [plots.lr_curves(runs), plots.transfer_plot(runs, ci=CI, tolerance=TOLERANCE)]
+        text = analysis.report(runs, format="markdown", ci=CI, tolerance=TOLERANCE)
+        if name == CONDITION:
+            figures.append(plots.diagnostics_plot(runs, diagnostics, quantity="condition"))
+            stems = stems + ["diagnostics_condition"]
+            text += "\n" + condition_markdown(runs, diagnostics)
+    for fig, stem in zip(figures, stems):
         for ext in ("png", "svg"):
             plots.save(fig, root / f"{stem}.{ext}")
     meta = reference_meta(name)
@@ -106,8 +139,22 @@ def figures_and_report(name: str) -> None:
             f"{meta.get('cells', len(runs))} runs; the last sweep ran {meta.get('ran', '?')} of them in "
             f"{_minutes(meta.get('wall_seconds'))} on {meta.get('host_cores', '?')} CPU cores "
             f"(--jobs {meta.get('jobs', '?')}).", ""]
-    text = analysis.report(runs, format="markdown", ci=CI, tolerance=TOLERANCE)
     atomic_write(root / "REPORT.md", lambda tmp: Path(tmp).write_text("\n".join(head) + "\n" + text))
+
+
+def condition_markdown(runs: pd.DataFrame, diagnostics: pd.DataFrame) -> str:
+    """Condition numbers of the trained matrices at each series' best LR per scale."""
+    axis = "width" if "width" in runs else "depth"
+    lines = ["## Condition numbers at the best LR", "",
+             f"σ_max/σ_min (exact, SVD) of the matrices the forward pass uses, at the last logged step, "
+             f"at each series' best seed-mean LR per {axis}; hidden: median and max over the hidden "
+             f"matrices; all averaged over seeds.", "",
+             f"| series | {axis} | best lr | train loss | hidden median | hidden max | input | head |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in dynamics.condition_table(runs, diagnostics).to_dict("records"):
+        lines.append(f"| {LABELS.get(r['series'], r['series'])} | {_scale(r[axis])} | 2^{math.log2(r['lr']):.0f} "
+                     f"| {r['loss']:.3f} | {r['median']:.1f} | {r['max']:.1f} | {r['input']:.1f} | {r['output']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def reference_meta(name: str) -> dict:
@@ -163,7 +210,7 @@ def table_section() -> str:
              "| runs, time here |", "|---|---|---|---|---|---|---|---|"]
     for path in experiment_files():
         name = path.stem
-        if name in ("quickstart", METHODS) or not (RESULTS / name).exists():
+        if name in ("quickstart", METHODS, LRWD, *SPHERES) or not (RESULTS / name).exists():
             continue
         meta = reference_meta(name)
         for i, r in enumerate(verdicts(name).to_dict("records")):
@@ -200,13 +247,56 @@ def methods_section() -> str:
     return "\n".join(lines)
 
 
+def _octaves(r: dict, name: str) -> str:
+    if not r.get(f"{name}_n"):
+        return "— (not reached)"
+    return (f"2^{r[f'{name}_log2']:.1f} ± {r[f'{name}_log2_std']:.1f} "
+            f"[2^{r[f'{name}_log2_min']:.1f}, 2^{r[f'{name}_log2_max']:.1f}] ({r[f'{name}_n']} seeds)")
+
+
+def dynamics_section() -> str:
+    """Regime boundaries of the sphere experiments, the lr·wd invariance numbers, and the
+    condition numbers with and without weight conditioning."""
+    lines = ["| experiment | runs: converge / chaotic / diverge | in ELR order (seeds) "
+             "| ELR converge → chaotic | ELR chaotic → diverge |", "|---|---|---|---|---|"]
+    for name in SPHERES:
+        if not (RESULTS / name).exists():
+            continue
+        runs, curves = load_results(RESULTS / name)
+        summary = dynamics.regime_summary(runs, curves, load_diagnostics(RESULTS / name))
+        counts = summary["counts"]
+        per_seed = summary["seed_boundaries"]
+        ordered = sum(bool(r["monotone"]) for r in per_seed)
+        for r in summary["boundaries"]:
+            lines.append(f"| `{name}` | {counts['converge']} / {counts['chaotic']} / {counts['diverge']} "
+                         f"| {ordered} of {len(per_seed)} | {_octaves(r, 'to_chaotic')} | {_octaves(r, 'to_diverge')} |")
+    lines += ["", "Boundary: per seed, the geometric midpoint between the largest ELR of the lower regime "
+              "and the smallest of the upper one; mean ± std over seeds in log2 units (octaves), "
+              "[min, max]. Regime rule and thresholds: see *Training dynamics* below.", ""]
+    if (RESULTS / LRWD).exists():
+        runs, curves = load_results(RESULTS / LRWD)
+        res = dynamics.lrwd_invariance(runs, curves, ci=CI)
+        for g in res["groups"]:
+            late, early = g["late_ratio_ci"], g["early_ratio_ci"]
+            lines.append(f"`{LRWD}` ({g['n_cells']} lr × wd cells, {res['n_runs']} runs): late loss follows "
+                         f"lr·wd — **{g['late_verdict']}**: spread at equal lr·wd / at equal lr = "
+                         f"{g['late_ratio']:.2f} (90% CI [{late[0]:.2f}, {late[1]:.2f}]); early loss follows lr — "
+                         f"**{g['early_verdict']}**: spread at equal lr / at equal lr·wd = {g['early_ratio']:.2f} "
+                         f"(90% CI [{early[0]:.2f}, {early[1]:.2f}]).")
+        lines.append("")
+    if (RESULTS / CONDITION).exists():
+        runs, _ = load_results(RESULTS / CONDITION)
+        lines.append(condition_markdown(runs, load_diagnostics(RESULTS / CONDITION)).split("\n", 2)[2].rstrip())
+    return "\n".join(lines)
+
+
 def keys_section() -> str:
     from lrtransfer import spec
     return spec.markdown_table()
 
 
 SECTIONS = {"quickstart": quickstart_section, "table": table_section, "methods": methods_section,
-            "keys": keys_section}
+            "dynamics": dynamics_section, "keys": keys_section}
 
 
 def render(readme: str) -> str:

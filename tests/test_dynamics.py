@@ -552,3 +552,26 @@ def test_tune_along_lrwd_needs_a_weight_decay_axis(lrwd_experiment, tmp_path):
     r = invoke("tune", tmp_path / "lrwd.toml", "--lr", "0.01")
     assert r.exit_code == 2 and "--lr: only with --along lrwd" in r.output
     assert not root.exists()
+
+
+def test_condition_table_summarises_the_best_lr_cells_final_condition_numbers():
+    runs = pd.DataFrame([
+        {"run_id": f"{s}{lr}{seed}", "series": s, "width": 32, "lr": lr, "seed": seed, "status": "done",
+         "final_train_loss": loss + 0.01 * seed}
+        for s in ("a", "b") for lr, loss in ((0.1, 1.0), (0.01, 0.5)) for seed in (0, 1)])
+    rows = []
+    for r in runs.to_dict("records"):
+        for step in (10, 20):
+            for atom, role, cond in ((0, "input", 2.0), (1, "hidden", 3.0), (2, "hidden", 7.0), (3, "output", 5.0)):
+                scale = 1.0 if step == 20 else 100.0     # only the last logged step counts
+                rows.append({"run_id": r["run_id"], "step": step, "atom": atom, "role": role,
+                             "condition": cond * scale * (1 + r["seed"]) * (2 if r["series"] == "b" else 1)})
+        rows.append({"run_id": r["run_id"], "step": 20, "atom": -1, "role": "scale_invariant", "condition": math.nan})
+    t = dynamics.condition_table(runs, pd.DataFrame(rows)).set_index("series")
+    assert t.loc["a", "lr"] == 0.01 and t.loc["a", "loss"] == pytest.approx(0.505)
+    # hidden median of (3, 7) = 5 and max 7, times (1 + seed), averaged over seeds 0 and 1: × 1.5
+    assert t.loc["a", "median"] == pytest.approx(7.5) and t.loc["a", "max"] == pytest.approx(10.5)
+    assert t.loc["a", "input"] == pytest.approx(3.0) and t.loc["a", "output"] == pytest.approx(7.5)
+    assert t.loc["b", "median"] == pytest.approx(15.0)
+    with pytest.raises(UserError, match="log_condition"):
+        dynamics.condition_table(runs, pd.DataFrame(rows).assign(condition=math.nan))
