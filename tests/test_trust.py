@@ -114,7 +114,7 @@ def test_run_id_hashes_threads_data_and_code(tmp_path, monkeypatch):
 
 def test_code_fingerprint_covers_the_training_code_only():
     from lrtransfer import provenance
-    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "train.py", "spec.py")
+    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "train.py", "spec.py", "diagnostics.py")
     assert all((provenance.PACKAGE_DIR / s).exists() for s in provenance.TRAINING_SOURCES)
 
 
