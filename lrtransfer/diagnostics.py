@@ -42,6 +42,7 @@ COLUMNS = ["run_id", "step", "atom", "name", "role", "scale_invariant", "weight_
            "relative_update", "angle", "elr", "condition"]
 
 _BLOCK_RANK = 4   # vectors per matrix: a cheap block; orthogonal inits start with a flat spectrum
+_BATCH_LIMIT = 128 * 128   # matrices up to this many entries are batched together
 
 
 def _matrices(atom, w: torch.Tensor) -> torch.Tensor | None:
@@ -67,21 +68,30 @@ class Diagnostics:
         self.log_condition = log_condition
         self.names = [_name(k, a) for k, a in enumerate(self.atoms)]
         self._blocks: dict | None = None   # batch shape -> tracking block of the matrices batched there
-        self._before: list[torch.Tensor] | None = None
+        self._snapshot: list[torch.Tensor] | None = None   # weights before the logged step, then −Δ
+        self._before_norms: list[torch.Tensor] = []
+        self._pending = False
         self.rows: list[dict] = []
 
     @torch.no_grad()
     def before_step(self) -> None:
         """Snapshot the weights; call right before the step that will be logged."""
-        self._before = torch._foreach_mul([a.weight.detach() for a in self.atoms], 1.0)   # copies
+        weights = [a.weight.detach() for a in self.atoms]
+        if self._snapshot is None:
+            self._snapshot = [torch.empty_like(w) for w in weights]
+        # kept buffers, copied into: a fresh large allocation per log costs page faults
+        torch._foreach_copy_(self._snapshot, weights)
+        self._before_norms = torch._foreach_norm(self._snapshot)
+        self._pending = True
 
     def _atom_norms(self, *kinds: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """Each atom's own norm of each list of tensors in ``kinds`` (lists aligned with the atoms).
+        """Each atom's own norm of each list of tensors in ``kinds`` (lists aligned with the
+        atoms), as a 1-D tensor whose max is the norm (one value per kernel slice).
 
         Spectral norms: every matrix of every kind is zero-padded to one common shape (padding
         adds only zero singular values) and all are stepped as one batch — at small widths
-        the per-call overhead, not the arithmetic, is the cost; where padding would more
-        than double the work, matrices are batched by shape instead. Exact the first time (a Gram
+        the per-call overhead, not the arithmetic, is the cost; matrices larger than
+        ``_BATCH_LIMIT`` entries are stepped one by one, uncopied. Exact the first time (a Gram
         eigendecomposition), then one warm block power step per call on this object's own
         block, never the atoms' blocks, which ``normalize`` uses.
         """
@@ -91,26 +101,27 @@ class Diagnostics:
             for k, (atom, t) in enumerate(zip(self.atoms, tensors)):
                 m = _matrices(atom, t)
                 if m is None:   # Embed: max row ℓ2 norm, exact and cheap
-                    norms[i][k] = torch.linalg.vector_norm(t.float(), dim=1).max()
+                    norms[i][k] = torch.linalg.vector_norm(t.float(), dim=1).max().reshape(1)
                     continue
                 m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
                 ms.append(m if m.dim() == 3 else m.unsqueeze(0))
                 owners.append((i, k))
         if not ms:
             return norms
-        rows, cols = max(m.shape[-2] for m in ms), max(m.shape[-1] for m in ms)
-        actual = sum(m.numel() for m in ms)
-        if sum(m.shape[0] for m in ms) * rows * cols <= 2 * actual:
-            groups = {(rows, cols): list(range(len(ms)))}   # small or alike: one padded batch
-        else:  # padding would copy more than it saves: one batch per shape
-            groups = {}
-            for j, m in enumerate(ms):
-                groups.setdefault(tuple(m.shape[-2:]), []).append(j)
+        # small matrices: zero-padded into one batch (per-call overhead is their cost); large
+        # ones: each on its own, uncopied (copying would cost more than the call it saves)
+        small = [j for j, m in enumerate(ms) if m.shape[-2] * m.shape[-1] <= _BATCH_LIMIT]
+        groups = {("own", j): [j] for j, m in enumerate(ms) if j not in small}
+        if small:
+            groups[("padded", max(ms[j].shape[-2] for j in small), max(ms[j].shape[-1] for j in small))] = small
         if self._blocks is None or set(self._blocks) != set(groups):
             self._blocks = dict.fromkeys(groups)
         for shape, js in groups.items():
-            batch = torch.cat([F.pad(ms[j], (0, shape[1] - ms[j].shape[-1], 0, shape[0] - ms[j].shape[-2]))
-                               for j in js])
+            if shape[0] == "own":
+                batch = ms[js[0]]
+            else:
+                batch = torch.cat([F.pad(ms[j], (0, shape[2] - ms[j].shape[-1], 0, shape[1] - ms[j].shape[-2]))
+                                   for j in js])
             block = self._blocks[shape]
             if block is None or block.shape[0] != batch.shape[0]:
                 sigma, block = top_subspace(batch, min(_BLOCK_RANK, min(ms[j].shape[-1] for j in js)))
@@ -119,27 +130,38 @@ class Diagnostics:
             self._blocks[shape] = block
             for j, sj in zip(js, torch.nan_to_num(sigma, nan=0.0).split([ms[j].shape[0] for j in js])):
                 i, k = owners[j]
-                norms[i][k] = sj.max()
+                norms[i][k] = sj    # one per slice: the max is taken on the host, after the one sync
         return norms
 
     @torch.no_grad()
     def after_step(self, run_id: str, step: int, lr: float, lr_mults: list[float]) -> None:
         """Record the rows of logged step ``step`` (the step just applied with base LR ``lr``;
         atom k's LR is lr · lr_mults[k])."""
-        if self._before is None:
+        if not self._pending:
             raise RuntimeError("Diagnostics.after_step without before_step")
         after = [a.weight.detach() for a in self.atoms]
-        deltas = torch._foreach_sub(after, self._before)
-        columns = [*self._atom_norms(after, deltas), torch._foreach_norm(self._before), torch._foreach_norm(after), torch._foreach_norm(deltas)]
+        # the snapshot becomes w_before − w_after = −Δ in place (norms do not see the sign)
+        torch._foreach_sub_(self._snapshot, after)
+        deltas = self._snapshot
+        spectral = self._atom_norms(after, deltas)
+        scalars = [self._before_norms, torch._foreach_norm(after), torch._foreach_norm(deltas)]
         if self.log_condition:
             conds = []
             for atom in self.atoms:
                 w = atom.effective_weight() if hasattr(atom, "effective_weight") else atom.weight
                 s = torch.linalg.svdvals(w.detach().float().flatten(1))
                 conds.append(s[0] / s[-1])
-            columns.append(conds)
-        table = torch.stack([torch.stack([c.float() for c in col]) for col in columns]).T.tolist()   # one host sync
-        self._before = None
+            scalars.append(conds)
+        pieces = [t.reshape(-1).float() for col in spectral for t in col] + \
+                 [t.reshape(-1).float() for col in scalars for t in col]
+        flat = torch.cat(pieces).tolist()   # the one host sync
+        values, start = [], 0
+        for t in pieces:
+            values.append(max(flat[start:start + t.numel()]))
+            start += t.numel()
+        n = len(self.atoms)
+        table = [[values[c * n + k] for c in range(len(spectral) + len(scalars))] for k in range(n)]
+        self._pending = False
         joint = [0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², ‖Δ‖²
         for k, values in enumerate(table):
             wn, un, n0, n1, dn = values[:5]

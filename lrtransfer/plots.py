@@ -536,7 +536,7 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
     handles += [Line2D([], [], color="gray", label="seed mean"),
                 Line2D([], [], color="black", ls=":", label="chance loss"),
                 Line2D([], [], color="gray", ls="--", label="boundary (seed mean; band: min–max)")]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"regimes: final {metric.replace('_', ' ')} vs {x}")
     save(fig, out)
     return fig
