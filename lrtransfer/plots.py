@@ -265,6 +265,17 @@ REGIME_COLORS = {"converge": "tab:blue", "chaotic": "tab:orange", "diverge": "ta
 DIVERGED_END = {"marker": "x", "s": 64, "linewidths": 2, "zorder": 6, "clip_on": False}
 
 
+def _swept_rate(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs with the rate the experiment sweeps in the ``lr`` column, and its name: the
+    effective LR where runs set one (sphere experiments hold ``lr`` fixed and sweep ``elr``),
+    else the LR itself."""
+    if "elr" in runs:
+        elr = pd.to_numeric(runs["elr"], errors="coerce").fillna(0.0)
+        if (elr > 0).all() and elr.nunique() > 1:
+            return runs.assign(lr=elr), "elr"
+    return runs, "lr"
+
+
 def _lr_text(lr: float) -> str:
     return f"2^{math.log2(lr):g}"
 
@@ -341,6 +352,7 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
     _check_curve_metric(metric)
     if color_by not in COLOR_BY:
         raise UserError(f"--color-by {color_by!r}: allowed: {', '.join(COLOR_BY)}")
+    runs, rate = _swept_rate(runs)
     ax_name = resolve_axes(runs, axis)[0]
     series = list(dict.fromkeys(runs["series"]))
     if color_by == "lr":
@@ -351,7 +363,7 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
         sel = runs if scale is None else _at_scale(runs, ax_name, scale)[0]
         sel = _at_lr(sel, lr) if lr is not None else _best_lr_runs(sel, metric, ["series", ax_name])
         sel = sel.assign(_key=sel[ax_name])
-        where = f"at lr={_lr_text(lr)}" if lr is not None else f"at each {ax_name}'s best LR"
+        where = f"at {rate}={_lr_text(lr)}" if lr is not None else f"at each {ax_name}'s best {rate}"
     mean, ends = _mean_lines(sel, curves, metric, "_key")
     if mean.empty:
         raise UserError(f"no logged {metric} for the runs {where}")
@@ -360,7 +372,7 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
         lo, hi = math.log2(mean["_key"].min()), math.log2(mean["_key"].max())
         norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
         color = {k: cmap(norm(math.log2(k))) for k in mean["_key"].unique()}
-        label = {k: f"lr={_lr_text(k)}" for k in color}
+        label = {k: f"{rate}={_lr_text(k)}" for k in color}
     else:
         keys = sorted(mean["_key"].unique())
         color = {k: cmap(0.9 * i / max(len(keys) - 1, 1)) for i, k in enumerate(keys)}
@@ -387,7 +399,7 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
                                             label="diverged (its last logged step)")]
     if color_by == "lr":
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
-        bar.set_label("log2 learning rate")
+        bar.set_label("log2 effective LR" if rate == "elr" else "log2 learning rate")
         if crossed:
             axes[-1].legend(handles=crossed, fontsize=8)
     else:
@@ -626,6 +638,7 @@ def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: st
         raise UserError(f"--quantity {quantity!r}: allowed: {', '.join(QUANTITIES)}")
     if diagnostics is None or diagnostics.empty:
         raise UserError("no diagnostics recorded for these runs: the training code logged no per-atom numbers")
+    runs, rate = _swept_rate(runs)
     ax_name = resolve_axes(runs, axis)[0]
     sel, scale = _at_scale(runs, ax_name, scale)
     sel = _at_lr(sel, lr) if lr is not None else _best_lr_runs(sel, "train_loss", ["series"])
@@ -650,7 +663,7 @@ def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: st
             style = {"color": "black", "ls": "--", "lw": 1.8} if atom == -1 else {"color": colors[atom], "lw": 1.2}
             ax.plot(line["step"], line[quantity], label=str(atom_name), **style)
         lrs = s["lr"].unique()
-        ax.set_title(name + (f" (lr={_lr_text(lrs[0])})" if len(lrs) == 1 else ""))
+        ax.set_title(name + (f" ({rate}={_lr_text(lrs[0])})" if len(lrs) == 1 else ""))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if s.empty:

@@ -575,3 +575,16 @@ def test_condition_table_summarises_the_best_lr_cells_final_condition_numbers():
     assert t.loc["b", "median"] == pytest.approx(15.0)
     with pytest.raises(UserError, match="log_condition"):
         dynamics.condition_table(runs, pd.DataFrame(rows).assign(condition=math.nan))
+
+
+def test_sphere_curves_and_diagnostics_follow_the_swept_elr_not_the_fixed_lr():
+    # as a sphere experiment records them: lr is the unused default, elr is what was swept
+    runs, curves, diags = tables(sweep_spec())
+    runs = runs.assign(lr=1e-3)
+    curves = curves.assign(lr=1e-3)
+    fig = plots.training_curves(runs, curves, color_by="lr")
+    labels = [ln.get_label() for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert sorted(labels) == sorted(f"elr=2^{k}" for k in range(-8, 1))
+    fig = plots.diagnostics_plot(runs, diags, quantity="angle")
+    best = runs.groupby("elr")["final_train_loss"].mean().idxmin()
+    assert fig.axes[0].get_title() == f"sphere (elr=2^{int(math.log2(best))})"
