@@ -251,7 +251,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
          steps: bool = typer.Option(False, "--steps", help="the same as --kind curves"),
          scale: Optional[int] = typer.Option(None, "--scale", help="curves, diagnostics, lrwd: the width or depth to show "
                                              "(default the largest; with --color-by scale, default all)"),
-         lr: Optional[float] = typer.Option(None, "--lr", help="curves, diagnostics: only the runs at this LR "
+         lr: Optional[float] = typer.Option(None, "--lr", help="curves, diagnostics: only the runs at this LR (the effective LR where elr is swept) "
                                             "(default: all LRs, or with --color-by scale / diagnostics each one's best)"),
          color_by: str = typer.Option("lr", "--color-by", help="curves: one line per lr (at one scale) or per scale"),
          quantity: str = typer.Option("relative_update", "--quantity", help="diagnostics: relative_update | elr | "

@@ -378,15 +378,16 @@ def test_training_curves_by_scale_at_each_best_lr_with_crosses():
 
 def test_diagnostics_plot_one_line_per_atom_and_clear_errors(tmp_path):
     runs, curves, diags = tables(sweep_spec())
-    fig = plots.diagnostics_plot(runs, diags, quantity="angle", lr=4 * 2.0 ** -3, out=tmp_path / "d.png")
+    # the runs sweep elr (as a sphere experiment does): --lr picks the swept rate
+    fig = plots.diagnostics_plot(runs, diags, quantity="angle", lr=2.0 ** -3, out=tmp_path / "d.png")
     ax = fig.axes[0]
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["all scale-invariant", "0:Linear 64x64"]
     assert ax.get_lines()[0].get_ydata() == pytest.approx([0.05] * 20) and ax.get_lines()[0].get_linestyle() == "--"
-    assert ax.get_yscale() == "log" and ax.get_title() == "sphere (lr=2^-1)"
+    assert ax.get_yscale() == "log" and ax.get_title() == "sphere (elr=2^-3)"
     # default LR: the series' best final loss, here the smallest ELR (converging, angle 0: linear axis)
     fig = plots.diagnostics_plot(runs, diags, quantity="angle")
-    assert fig.axes[0].get_title() == "sphere (lr=2^-6)" and fig.axes[0].get_yscale() == "linear"
+    assert fig.axes[0].get_title() == "sphere (elr=2^-8)" and fig.axes[0].get_yscale() == "linear"
     with pytest.raises(UserError, match="--quantity condition: no finite values.*log_condition = true"):
         plots.diagnostics_plot(runs, diags, quantity="condition")
     with pytest.raises(UserError, match='--quantity elr: .*constraint = "sphere"'):
