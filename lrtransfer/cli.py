@@ -393,9 +393,7 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
     results_list = run_tune(exp, series or None, trials=trials, sampler=sampler,
                             params=[SearchParam.parse(p) for p in param], axis=axis.value if axis else None,
                             metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
-                            seed=seed, on_run=lambda s, sc, row: err.print(f"{s} {sc}: {row['status']} "
-                                                                           f"{row.get('final_train_loss')}", highlight=False,
-                                                                           markup=False))
+                            seed=seed, on_run=_tune_progress)
     table = tune_table(results_list)
     if format == Format.json:
         out.print_json(table.to_json(orient="records"))
@@ -418,12 +416,20 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                   highlight=False, soft_wrap=True)
 
 
+def _tune_progress(series: str, scale, row: dict) -> None:
+    """One line per tuning run on stderr: where, what it tried, how it ended."""
+    where = f"{series}" + (f" at scale {scale}" if scale is not None else "")
+    tried = f"lr {row['lr']:.3g}" + (f", wd {row['weight_decay']:.3g}" if row.get("weight_decay") else "")
+    loss = row.get("final_train_loss")
+    ended = f"{row['status']}" + (f", train loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else "")
+    err.print(f"{where}: {tried}: {ended}", highlight=False, markup=False)
+
+
 def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format) -> None:
     from .tune import lrwd_tune_table, tune_lrwd
     found = tune_lrwd(exp, series or None, trials=trials, sampler=sampler, lr=lr, axis=axis.value if axis else None,
                       metric=metric.value, results_dir=results, storage=_storage(storage), device=device, seed=seed,
-                      on_run=lambda s, sc, row: err.print(f"{s} {sc}: {row['status']} {row.get('final_train_loss')}",
-                                                          highlight=False, markup=False))
+                      on_run=_tune_progress)
     table = lrwd_tune_table(found)
     if format == Format.json:
         out.print_json(table.to_json(orient="records"))
