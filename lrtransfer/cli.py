@@ -107,7 +107,7 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
     from .sweep.sweep import results_dir_for
     exp = load_experiment(experiment, set_)
     if dry_run:
-        p = plan(exp, results, device, rerun=rerun)
+        p = plan(exp, results, device, rerun=rerun, jobs=jobs)
         out.print(f"{exp.name} -> {results_dir_for(exp, results)}", markup=False, highlight=False)
         out.print(p.summary(), highlight=False, markup=False)
         return

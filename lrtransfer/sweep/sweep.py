@@ -28,7 +28,7 @@ from ..store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
-from ..train import dataset_for, model_for, optimizer_for, resolve_device
+from ..train import dataset_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
 
@@ -105,13 +105,20 @@ class Plan:
     total: int
     finished: int
     todo: int
-    estimate_seconds: float
+    estimate_seconds: float          # wall time with ``jobs`` workers (NaN: not estimated)
     series: dict
+    jobs: int = 1
+    compute_seconds: float = math.nan
+    shapes: int = 0
 
     def summary(self) -> str:
-        return (f"{self.total} cells ({', '.join(f'{k}: {v}' for k, v in self.series.items())}); "
-                f"{self.finished} already finished, {self.todo} to run; "
-                f"estimated {_fmt_seconds(self.estimate_seconds)} of compute on this machine")
+        text = (f"{self.total} cells ({', '.join(f'{k}: {v}' for k, v in self.series.items())}); "
+                f"{self.finished} already finished, {self.todo} to run")
+        if self.todo and math.isfinite(self.estimate_seconds):
+            text += (f"; estimated {_fmt_seconds(self.estimate_seconds)} here with --jobs {self.jobs} "
+                     f"({_fmt_seconds(self.compute_seconds)} of compute; {self.shapes} run shape"
+                     f"{'s' if self.shapes != 1 else ''} timed)")
+        return text
 
 
 def _fmt_seconds(s: float) -> str:
@@ -124,34 +131,12 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def time_per_step(values: dict, device: str = "auto", steps: int = 3) -> float:
-    """Seconds per training step of the model ``values`` describes, timed over a few steps."""
-    import torch
-    import torch.nn.functional as F
-    torch.set_num_threads(values.get("threads", 1))
-    dev = resolve_device(device)
-    ds = dataset_for(values, dev)
-    model = model_for(values, ds).to(dev)
-    opt = optimizer_for(values, model)
-    gen = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        x, y = ds.sample("train", values["batch_size"], gen)
-        out = model(x)
-        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
 def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimate: bool = True,
-         rerun: bool = False) -> Plan:
+         rerun: bool = False, jobs: int | None = None) -> Plan:
     """What a sweep would do: grid size, cells already finished (current ones: same config,
-    data and code), and a compute estimate. Writes nothing."""
+    data and code), and the wall time it would take here with ``jobs`` workers (default as
+    ``run_sweep``), from measured run costs (estimate.py). Writes nothing."""
+    from .estimate import estimate as estimate_wall
     root = results_dir_for(experiment, results_dir)
     check_same_experiment(experiment, root)
     cells = experiment.cells()
@@ -161,18 +146,13 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
     series: dict[str, int] = {}
     for c in cells:
         series[c.series] = series.get(c.series, 0) + 1
-    seconds = 0.0
+    jobs = default_jobs(experiment) if jobs is None else jobs
+    wall, compute, shapes = math.nan, math.nan, 0
     if estimate and todo:
-        per_shape: dict = {}
-        for c in todo:  # time each distinct model shape once; a run costs steps x that
-            v = c.values
-            key = (v["arch"], v["width"], v["depth"], v["batch_size"], v["optimizer"], v["update"], v.get("param"),
-                   tuple(sorted((k, str(x)) for k, x in v.items() if k.startswith("data."))))
-            if key not in per_shape:
-                per_shape[key] = time_per_step(v, device)
-            seconds += per_shape[key] * v["steps"] * 1.1  # ~10% for evaluation and logging
-    return Plan(total=len(cells), finished=len(cells) - len(todo), todo=len(todo),
-                estimate_seconds=seconds, series=series)
+        wall, compute, shapes = estimate_wall([c.values for c in todo], resolve_device(device), max(jobs, 1),
+                                              available_cores())
+    return Plan(total=len(cells), finished=len(cells) - len(todo), todo=len(todo), estimate_seconds=wall,
+                series=series, jobs=jobs, compute_seconds=compute, shapes=shapes)
 
 
 def prepare(experiment: Experiment, results_dir=None, storage: str | None = None, retries: int = 2,

@@ -1,0 +1,126 @@
+"""How long a sweep will take here: measured run costs, scheduled onto the workers.
+
+A run's cost is measured, not guessed: for each distinct *shape* of run (every key that changes
+the work done per step; the LR, seed, decay and the like do not) a warm ``execute`` is timed at
+two short lengths, n₁ and n₂ steps, with the run's own logging, diagnostics and final
+evaluation. Their difference gives the seconds per step, the rest the fixed cost (model
+build, final evaluation, the result row); evaluations during training (``eval_every``) add
+one evaluation's cost each, measured alongside. A run of ``steps`` steps then costs
+
+    fixed + per_step · steps + evaluations · per_evaluation,
+
+plus the time to record it (the three parquet files, timed on a real write, and the queue's
+claim and tell). The wall time is the longest worker's load when the runs are handed out
+longest first (what the queue does, near enough) to ``jobs`` workers; workers beyond the
+cores (jobs × threads > cores) share them, and workers that fill every core are slowed by
+``PARALLEL_SLOWDOWN`` (memory bandwidth; benchmarks/jobs_speedup.py measured --jobs 2 at 0.56×
+the wall time of --jobs 1 on 2 cores, i.e. 1.12× per run). Worker processes pay their start-up
+(``WORKER_START_SECONDS``, an import of torch) once. A diverging run stops early, so a grid
+with many diverging cells finishes sooner than estimated.
+"""
+from __future__ import annotations
+
+import heapq
+import tempfile
+import time
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..store import ResultStore
+from ..train import execute
+
+# Keys that change a run's numbers but not the work of a step: cells differing only in these
+# share one measurement. `steps` is scaled, not measured.
+COST_FREE = ("lr", "elr", "seed", "weight_decay", "momentum", "beta1", "beta2", "eps", "warmup", "schedule",
+             "diverge_factor", "final_k", "series", "muon_momentum", "muon_adam_ratio", "steps",
+             "data_fingerprint", "code_fingerprint")
+PARALLEL_SLOWDOWN = 1.12     # per-run slowdown when every core runs a worker (see module doc)
+WORKER_START_SECONDS = 2.5   # a worker process: python, torch and lrtransfer imported
+QUEUE_SECONDS = 0.02         # a claim and a tell on the journal queue
+
+
+@dataclass
+class RunCost:
+    fixed: float        # seconds per run besides the steps
+    per_step: float     # seconds per training step
+    record: float       # seconds to write the run's files
+
+    def seconds(self, values: dict) -> float:
+        evaluations = (values["steps"] - 1) // values["eval_every"] if values.get("eval_every") else 0
+        return self.fixed * (1 + evaluations) + self.per_step * values["steps"] + self.record
+
+
+def shape_key(values: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in values.items() if k not in COST_FREE))
+
+
+def _timed(values: dict, steps: int, device) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    try:
+        result = execute({**values, "steps": steps, "code_fingerprint": None}, device)
+    except UserError:
+        raise
+    except Exception as e:  # a model that cannot be built or run: say which cell, not a traceback
+        raise UserError(f"--dry-run: a run of series {values.get('series')!r} (width {values.get('width')}, depth "
+                        f"{values.get('depth')}) cannot be timed: {type(e).__name__}: {e}") from None
+    return time.perf_counter() - t0, result
+
+
+def measure(values: dict, device, short: int | None = None) -> RunCost:
+    """The cost of a run shaped like ``values``, from warm short runs (see the module doc).
+
+    n₁ is one logging interval (so the diagnostics and the curve are paid as in the real run)
+    and n₂ four, both capped by the run's own length; the shorter of two timings of each
+    counts (noise only ever adds time).
+    """
+    log_every = values["log_every"]
+    n1 = short or min(values["steps"], log_every)
+    n2 = max(n1 + 1, min(values["steps"], 4 * n1))
+    _timed(values, 2, device)   # warm: data loaded and cached, allocator and kernels warm
+    t1 = min(_timed(values, n1, device)[0] for _ in range(2))
+    timings = [_timed(values, n2, device) for _ in range(2)]
+    t2, result = min(timings, key=lambda t: t[0])
+    per_step = max(t2 - t1, 0.0) / (n2 - n1)
+    fixed = max(t1 - per_step * n1, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultStore(tmp)
+        t0 = time.perf_counter()
+        store.write(result.row, result.curves, result.diagnostics)
+        record = time.perf_counter() - t0 + QUEUE_SECONDS
+    return RunCost(fixed=fixed, per_step=per_step, record=record)
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """The longest worker's load when durations are handed out longest first to the least
+    loaded worker."""
+    if not durations:
+        return 0.0
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        heapq.heapreplace(loads, loads[0] + d)
+    return max(loads)
+
+
+def wall_seconds(durations: list[float], jobs: int, threads: int, cores: int) -> float:
+    """Estimated wall time of runs of ``durations`` (seconds each, alone on a core) on ``jobs``
+    workers of ``threads`` threads each on ``cores`` cores."""
+    if jobs <= 1:
+        return makespan(durations, 1)
+    demand = jobs * threads
+    slowdown = max(1.0, demand / cores) * (PARALLEL_SLOWDOWN if demand >= cores else 1.0)
+    return makespan([d * slowdown for d in durations], jobs) + WORKER_START_SECONDS
+
+
+def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, float, int]:
+    """(wall seconds with ``jobs`` workers, compute seconds, shapes measured) for ``cells`` (run values).
+
+    Each shape is measured on its cell with the smallest LR: a cell that diverges would stop
+    early and make its shape look cheap."""
+    shapes: dict = {}
+    for values in cells:
+        shapes.setdefault(shape_key(values), []).append(values)
+    costs = {key: measure(min(group, key=lambda v: (v.get("elr") or 0.0, v["lr"])), device)
+             for key, group in shapes.items()}
+    durations = [costs[shape_key(v)].seconds(v) for v in cells]
+    threads = max((v.get("threads", 1) for v in cells), default=1)
+    return wall_seconds(durations, jobs, threads, cores), sum(durations), len(costs)
