@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_cost.py
 	$(PY) benchmarks/normalize_accuracy.py
 	$(PY) benchmarks/jobs_speedup.py
+	$(PY) benchmarks/grid_vs_naive.py
+	$(PY) benchmarks/diagnostics_cost.py
 	$(PY) benchmarks/transfer_quickstart.py
 
 # Every shipped experiment at its committed size -> results/<experiment>/ and the README's

@@ -1,0 +1,109 @@
+"""The anchor: the quickstart's Adam width × LR grid with the suite, and as a hand-written sweep.
+
+Runs the same grid two ways in this one invocation, one after the other, on the same cores:
+
+* **suite**: ``run_sweep`` with its default workers (one per core), diagnostics and all;
+* **by hand**: the loop researchers write — for every cell a fresh ``python`` process running
+  the script below (an ``nn.Module`` ResMLP of ``nn.Sequential`` blocks, ``torch.optim.Adam``,
+  a shuffling ``DataLoader`` over the same MNIST-1D arrays, the same steps, batch size, LR
+  schedule and final evaluation), ``--parallel`` processes at a time (default: as many as the
+  suite's workers, so the comparison is of the machinery, not of the parallelism).
+
+Prints both wall times and the ratio. Goal (issue: speed): the suite ≥ 3× faster.
+
+Usage: python benchmarks/grid_vs_naive.py [--seeds 1] [--parallel N] [--steps 300]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lrtransfer.sweep import experiment_from_dict, run_sweep  # noqa: E402
+from lrtransfer.sweep.sweep import available_cores  # noqa: E402
+
+# One cell of a hand-written sweep, as researchers write it (run as `python -c SCRIPT args`).
+CELL = r'''
+import sys, json, math, torch, torch.nn as nn, torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from lrtransfer.data import load
+width, depth, lr, steps, batch, seed, samples = (int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
+                                                  int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+torch.set_num_threads(1)
+torch.manual_seed(seed)
+ds = load("mnist1d", samples=samples)
+xtr, ytr, xte, yte = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+class Block(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.ReLU(), nn.LayerNorm(w), nn.Linear(w, w), nn.ReLU())
+    def forward(self, x):
+        return x + self.body(x) / depth
+
+model = nn.Sequential(nn.Flatten(), nn.Linear(xtr[0].numel(), width), *[Block(width) for _ in range(depth)],
+                      nn.LayerNorm(width), nn.Linear(width, 10))
+opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / steps)
+loader = DataLoader(TensorDataset(xtr, ytr), batch_size=batch, shuffle=True, drop_last=True)
+step, losses = 0, []
+while step < steps:
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        losses.append(loss.item()); step += 1
+        if step == steps or not math.isfinite(losses[-1]):
+            break
+    if losses and not math.isfinite(losses[-1]):
+        break
+with torch.no_grad():
+    test = F.cross_entropy(model(xte[:2048]), yte[:2048]).item()
+print(json.dumps({"width": width, "lr": lr, "final_train_loss": sum(losses[-50:]) / len(losses[-50:]), "test": test}))
+'''
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=available_cores())
+    p.add_argument("--steps", type=int, default=None, help="default: the quickstart's")
+    args = p.parse_args()
+    raw = tomllib.loads((ROOT / "experiments" / "quickstart.toml").read_text())
+    raw["series"] = {"adam": raw["series"]["adam"]}
+    raw["seeds"] = args.seeds
+    if args.steps:
+        raw["train"]["steps"] = args.steps
+    exp = experiment_from_dict(raw, "quickstart_adam")
+    cells = [c.values for c in exp.cells()]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_sweep(exp, Path(tmp) / "suite", jobs=args.parallel, device="cpu", progress=False)
+        suite = time.perf_counter() - start
+
+    def by_hand(v):
+        cmd = [sys.executable, "-c", CELL, str(v["width"]), str(v["depth"]), repr(v["lr"]), str(v["steps"]),
+               str(v["batch_size"]), str(v["seed"]), str(v["data.samples"])]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(by_hand, cells))
+    naive = time.perf_counter() - start
+    print(f"{len(cells)} cells ({raw['train']['steps']} steps, batch {raw['train']['batch_size']}), "
+          f"{args.parallel} at a time")
+    print(f"suite     {suite:7.1f} s")
+    print(f"by hand   {naive:7.1f} s   (a fresh python per cell, nn.Sequential, torch.optim.Adam, DataLoader)")
+    print(f"ratio     {naive / suite:7.2f}x  (by hand / suite; goal >= 3)")
+
+
+if __name__ == "__main__":
+    main()
