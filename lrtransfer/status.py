@@ -32,6 +32,32 @@ def _scale(values: dict) -> tuple:
     return (values.get("width"), values.get("depth"))
 
 
+def _eta(left: list[dict], runs, workers: int) -> str:
+    """Time to finish ``left`` (run values) on ``workers`` workers, as ``--dry-run`` estimates it
+    (sweep/estimate.py) but from what this sweep measured: each cell costs the mean wall time of
+    the finished runs of its shape (of all finished runs, for a shape not seen yet), and the
+    cells go longest first to the least loaded worker."""
+    from .sweep.estimate import makespan, shape_key
+    if runs is None or runs.empty or "wall_seconds" not in runs:
+        return "unknown (no finished run yet)"
+    finished = runs[runs["status"].isin(["done", "diverged"]) & runs["wall_seconds"].map(
+        lambda s: isinstance(s, float) and math.isfinite(s))]
+    if finished.empty:
+        return "unknown (no finished run yet)"
+    by_shape: dict = {}
+    for row in finished.to_dict("records"):
+        by_shape.setdefault(shape_key(_run_values(row)), []).append(row["wall_seconds"])
+    overall = float(finished["wall_seconds"].mean())
+    durations = [sum(v) / len(v) if (v := by_shape.get(shape_key(_run_values(c)))) else overall for c in left]
+    return _fmt_seconds(makespan(durations, workers))
+
+
+def _run_values(row: dict) -> dict:
+    """The config part of a run row (a row also holds its metrics and provenance)."""
+    from .spec import BY_NAME
+    return {k: v for k, v in row.items() if k in BY_NAME or k.startswith("data.") or k in ("series",)}
+
+
 def sweep_status(results_dir: str | Path | None = None, storage: str | None = None,
                  study: str | None = None) -> dict:
     """Counts per (series, scale): waiting and running from the study, finished from the tables.
@@ -70,11 +96,12 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
         prev = cells.get(rid)
         # a later trial of the same cell (a retry) supersedes an earlier failure
         if prev is None or prev["state"] == "failed" or state in ("done", "diverged"):
-            cells[rid] = {"series": values["series"], "scale": _scale(values), "state": state}
+            cells[rid] = {"series": values["series"], "scale": _scale(values), "state": state, "values": values}
     if runs is not None and not runs.empty:
         for row in runs.to_dict("records"):
             if row["status"] in ("done", "diverged") or row["run_id"] not in cells:
-                cells[row["run_id"]] = {"series": row["series"], "scale": _scale(row), "state": row["status"]}
+                cells[row["run_id"]] = {"series": row["series"], "scale": _scale(row), "state": row["status"],
+                                        "values": row}
 
     table: dict[tuple, dict] = {}
     for c in cells.values():
@@ -94,13 +121,9 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
     totals = {s: sum(r[s] for r in rows) for s in STATES}
 
     eta = "nothing left"
-    left = totals["waiting"] + totals["running"]
+    left = [c["values"] for c in cells.values() if c["state"] in ("waiting", "running")]
     if left:
-        secs = []
-        if runs is not None and not runs.empty and "wall_seconds" in runs:
-            secs = [s for s in runs.loc[runs["status"].isin(["done", "diverged"]), "wall_seconds"] if math.isfinite(s)]
-        workers = max(totals["running"], 1)
-        eta = _fmt_seconds(sum(secs) / len(secs) * left / workers) if secs else "unknown (no finished run yet)"
+        eta = _eta(left, runs, workers=max(totals["running"], 1))
     errors = []
     if runs is not None and not runs.empty:
         errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
