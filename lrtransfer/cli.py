@@ -359,6 +359,41 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
 
 @app.command()
 @user_errors
+def compare(results_dirs: List[Path] = typer.Argument(..., help="two or more results directories"),
+            metric: Metric = typer.Option(Metric.train_loss),
+            axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
+            format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the per-scale table)"),
+            out_: Optional[Path] = typer.Option(None, "--out", help="also draw the overlaid loss-vs-LR curves "
+                                                "here (.png/.svg/.pdf)"),
+            ci: float = typer.Option(0.9, "--ci", help="confidence level (bootstrap over seeds)"),
+            tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift that still count as transfer")):
+    """Did a change move the optimum? The transfer numbers of several results directories side by
+    side: verdict and drift per series, the fitted optimal LR per scale with its shift from the
+    first directory, and (with --out) their loss-vs-LR curves overlaid.
+
+    Example: lrtransfer compare results/quickstart results/quickstart_wd --out compare.png
+    """
+    from . import compare as comparison, plots
+    target = plots.check_out(out_) if out_ is not None else None
+    runs_by_dir = comparison.load(results_dirs)
+    scales, verdicts = comparison.compare(runs_by_dir, metric=metric.value, axis=axis.value if axis else None,
+                                          ci=ci, tolerance=tolerance)
+    figure = plots.compare_curves(runs_by_dir, metric=metric.value, axis=axis.value if axis else None) \
+        if target is not None else None
+    if format == Format.json:
+        out.print_json(json.dumps({"verdicts": json.loads(verdicts.to_json(orient="records")),
+                                   "scales": json.loads(scales.to_json(orient="records"))}))
+    elif format == Format.csv:
+        sys.stdout.write(scales.to_csv(index=False))
+    else:
+        out.print(comparison.markdown(scales, verdicts, ci=ci), highlight=False, markup=False, soft_wrap=True)
+    if figure is not None:
+        plots.save(figure, target)
+        err.print(f"wrote {target}", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
 def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its grid gives the scales and LR window)"),
          set_: List[str] = typer.Option([], "--set", help="override a key, as in sweep"),
          series: List[str] = typer.Option([], "--series", help="series to tune (default: all)"),

@@ -678,3 +678,51 @@ def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: st
     fig.suptitle(f"{quantity.replace('_', ' ')} per atom vs step at {ax_name}={scale}")
     save(fig, out)
     return fig
+
+
+DIR_STYLES = ("-", "--", ":", "-.")
+
+
+def compare_curves(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_loss", axis: str | None = None,
+                   out=None) -> Figure:
+    """Several results directories' loss-vs-LR curves overlaid (``lrtransfer compare``): one
+    panel per series, colour = scale (as ``lr_curves``), line style = directory, ★ at each
+    curve's minimum. A series missing from a directory is just not drawn there."""
+    out = check_out(out)
+    metric_column(metric)
+    first = next(iter(runs_by_dir.values()))
+    ax_name = resolve_axes(first, axis)[0]
+    tables = {label: cells(runs, metric, ax_name) for label, runs in runs_by_dir.items()}
+    series = list(dict.fromkeys(s for c in tables.values() for s in c["series"]))
+    scales = sorted({x for c in tables.values() for x in c[ax_name].dropna().unique()})
+    cmap = mpl.colormaps["viridis"]
+    colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
+    styles = {label: DIR_STYLES[i % len(DIR_STYLES)] for i, label in enumerate(tables)}
+    everything = pd.concat([c["loss"] for c in tables.values()])
+    ylo, yhi = _robust_range(everything, _initial_loss(first))
+    fig = Figure(figsize=(1.8 + 3.9 * len(series), 3.9), layout="constrained")
+    axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
+    for ax, name in zip(axes, series):
+        for label, c in tables.items():
+            sel = c[(c["series"] == name) & (c["n_seeds"] > 0)]
+            for scale in scales:
+                s = sel[sel[ax_name] == scale].sort_values("lr")
+                if s.empty:
+                    continue
+                ax.plot(s["lr"], np.minimum(s["loss"].to_numpy(float), yhi), ls=styles[label], marker="o", ms=2.5,
+                        lw=1.5, color=colors[scale], label=f"{label}: {ax_name}={scale}")
+                best = s.loc[s["loss"].idxmin()]
+                ax.plot([best["lr"]], [min(best["loss"], yhi)], color=colors[scale], label="_minimum", **MINIMUM)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(ylo, yhi)
+        ax.set_title(name)
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+    handles = [Line2D([], [], color=colors[s], label=f"{ax_name}={s}") for s in scales]
+    handles += [Line2D([], [], color="black", ls=styles[label], label=label) for label in tables]
+    handles.append(Line2D([], [], color="gray", label="minimum", **{**MINIMUM, "clip_on": True}))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(f"{metric.replace('_', ' ')} vs learning rate: {' vs '.join(tables)}")
+    save(fig, out)
+    return fig

@@ -1,0 +1,63 @@
+"""`lrtransfer compare`: several results directories side by side, checked on synthetic
+directories whose optima are known exactly (parabolas in log2 LR)."""
+import json
+
+import pytest
+
+from conftest import invoke
+from lrtransfer import compare, plots
+from lrtransfer.store import write_table
+from test_analysis import GRID, table
+
+
+def _dir(root, centres, series="adam"):
+    root.mkdir(parents=True)
+    write_table(table(centres, {32: 1.0, 128: 0.5, 512: 0.25}, GRID, series=series), root / "runs.parquet")
+    return root
+
+
+@pytest.fixture
+def two(tmp_path):
+    a = _dir(tmp_path / "before", {32: -2, 128: -4, 512: -5})
+    b = _dir(tmp_path / "after", {32: -2, 128: -3, 512: -3})
+    return a, b
+
+
+def test_compare_puts_known_optima_and_their_shifts_side_by_side(two):
+    scales, verdicts = compare.compare(compare.load(list(two)))
+    after = scales[scales["results"] == "after"].set_index("scale")
+    assert list(after["opt_log2_lr_fit"]) == pytest.approx([-2, -3, -3])
+    assert list(after["shift"]) == pytest.approx([0, 1, 2])      # the change wants larger LRs at width
+    before = scales[scales["results"] == "before"]
+    assert list(before["shift"]) == pytest.approx([0, 0, 0])
+    drift = verdicts.set_index("results")["drift"]
+    assert drift["before"] == pytest.approx(-3) and drift["after"] == pytest.approx(-1)
+    text = compare.markdown(scales, verdicts)
+    assert "| adam | width=512 | after | -3.00 [" in text and "| +2.00 |" in text
+
+
+def test_compare_cli_tables_figure_and_bad_input(two, tmp_path):
+    a, b = two
+    r = invoke("compare", a, b, "--format", "json", "--out", tmp_path / "c.svg")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output[:r.output.rindex("}") + 1])
+    assert {v["results"] for v in doc["verdicts"]} == {"before", "after"} and len(doc["scales"]) == 6
+    assert (tmp_path / "c.svg").exists()
+    r = invoke("compare", a)
+    assert r.exit_code == 2 and "at least two" in r.output
+    r = invoke("compare", a, tmp_path / "nowhere")
+    assert r.exit_code == 2 and "nowhere" in r.output
+    r = invoke("compare", a, b, "--out", tmp_path / "c.bmp")
+    assert r.exit_code == 2 and not (tmp_path / "c.bmp").exists()
+
+
+def test_compare_figure_overlays_one_line_per_directory_and_scale(two):
+    fig = plots.compare_curves(compare.load(list(two)))
+    lines = [ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert sorted(ln.get_label() for ln in lines) == sorted(
+        f"{d}: width={w}" for d in ("before", "after") for w in (32, 128, 512))
+    assert {ln.get_linestyle() for ln in lines} == {"-", "--"}
+
+
+def test_same_named_directories_get_longer_labels(tmp_path):
+    assert compare.labels([tmp_path / "x" / "res", tmp_path / "y" / "res"]) == ["x/res", "y/res"]
