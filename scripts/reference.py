@@ -272,7 +272,8 @@ def dynamics_section() -> str:
                          f"| {ordered} of {len(per_seed)} | {_octaves(r, 'to_chaotic')} | {_octaves(r, 'to_diverge')} |")
     lines += ["", "Boundary: per seed, the geometric midpoint between the largest ELR of the lower regime "
               "and the smallest of the upper one; mean ± std over seeds in log2 units (octaves), "
-              "[min, max]. Regime rule and thresholds: see *Training dynamics* below.", ""]
+              "[min, max]; — where no run of the experiment met that regime's rule. Rule and thresholds: "
+              "*The regime rule* below.", ""]
     if (RESULTS / LRWD).exists():
         runs, curves = load_results(RESULTS / LRWD)
         res = dynamics.lrwd_invariance(runs, curves, ci=CI)
@@ -286,7 +287,11 @@ def dynamics_section() -> str:
         lines.append("")
     if (RESULTS / CONDITION).exists():
         runs, _ = load_results(RESULTS / CONDITION)
-        lines.append(condition_markdown(runs, load_diagnostics(RESULTS / CONDITION)).split("\n", 2)[2].rstrip())
+        drifts = "; ".join(f"{LABELS.get(r['series'], r['series'])} **{r['verdict']}**, drift {_f(r['drift'])} "
+                           f"{_ci(r['drift_ci_lo'], r['drift_ci_hi'])} octaves"
+                           for r in verdicts(CONDITION).to_dict("records"))
+        lines.append(f"`{CONDITION}` (width {_scale(runs['width'].min())} → {_scale(runs['width'].max())}): {drifts}. "
+                     + condition_markdown(runs, load_diagnostics(RESULTS / CONDITION)).split("\n", 2)[2].rstrip())
     return "\n".join(lines)
 
 
