@@ -211,7 +211,8 @@ def status(results_dir: Optional[Path] = typer.Argument(None, help="results dire
     for row in st["rows"]:
         table.add_row(*(escape(str(row[c])) for c in cols))
     out.print(table)
-    out.print(f"total: {st['totals']}; eta {st['eta']}", highlight=False)
+    out.print("total: " + ", ".join(f"{n} {state}" for state, n in st["totals"].items()) + f"; eta {st['eta']}",
+              highlight=False)
 
 
 PLOT_KINDS = ("lr", "curves", "diagnostics", "regimes", "lrwd")

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from .errors import UserError
 from .store import ResultStore
-from .sweep.queue import Queue, open_storage, redact
+from .sweep.queue import JOURNAL_NAME, Queue, open_storage, redact
 from .sweep.sweep import _fmt_seconds, distinct_errors
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
@@ -76,14 +76,20 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
         raise UserError("status: --study NAME is needed with --storage")
     if storage is None and root is not None:
         storage = recorded_storage(experiment, root)
-    queue = Queue(open_storage(storage, root, create=False), name, create=False)
+    if storage is None and root is not None and not (root / JOURNAL_NAME).exists() \
+            and not ResultStore(root).load_runs().empty:
+        # committed or copied results keep the tables but not the queue: nothing is waiting or
+        # running, and the recorded runs say the rest
+        trials, source = [], "no queue here: the recorded runs"
+    else:
+        trials, source = Queue(open_storage(storage, root, create=False), name, create=False).trials(), redact(storage)
     if root is None:
-        recorded = queue.study.user_attrs.get("results_dir")
+        recorded = Queue(open_storage(storage, root, create=False), name, create=False).study.user_attrs.get("results_dir")
         root = Path(recorded) if recorded and Path(recorded).is_dir() else None
     runs = ResultStore(root).load_runs() if root is not None else None
 
     cells: dict[str, dict] = {}   # run_id -> {"series", "scale", "state"}
-    for t in queue.trials():
+    for t in trials:
         rid = t.user_attrs.get("run_id")
         if rid is None:
             continue
@@ -127,5 +133,5 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
     errors = []
     if runs is not None and not runs.empty:
         errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
-    return {"study": name, "storage": redact(storage), "rows": rows, "totals": totals, "eta": eta,
+    return {"study": name, "storage": source, "rows": rows, "totals": totals, "eta": eta,
             "errors": errors, "time": time.time()}

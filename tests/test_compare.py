@@ -61,3 +61,14 @@ def test_compare_figure_overlays_one_line_per_directory_and_scale(two):
 
 def test_same_named_directories_get_longer_labels(tmp_path):
     assert compare.labels([tmp_path / "x" / "res", tmp_path / "y" / "res"]) == ["x/res", "y/res"]
+
+
+def test_status_of_results_without_a_queue_counts_the_recorded_runs(two):
+    a, _ = two
+    r = invoke("status", a, "--format", "json")
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.output)
+    assert st["totals"] == {"waiting": 0, "running": 0, "done": 81, "diverged": 0, "failed": 0}
+    assert "recorded runs" in st["storage"] and not (a / "queue.journal").exists()
+    r = invoke("status", a)
+    assert "total: 0 waiting, 0 running, 81 done, 0 diverged, 0 failed" in r.output.replace("\n", " ")
