@@ -75,9 +75,29 @@ class RMSDivide(Bond):
         return x * torch.rsqrt(x.pow(2).mean(dim=self.dim, keepdim=True) + self.eps)
 
 
-def LayerNorm(dim: int = -1):
-    """Mean-subtract then RMS-divide: a LayerNorm with no parameters (mass 0, sensitivity 1)."""
-    return RMSDivide(dim) @ MeanSubtract(dim)
+class LayerNorm(Bond):
+    """Mean-subtract then RMS-divide over ``dim``: a LayerNorm with no parameters (mass 0,
+    sensitivity 1), (x − mean)/sqrt(mean((x − mean)²) + eps).
+
+    Over the last dim this is torch's fused ``layer_norm``: one autograd node instead of six,
+    and at small widths per-op overhead is most of a step (22–30% of a ResMLP step at widths
+    32–128, 12% at 512). Over another dim (the channels of an image) the formula is written out.
+    """
+
+    normalizes = True  # up to eps: the output ignores the input's scale
+
+    def __init__(self, dim: int = -1, eps: float = 1e-12):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x):
+        if self.dim == -1 or self.dim == x.dim() - 1:
+            return F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        centred = x - x.mean(dim=self.dim, keepdim=True)
+        return centred * torch.rsqrt(centred.pow(2).mean(dim=self.dim, keepdim=True) + self.eps)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class Flatten(Bond):

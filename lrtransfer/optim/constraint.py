@@ -62,6 +62,6 @@ class Sphere:
 
     @torch.no_grad()
     def project(self) -> None:
-        """Rescale the SI weights jointly back to norm ``radius`` (one host sync)."""
+        """Rescale the SI weights jointly back to norm ``radius`` (on the device: no host sync)."""
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
         torch._foreach_mul_(self.params, (self.radius / norm).to(self.params[0].dtype))
