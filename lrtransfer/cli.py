@@ -431,11 +431,7 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                             metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
                             seed=seed, on_run=_tune_progress)
     table = tune_table(results_list)
-    if format == Format.json:
-        out.print_json(table.to_json(orient="records"))
-        return
-    if format == Format.csv:
-        sys.stdout.write(table.to_csv(index=False))
+    if _wrote_records(table, format):
         return
     for r in results_list:
         grid = (f"; grid optimum at the base scale 2^{math.log2(r.grid_base_lr):.1f}, "
@@ -450,6 +446,15 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                   f"({r.trials + len(r.rows) - 1} runs) vs ~{r.target_tuning_seconds:.1f} s to tune "
                   f"at every target scale ({ratio:.1f}x)" + (f"; the full grid took {r.grid_runs} runs" if r.grid_runs else ""),
                   highlight=False, soft_wrap=True)
+
+
+def _wrote_records(table, format) -> bool:
+    """Print ``table`` as JSON records or CSV when ``format`` asks for one; False for markdown."""
+    if format == Format.json:
+        out.print_json(table.to_json(orient="records"))
+    elif format == Format.csv:
+        sys.stdout.write(table.to_csv(index=False))
+    return format != Format.markdown
 
 
 def _tune_progress(series: str, scale, row: dict) -> None:
@@ -467,11 +472,7 @@ def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage,
                       metric=metric.value, results_dir=results, storage=_storage(storage), device=device, seed=seed,
                       on_run=_tune_progress)
     table = lrwd_tune_table(found)
-    if format == Format.json:
-        out.print_json(table.to_json(orient="records"))
-        return
-    if format == Format.csv:
-        sys.stdout.write(table.to_csv(index=False))
+    if _wrote_records(table, format):
         return
     for r in found:
         where = f" at {r.axis}={r.base_scale}" if r.axis else ""

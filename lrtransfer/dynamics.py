@@ -547,14 +547,20 @@ def _mean(values) -> float:
     return float(v.mean()) if len(v) else math.nan
 
 
+def _ratio_interval(group: dict, name: str) -> str | None:
+    """A ratio's CI as "[lo, hi]", or None without one (one seed per cell)."""
+    lo, hi = group[f"{name}_ci"]
+    return None if lo is None or hi is None else f"[{_num(lo, 2)}, {_num(hi, 2)}]"
+
+
 def lrwd_report(result: dict) -> str:
     """Markdown for an ``lrwd_invariance`` result: one sentence per group, then the table."""
     pct = _pct(result["ci"])
     lines = ["## lr·wd invariance", ""]
     for g in result["groups"]:
         def ci(name):
-            lo, hi = g[f"{name}_ci"]
-            return "no CI" if lo is None or hi is None else f"{pct} CI [{_num(lo, 2)}, {_num(hi, 2)}]"
+            interval = _ratio_interval(g, name)
+            return "no CI" if interval is None else f"{pct} CI {interval}"
         lines.append(f"- {_label(g)}: late {result['metric'].replace('_', ' ')} follows lr·wd: "
                      f"**{g['late_verdict']}** — spread at equal lr·wd / at equal lr = {_num(g['late_ratio'], 2)} "
                      f"({ci('late_ratio')}); early loss follows lr: **{g['early_verdict']}** — spread at equal lr / "
@@ -574,13 +580,11 @@ def lrwd_report(result: dict) -> str:
               f"| early: spread equal lr | spread equal lr·wd | ratio | {pct} CI | verdict | cells |",
               "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
     for g in result["groups"]:
-        def interval(name):
-            lo, hi = g[f"{name}_ci"]
-            return "—" if lo is None or hi is None else f"[{_num(lo, 2)}, {_num(hi, 2)}]"
+        late, early = (_ratio_interval(g, name) or "—" for name in ("late_ratio", "early_ratio"))
         lines.append(f"| {_label(g)} | {_num(g['late_spread_equal_product'])} | {_num(g['late_spread_equal_lr'])} "
-                     f"| {_num(g['late_ratio'], 2)} | {interval('late_ratio')} | {g['late_verdict']} "
+                     f"| {_num(g['late_ratio'], 2)} | {late} | {g['late_verdict']} "
                      f"| {_num(g['early_spread_equal_lr'])} | {_num(g['early_spread_equal_product'])} "
-                     f"| {_num(g['early_ratio'], 2)} | {interval('early_ratio')} | {g['early_verdict']} "
+                     f"| {_num(g['early_ratio'], 2)} | {early} | {g['early_verdict']} "
                      f"| {g['n_cells']} |")
     return "\n".join(lines) + "\n"
 

@@ -335,6 +335,29 @@ def _no_runs(ax) -> None:
     ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
+def _step_lines(axes, series, mean: pd.DataFrame, ends: pd.DataFrame, metric: str, ylim, style) -> None:
+    """Loss-vs-step panels, one per series: a seed-mean line per ``_key`` of ``mean`` drawn with
+    ``style(key)`` (plot keywords, colour and label included), a ✕ at the last logged point of
+    a line whose runs diverged (``ends``), values above the y range drawn at its top."""
+    ylo, yhi = ylim
+    for ax, name in zip(axes, series):
+        s = mean[mean["series"] == name]
+        for key, line in s.groupby("_key", sort=True):
+            kw = style(key)
+            ax.plot(line["step"], np.minimum(line[metric], yhi), **kw)
+            end = ends[(ends["series"] == name) & (ends["_key"] == key)]
+            if not end.empty:
+                ax.scatter(end["step"], np.minimum(end[metric], yhi), color=kw["color"], label="_diverged",
+                           **DIVERGED_END)
+        ax.set_title(name)
+        ax.set_ylim(ylo, yhi)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if s.empty:
+            _no_runs(ax)
+    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+
+
 def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "lr", metric: str = "train_loss",
                     axis: str | None = None, scale=None, lr=None, out=None) -> Figure:
     """Training curves: loss vs step, one panel per series, one seed-mean line per LR or per scale.
@@ -379,22 +402,8 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
         label = {k: f"{ax_name}={k}" for k in keys}
     fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    ylo, yhi = _robust_range(mean[metric], _initial_loss(runs))
-    for ax, name in zip(axes, series):
-        s = mean[mean["series"] == name]
-        for key, line in s.groupby("_key", sort=True):
-            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.4, color=color[key], label=label[key])
-            end = ends[(ends["series"] == name) & (ends["_key"] == key)]
-            if not end.empty:
-                ax.scatter(end["step"], np.minimum(end[metric], yhi), color=color[key], label="_diverged",
-                           **DIVERGED_END)
-        ax.set_title(name)
-        ax.set_ylim(ylo, yhi)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if s.empty:
-            _no_runs(ax)
-    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+    _step_lines(axes, series, mean, ends, metric, _robust_range(mean[metric], _initial_loss(runs)),
+                lambda key: {"lw": 1.4, "color": color[key], "label": label[key]})
     crossed = [] if ends.empty else [Line2D([], [], color="gray", marker="x", mew=2, ls="none",
                                             label="diverged (its last logged step)")]
     if color_by == "lr":
@@ -443,23 +452,9 @@ def curves_by_lrwd(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "trai
     series = list(dict.fromkeys(runs["series"]))
     fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    ylo, yhi = _robust_range(mean[metric], _initial_loss(runs))
-    for ax, name in zip(axes, series):
-        s = mean[mean["series"] == name]
-        for key, line in s.groupby("_key", sort=True):
-            col = cmap(norm(products[key]))
-            ax.plot(line["step"], np.minimum(line[metric], yhi), lw=1.3, color=col, ls=lr_style[key[0]],
-                    label=f"lr={_lr_text(key[0])}, wd={_lr_text(key[1])}")
-            end = ends[(ends["series"] == name) & (ends["_key"] == key)]
-            if not end.empty:
-                ax.scatter(end["step"], np.minimum(end[metric], yhi), color=col, label="_diverged", **DIVERGED_END)
-        ax.set_title(name)
-        ax.set_ylim(ylo, yhi)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if s.empty:
-            _no_runs(ax)
-    axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")
+    _step_lines(axes, series, mean, ends, metric, _robust_range(mean[metric], _initial_loss(runs)),
+                lambda key: {"lw": 1.3, "color": cmap(norm(products[key])), "ls": lr_style[key[0]],
+                             "label": f"lr={_lr_text(key[0])}, wd={_lr_text(key[1])}"})
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
     bar.set_label("log2 (lr · weight decay)")
     handles = [Line2D([], [], color="gray", ls=st, label=f"lr={_lr_text(v)}") for v, st in lr_style.items()]
@@ -637,7 +632,8 @@ def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: st
     if quantity not in QUANTITIES:
         raise UserError(f"--quantity {quantity!r}: allowed: {', '.join(QUANTITIES)}")
     if diagnostics is None or diagnostics.empty:
-        raise UserError("no diagnostics recorded for these runs: the training code logged no per-atom numbers")
+        raise UserError("no diagnostics recorded for these runs (committed reference results keep them only for "
+                        "the sphere and conditioning experiments); sweep with diagnostics = true to record them")
     runs, rate = _swept_rate(runs)
     ax_name = resolve_axes(runs, axis)[0]
     sel, scale = _at_scale(runs, ax_name, scale)

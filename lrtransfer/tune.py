@@ -82,6 +82,30 @@ def _sampler(name: str, seed: int):
     raise UserError(f"--sampler {name!r}: allowed: {', '.join(SAMPLERS)}")
 
 
+def _trial_value(trial, row: dict, column: str, report) -> float:
+    """The objective of one tuning trial: the run's metric, or its first loss if it did not
+    finish (a diverged run is no better than the start)."""
+    report(row)
+    trial.set_user_attr("run_id", row["run_id"])
+    value = row.get(column)
+    if row["status"] != "done" or value is None or not math.isfinite(value):
+        return float(row.get("first_train_loss") or 1e6)
+    return float(value)
+
+
+def _resume_study(name: str, storage, sampler, objective, trials: int) -> optuna.Study:
+    """Open (or resume) study ``name`` and run it up to ``trials`` completed trials; trials a
+    killed tune left running are marked failed first."""
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize",
+                                load_if_exists=True)
+    for t in study.get_trials(states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+    done = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    if done < trials:
+        study.optimize(objective, n_trials=trials - done)
+    return study
+
+
 def _run_cached(store: ResultStore, values: dict, device: str) -> dict:
     """Run ``values`` unless the store already holds its finished result."""
     known = store.row(run_id(values))
@@ -143,22 +167,11 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
             tp = {"log2_lr": trial.suggest_float("log2_lr", lo, hi)}
             for p in params:
                 tp[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
-            row = _run_cached(tune_store, values_for(tp, base), device)
-            if on_run:
-                on_run(label, base, row)
-            trial.set_user_attr("run_id", row["run_id"])
-            value = row.get(column)
-            if row["status"] != "done" or value is None or not math.isfinite(value):
-                return float(row.get("first_train_loss") or 1e6)  # diverged: no better than the start
-            return float(value)
+            return _trial_value(trial, _run_cached(tune_store, values_for(tp, base), device), column,
+                                lambda row: on_run and on_run(label, base, row))
 
-        study = optuna.create_study(study_name=f"{experiment.name}.tune.{label}", storage=storage_obj,
-                                    sampler=_sampler(sampler, seed), direction="minimize", load_if_exists=True)
-        for t in study.get_trials(states=(TrialState.RUNNING,)):  # a killed tune left these behind
-            study.tell(t.number, state=TrialState.FAIL)
-        done = len(study.get_trials(states=(TrialState.COMPLETE,)))
-        if done < trials:
-            study.optimize(objective, n_trials=trials - done)
+        study = _resume_study(f"{experiment.name}.tune.{label}", storage_obj, _sampler(sampler, seed),
+                              objective, trials)
         best = study.best_params
         result = TuneResult(series=label, axis=axis, base_scale=base, lr=2.0 ** best["log2_lr"],
                             params={k: v for k, v in best.items() if k != "log2_lr"}, trials=trials)
@@ -309,23 +322,12 @@ def tune_lrwd(experiment: Experiment, series: list[str] | None = None, trials: i
             return {**template, "weight_decay": 2.0 ** log2_product / fixed_lr}
 
         def objective(trial: optuna.Trial) -> float:
-            row = _run_cached(tune_store, values_for(trial.suggest_float("log2_product", math.log2(p_lo),
-                                                                         math.log2(p_hi))), device)
-            if on_run:
-                on_run(label, base, row)
-            trial.set_user_attr("run_id", row["run_id"])
-            value = row.get(column)
-            if row["status"] != "done" or value is None or not math.isfinite(value):
-                return float(row.get("first_train_loss") or 1e6)  # diverged: no better than the start
-            return float(value)
+            log2_product = trial.suggest_float("log2_product", math.log2(p_lo), math.log2(p_hi))
+            return _trial_value(trial, _run_cached(tune_store, values_for(log2_product), device), column,
+                                lambda row: on_run and on_run(label, base, row))
 
-        study = optuna.create_study(study_name=f"{experiment.name}.tune-lrwd.{label}", storage=storage_obj,
-                                    sampler=_sampler(sampler, seed), direction="minimize", load_if_exists=True)
-        for t in study.get_trials(states=(TrialState.RUNNING,)):  # a killed tune left these behind
-            study.tell(t.number, state=TrialState.FAIL)
-        done = len(study.get_trials(states=(TrialState.COMPLETE,)))
-        if done < trials:
-            study.optimize(objective, n_trials=trials - done)
+        study = _resume_study(f"{experiment.name}.tune-lrwd.{label}", storage_obj, _sampler(sampler, seed),
+                              objective, trials)
         best_row = tune_store.row(study.best_trial.user_attrs["run_id"])
         loss = float(best_row[column]) if best_row["status"] == "done" else math.inf
         grid_cells = {(v["lr"], v["weight_decay"]): v.get("steps", 0) for v in at_base}

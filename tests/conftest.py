@@ -31,3 +31,14 @@ def invoke(*args):
     """Run the CLI in-process with ``args`` (paths become strings); exceptions propagate."""
     from lrtransfer.cli import app
     return _runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+# The data and model sections of the smallest experiment a test sweeps: MNIST-1D, a 1-block MLP.
+TINY_DATA_MODEL = """[data]
+dataset = "mnist1d"
+samples = 600
+[model]
+arch = "mlp"
+depth = 1
+block_depth = 1
+"""

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import invoke
+from conftest import TINY_DATA_MODEL, invoke
 from lrtransfer import dynamics, plots
 from lrtransfer.errors import UserError
 from lrtransfer.store import write_table
@@ -470,14 +470,7 @@ def test_cli_report_has_the_lrwd_section(tmp_path):
 
 LRWD_TOML = """
 description = "lr x wd grid"
-[data]
-dataset = "mnist1d"
-samples = 600
-[model]
-arch = "mlp"
-depth = 1
-block_depth = 1
-[train]
+""" + TINY_DATA_MODEL + """[train]
 steps = 50
 optimizer = "adam"
 [grid]
