@@ -8,7 +8,8 @@
 Each results/<experiment>/ keeps what is committed: runs.parquet and curves.parquet (the
 merged tables, curves at the experiment's log_every), lr_curves and transfer figures as PNG
 and SVG, REPORT.md (the markdown report, the verdicts quoted first) and reference.json (when
-and how long the sweep ran). The per-run files, the queue journal and the event log stay out
+and how long the sweep ran); diagnostics.parquet only where the report reads it (the sphere
+experiments' regimes, the conditioning experiment's condition numbers: .gitignore). The per-run files, the queue journal and the event log stay out
 of git (.gitignore); the merged tables alone let `lrtransfer sweep --dry-run` see that every
 cell is current.
 

@@ -11,11 +11,12 @@ from lrtransfer.sweep import load_experiment, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
-COMMITTED = ("runs.parquet", "curves.parquet", "diagnostics.parquet", "REPORT.md", "reference.json")
+COMMITTED = ("runs.parquet", "curves.parquet", "REPORT.md", "reference.json")
 
 
 def figures(exp) -> tuple[str, ...]:
-    """The figures a results directory keeps, by what its experiment sweeps (scripts/reference.py)."""
+    """The figures (and tables beyond COMMITTED) a results directory keeps, by what its experiment
+    sweeps (scripts/reference.py)."""
     values = [c.values for c in exp.cells()]
     if any(v.get("elr") for v in values) or any(v.get("constraint") == "sphere" for v in values):
         stems = ("regimes", "loss_steps")
@@ -23,7 +24,10 @@ def figures(exp) -> tuple[str, ...]:
         stems = ("lrwd", "lrwd_curves")
     else:
         stems = ("lr_curves", "transfer")
-    return tuple(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
+    # the diagnostics table is kept where the report reads it: the regime rule, the condition numbers
+    reads_diagnostics = stems[0] == "regimes" or any(v.get("log_condition") for v in values)
+    return tuple(f"{s}.{ext}" for s in stems for ext in ("png", "svg")) + \
+        (("diagnostics.parquet",) if reads_diagnostics else ())
 
 
 def test_readme_tables_are_generated_from_results():
