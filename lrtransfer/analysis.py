@@ -1,7 +1,16 @@
 """Transfer numbers from a runs table: optimal LR per scale, drift, slope, regret, with seed
 bootstrap confidence intervals and a transfer verdict.
 
-Pure pandas/numpy; importable without torch.
+Pure pandas/numpy; importable without torch. The renderers (markdown, JSON, CSV) are in
+``report.py`` and ``render.py``; ``report`` and the old formatting names are re-exported here.
+
+Metrics (``METRIC_SPECS``, each declared once with its direction): ``train_loss`` and
+``test_loss`` are minimized, ``test_acc`` (``final_test_acc``) is maximized. Everything below
+is written for a minimized metric; a maximized one is analysed as its negation, so its optimum
+is the maximum, its regret = best value − value at the base LR (≥ 0, the accuracy lost), and
+``loss_change_at_base_lr`` / ``worse-with-scale`` keep meaning *worse* (the accuracy fell).
+Tables report ``best_loss``, ``loss_at_base_lr`` and the cells' ``loss``/``lo``/``hi`` in
+the metric's own units (the column names stay ``loss`` for every metric).
 
 Definitions (per series, scale axis and every other varying config key: a *group*):
 
@@ -93,19 +102,43 @@ strings ``"inf"`` / ``"-inf"``.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import numbers
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .errors import UserError
 
-METRICS = {"train_loss": "final_train_loss", "test_loss": "final_test_loss"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a transfer analysis can rank LRs by: its runs-table column and its direction."""
+    name: str
+    column: str
+    direction: str          # "min" (losses) or "max" (accuracy)
+    unit: str = ""          # printed after regrets
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "max"
+
+    @property
+    def sign(self) -> float:
+        """+1 for a minimized metric, −1 for a maximized one: sign × value is minimized."""
+        return -1.0 if self.maximize else 1.0
+
+
+# every metric, declared once with its direction
+METRIC_SPECS = {m.name: m for m in (Metric("train_loss", "final_train_loss", "min", " nats"),
+                                    Metric("test_loss", "final_test_loss", "min", " nats"),
+                                    Metric("test_acc", "final_test_acc", "max"))}
+METRICS = {name: m.column for name, m in METRIC_SPECS.items()}
 AXES = ("width", "depth")
-FORMATS = ("markdown", "json", "csv")
+FORMATS = ("markdown", "json", "csv")  # the report's (render.FORMATS)
 VERDICTS = ("transfers", "drifts", "inconclusive")
 METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
             "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
@@ -136,14 +169,21 @@ def is_metadata(col: str) -> bool:
     return col in METADATA or col.startswith(METADATA_PREFIXES) or col.endswith(METADATA_SUFFIXES)
 
 
+def metric_spec(metric: str, runs: pd.DataFrame | None = None) -> Metric:
+    """The declared metric behind a name; with ``runs``, checks its column is there."""
+    if metric not in METRIC_SPECS:
+        from .sweep.config import nearest
+        raise UserError(f"--metric {metric!r}: unknown metric{nearest(metric, METRIC_SPECS)}; "
+                        f"allowed: {', '.join(METRIC_SPECS)}")
+    spec = METRIC_SPECS[metric]
+    if runs is not None and not runs.empty and spec.column not in runs:
+        raise UserError(f"--metric {metric}: the runs table has no {spec.column} column")
+    return spec
+
+
 def metric_column(metric: str, runs: pd.DataFrame | None = None) -> str:
     """The runs-table column behind a metric name; with ``runs``, checks it is there."""
-    if metric not in METRICS:
-        raise UserError(f"--metric {metric!r}: allowed: {', '.join(METRICS)}")
-    col = METRICS[metric]
-    if runs is not None and not runs.empty and col not in runs:
-        raise UserError(f"--metric {metric}: the runs table has no {col} column")
-    return col
+    return metric_spec(metric, runs).column
 
 
 def scale_axes(runs: pd.DataFrame) -> list[str]:
@@ -231,11 +271,12 @@ def _check_options(min_runs=3, ci=0.9, tolerance=1.0, n_boot=1000, seed=0) -> No
 def _run_frame(runs: pd.DataFrame, metric: str, axis: str) -> tuple[pd.DataFrame, list[str]]:
     """Per run: the cell keys (series, group keys, axis, lr), ``_value`` (the metric where the
     run finished, else NaN), ``_div``/``_fail`` (0/1) and ``_seed``; and the cell keys."""
-    col = metric_column(metric, runs)
+    spec = metric_spec(metric, runs)
     if axis not in runs:
         raise UserError(f"--axis {axis}: the runs table has no {axis} column")
     keys = ["series", *group_keys(runs, axis), axis, "lr"]
-    value = pd.to_numeric(runs[col], errors="coerce").astype(float)
+    # analysed as sign × value, which is minimized whatever the metric's direction
+    value = spec.sign * pd.to_numeric(runs[spec.column], errors="coerce").astype(float)
     status = runs["status"].astype(str)
     value = value.where((status == "done") & np.isfinite(value))
     r = runs[keys].assign(_value=value, _div=(status == "diverged").astype(int),
@@ -267,7 +308,15 @@ def cells(runs: pd.DataFrame, metric: str = "train_loss", axis: str = "width") -
     ``n_seeds`` (finished seeds), ``n_runs``, ``n_diverged``, ``n_failed`` and ``diverged``."""
     runs = _prepare(runs)
     r, keys = _run_frame(runs, metric, axis)
-    return _sort_cells(_cell_stats(r, keys), keys, _series_order(runs))
+    return _in_metric_units(_sort_cells(_cell_stats(r, keys), keys, _series_order(runs)), metric)
+
+
+def _in_metric_units(c: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Cell statistics of sign × value back in the metric's own units (min and max swap places
+    for a maximized metric)."""
+    if not metric_spec(metric).maximize:
+        return c
+    return c.assign(loss=-c["loss"], lo=-c["hi"], hi=-c["lo"])
 
 
 # ----------------------------------------------------------------------------- optimum (vectorized)
@@ -612,9 +661,11 @@ def analyse(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = N
     if table.empty:
         raise UserError("no runs to analyse")
     if table["opt_lr"].isna().all():
-        raise UserError(f"no finished runs with a finite {METRICS[metric]}: every run diverged or failed "
+        raise UserError(f"no finished runs with a finite {metric_column(metric)}: every run diverged or failed "
                         f"(statuses: {', '.join(sorted(set(runs['status'].astype(str))))})")
     table = _tidy_keys(table[["series", *all_keys, *TRANSFER_COLUMNS[1:]]], all_keys)
+    sign = metric_spec(metric).sign
+    table["best_loss"], table["loss_at_base_lr"] = sign * table["best_loss"], sign * table["loss_at_base_lr"]
     summary = pd.DataFrame(summaries)
     summary = _tidy_keys(summary[["series", *all_keys, *VERDICT_COLUMNS[1:]]], all_keys)
     return table, summary
@@ -667,173 +718,24 @@ def drift_table(table: pd.DataFrame) -> pd.DataFrame:
     return _tidy_keys(drift, extra)
 
 
-# ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- renderers
 
-def _json_value(v):
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    return v if isinstance(v, str) else str(v)
+# the formatting helpers and the report moved to render.py / report.py; these names stay for importers
+from .render import interval as _interval, json_value as _json_value, missing as _missing  # noqa: E402,F401
+from .render import num as _num, pct as _pct, pow2 as _pow2, records as _records, signed as _signed  # noqa: E402,F401
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
-    """Strict-JSON rows; each ``<name>_lo``/``<name>_hi`` CI pair becomes ``<name>_ci: [lo, hi]``
-    (``<name>`` already ending in ``_ci`` keeps its name)."""
-    out = []
-    for row in df.astype(object).to_dict("records"):
-        rec = {}
-        for k, v in row.items():
-            k = str(k)
-            if k.endswith("_lo") and f"{k[:-3]}_hi" in row:
-                stem = k[:-3]
-                rec[stem if stem.endswith("_ci") else f"{stem}_ci"] = [_json_value(v), _json_value(row[f"{stem}_hi"])]
-            elif not (k.endswith("_hi") and f"{k[:-3]}_lo" in row):
-                rec[k] = _json_value(v)
-        out.append(rec)
-    return out
-
-
-def _missing(x) -> bool:
-    return x is None or x is pd.NA or (isinstance(x, (float, np.floating)) and math.isnan(x))
-
-
-def _pow2(x) -> str:
-    """An LR as 2^k (k with 2 decimals when off the power-of-two grid)."""
-    if _missing(x) or not np.isfinite(x) or x <= 0:
-        return "—"
-    k = math.log2(x)
-    return f"2^{round(k)}" if abs(k - round(k)) < 1e-9 else f"2^{k:.2f}"
-
-
-def _num(x, digits: int = 4) -> str:
-    if _missing(x):
-        return "—"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.{digits}f}"
-
-
-def _signed(x, digits: int = 2) -> str:
-    """``+0.05`` / ``−0.31`` (a real minus sign), for numbers whose sign is the point."""
-    if _missing(x) or math.isinf(x):
-        return _num(x, digits)
-    text = f"{abs(x):.{digits}f}"
-    if float(text) == 0:
-        return text
-    return ("−" if x < 0 else "+") + text
-
-
-def _interval(lo, hi, fmt) -> str:
-    return "—" if _missing(lo) or _missing(hi) else f"[{fmt(lo)}, {fmt(hi)}]"
-
-
-def _label(row: dict, extra: list[str]) -> str:
-    return str(row["series"]) + "".join(f", {k}={row[k]}" for k in extra if not _missing(row[k]))
-
-
-def _pct(ci: float) -> str:
-    return f"{ci * 100:g}%"
-
-
-def summary_line(row: dict, extra: list[str] = ()) -> str:
-    """One quotable sentence for a ``verdict_table`` row (markdown bold on the verdict)."""
-    ax, n = row["axis"], row["n_seeds"]
-    scales = f"{row['base_scale']}→{row['max_scale']}" if not _missing(row["max_scale"]) else "—"
-    line = (f"{_label(row, list(extra))} across {ax} {scales} ({n} seed{'' if n == 1 else 's'}): "
-            f"**{row['verdict']}** — drift {_signed(row['drift'])} octaves "
-            f"[{_pct(row['ci'])} CI {_signed(row['drift_ci_lo'])}, {_signed(row['drift_ci_hi'])}], "
-            f"slope {_signed(row['slope'])} {_interval(row['slope_ci_lo'], row['slope_ci_hi'], _signed)} "
-            f"octaves/octave, regret at {ax} {row['max_scale']} {_num(row['regret'], 3)} nats "
-            f"{_interval(row['regret_ci_lo'], row['regret_ci_hi'], lambda v: _num(v, 3))}")
-    return line + (f"; flags: {row['flags']}" if row["flags"] else "")
-
-
-def _markdown(table: pd.DataFrame, summary: pd.DataFrame, metric: str, min_runs: int, ci: float,
-              tolerance: float, n_boot: int) -> str:
-    extra = group_columns(table)
-    pct = _pct(ci)
-    lines = [f"## LR transfer: {metric} ({METRICS[metric]})", "",
-             f"Verdict per series and axis from the {pct} bootstrap CI (over seeds, {n_boot} replicates) of the "
-             f"drift = fitted log2 optimal LR at the largest scale − at the base scale: **transfers** when it lies "
-             f"within ±{tolerance:g} octave{'' if tolerance == 1 else 's'}, **drifts** when wholly outside, else "
-             f"**inconclusive** (also with an edge, too-few, too-few-seeds or single-scale flag). Slope: octaves of "
-             f"LR per octave of scale. "
-             f"Regret: seed-mean loss at the base-scale fitted LR (linear in log2 LR) − best seed-mean loss.", ""]
-    lines += [f"- {summary_line(r, extra)}" for r in summary.to_dict("records")]
-    lines += ["", "### Summary", "",
-              f"| series | axis | verdict | drift (octaves) | drift {pct} CI | slope | slope {pct} CI | regret "
-              f"| regret {pct} CI | max regret | grid drift | flags |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in summary.to_dict("records"):
-        lines.append(f"| {_label(r, extra)} | {r['axis']} | {r['verdict']} | {_signed(r['drift'])} "
-                     f"| {_interval(r['drift_ci_lo'], r['drift_ci_hi'], _signed)} | {_signed(r['slope'])} "
-                     f"| {_interval(r['slope_ci_lo'], r['slope_ci_hi'], _signed)} | {_num(r['regret'])} "
-                     f"| {_interval(r['regret_ci_lo'], r['regret_ci_hi'], _num)} | {_num(r['max_regret'])} "
-                     f"| {_num(r['drift_octaves'], 2)} | {r['flags']} |")
-    lines += ["", (f"Per scale: optimal LR = grid argmin of the seed-mean {metric}; fitted = parabola vertex in "
-                   f"log2(lr), with its {pct} CI in log2(lr); flags: edge (optimum at the end of the LR grid), "
-                   f"too-few (< {min_runs} finished LRs), too-few-seeds (< 2 finished seeds at the optimum), flat "
-                   f"(LRs within one standard error of the best span ≥ 2 octaves), base-lr-diverged, "
-                   f"base-lr-not-run, no-finished."), ""]
-    for gkey, g in table.groupby(["series", *extra, "axis"], dropna=False, sort=False):
-        ax = gkey[-1]
-        first = g.iloc[0].to_dict()
-        lines += [f"### {_label(first, extra)}: {metric} across {ax}", "",
-                  f"| {ax} | optimal LR | fitted | fitted log2 {pct} CI | best loss | loss at base LR | regret "
-                  f"| regret {pct} CI | seeds | finished / diverged | flags |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for r in g.to_dict("records"):
-            flags = " ".join(name for name, on in (("no-finished", r["n_finished"] == 0), ("edge", r["edge"]),
-                                                   ("too-few", r["too_few"] and r["n_finished"] > 0),
-                                                   ("too-few-seeds", r["too_few_seeds"]), ("flat", r["flat"]),
-                                                   ("base-lr-diverged", r["base_lr_diverged"]),
-                                                   ("base-lr-not-run", r["base_lr_missing"])) if on)
-            lines.append(f"| {r['scale']} | {_pow2(r['opt_lr'])} | {_pow2(r['opt_lr_fit'])} "
-                         f"| {_interval(r['opt_log2_lr_fit_lo'], r['opt_log2_lr_fit_hi'], lambda v: _num(v, 2))} "
-                         f"| {_num(r['best_loss'])} | {_num(r['loss_at_base_lr'])} | {_num(r['regret'])} "
-                         f"| {_interval(r['regret_ci_lo'], r['regret_ci_hi'], _num)} | {r['n_seeds']} "
-                         f"| {r['n_finished']} / {r['n_diverged']} | {flags} |")
-        lines += ["", f"Base LR {_pow2(first['base_lr'])} (fitted at {ax}={first['base_scale']}).", ""]
-    return "\n".join(lines) + "\n"
-
-
-CSV_GROUP_COLUMNS = ("max_scale", "drift", "drift_ci_lo", "drift_ci_hi", "drift_octaves", "drift_octaves_fit",
-                     "slope", "slope_ci_lo", "slope_ci_hi", "max_regret", "n_scales", "verdict", "flags",
-                     "worse_with_scale", "tolerance", "ci")
+def summary_line(row: dict, extra: list[str] = (), metric: str = "train_loss") -> str:
+    """One quotable sentence for a ``verdict_table`` row (``report.summary_line``)."""
+    from .report import summary_line as line
+    return line(row, extra, metric)
 
 
 def report(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, format: str = "markdown",
            min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> str:
-    """The transfer report.
-
-    * ``markdown``: one quotable line per series and axis (verdict, drift, slope and regret at
-      the largest scale with their CIs, flags), a summary table, then per (series, group,
-      axis) a table of scale / optimal LR (2^k) / fitted / its CI / best loss / loss at base
-      LR / regret / its CI / seeds / finished and diverged LRs / flags.
-    * ``json``: ``{"metric", "column", "min_runs", "ci", "tolerance", "n_boot", "seed",
-      "transfer": [rows], "drift": [verdict_table rows]}``, strict JSON: NaN/missing -> null,
-      ±inf -> "inf"/"-inf", CI pairs as ``<name>_ci: [lo, hi]``.
-    * ``csv``: the transfer table (per-scale ``regret_ci_lo``/``_hi``, ...) with its group's
-      ``CSV_GROUP_COLUMNS`` of the verdict table merged in (``drift_ci_lo``/``_hi``, ...).
-    """
-    if format not in FORMATS:
-        raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
+    """The transfer report of ``runs`` in ``format`` (markdown | json | csv): ``analyse``'s
+    numbers rendered by ``report.render`` (see that module)."""
+    from .report import check_format, render
+    check_format(format)
     table, summary = analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)
-    if format == "json":
-        doc = {"metric": metric, "column": METRICS[metric], "min_runs": min_runs, "ci": ci, "tolerance": tolerance,
-               "n_boot": n_boot, "seed": seed, "transfer": _records(table), "drift": _records(summary)}
-        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    if format == "csv":
-        keys = ["series", *group_columns(table), "axis"]
-        return table.merge(summary[keys + list(CSV_GROUP_COLUMNS)], on=keys, how="left").to_csv(index=False)
-    return _markdown(table, summary, metric, min_runs, ci, tolerance, n_boot)
+    return render(table, summary, format, metric, min_runs, ci, tolerance, n_boot, seed)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .analysis import METRIC_SPECS
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -58,9 +59,10 @@ def user_errors(fn):
     return wrapper
 
 
-class Metric(str, Enum):
-    train_loss = "train_loss"
-    test_loss = "test_loss"
+# choices come from the code's own constants: a metric declared in analysis is a choice here
+Metric = Enum("Metric", {name: name for name in METRIC_SPECS}, type=str)
+METRIC_HELP = ("what to rank LRs by: " + ", ".join(f"{m.name} ({'maximized' if m.maximize else 'minimized'})"
+                                                  for m in METRIC_SPECS.values()))
 
 
 class Format(str, Enum):
@@ -243,7 +245,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
          kind: str = typer.Option("lr", "--kind", help="lr: loss vs LR per scale and the transfer view | curves: loss "
                                   "vs step | diagnostics: a per-atom quantity vs step | regimes: final loss vs ELR "
                                   "coloured by regime | lrwd: loss over lr x weight decay and curves by lr·wd"),
-         metric: Metric = typer.Option(Metric.train_loss),
+         metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
          axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
          out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/"
                                              "<lr_curves|loss_steps|diagnostics_QUANTITY|regimes|lrwd>.png"),
@@ -312,7 +314,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
 @app.command()
 @user_errors
 def report(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
-           metric: Metric = typer.Option(Metric.train_loss),
+           metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
            axis: Optional[Axis] = typer.Option(None),
            format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the transfer table only)"),
            min_runs: int = typer.Option(3, help="fewer finished LRs at a scale than this is flagged"),
@@ -361,7 +363,7 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
 @app.command()
 @user_errors
 def compare(results_dirs: List[Path] = typer.Argument(..., help="two or more results directories"),
-            metric: Metric = typer.Option(Metric.train_loss),
+            metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
             axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
             format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the per-scale table)"),
             out_: Optional[Path] = typer.Option(None, "--out", help="also draw the overlaid loss-vs-LR curves "
@@ -402,7 +404,7 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
          sampler: str = typer.Option("tpe", help="tpe | gp | random"),
          param: List[str] = typer.Option([], "--param", help="also search name=low:high[:log], e.g. weight_decay=1e-5:1e-1:log"),
          axis: Optional[Axis] = typer.Option(None),
-         metric: Metric = typer.Option(Metric.train_loss),
+         metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
          results: Optional[Path] = typer.Option(None),
          storage: Optional[str] = typer.Option(None),
          device: str = typer.Option("auto"),
@@ -415,7 +417,7 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
     """Search the LR at the smallest scale, run it at the larger ones, report regret and compute
     (or, with --along lrwd, search lr·wd at a fixed LR against the full lr x weight_decay grid)."""
     from .sweep import load_experiment
-    from .tune import ALONG, SearchParam, tune as run_tune, tune_table
+    from .tune import ALONG, SearchParam, render_tune, tune as run_tune
     if along not in ALONG:
         raise UserError(f"--along {along!r}: allowed: {', '.join(ALONG)}")
     if along == "lr" and lr is not None:
@@ -430,31 +432,7 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                             params=[SearchParam.parse(p) for p in param], axis=axis.value if axis else None,
                             metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
                             seed=seed, on_run=_tune_progress)
-    table = tune_table(results_list)
-    if _wrote_records(table, format):
-        return
-    for r in results_list:
-        grid = (f"; grid optimum at the base scale 2^{math.log2(r.grid_base_lr):.1f}, "
-                f"{r.octaves_from_grid:.2f} octaves away" if r.grid_base_lr else "")
-        out.print(f"[bold]{escape(r.series)}[/]: tuned LR 2^{math.log2(r.lr):.2f} at {r.axis}={r.base_scale} "
-                  f"in {r.trials} runs{grid}", soft_wrap=True)
-        out.print(table[table["series"] == r.series].to_markdown(index=False) if _has_tabulate()
-                  else table[table["series"] == r.series].to_string(index=False), highlight=False, soft_wrap=True,
-                  markup=False)
-        ratio = r.target_tuning_seconds / r.tune_seconds if r.tune_seconds else math.nan
-        out.print(f"compute: {r.tune_seconds:.1f} s to tune small and transfer "
-                  f"({r.trials + len(r.rows) - 1} runs) vs ~{r.target_tuning_seconds:.1f} s to tune "
-                  f"at every target scale ({ratio:.1f}x)" + (f"; the full grid took {r.grid_runs} runs" if r.grid_runs else ""),
-                  highlight=False, soft_wrap=True)
-
-
-def _wrote_records(table, format) -> bool:
-    """Print ``table`` as JSON records or CSV when ``format`` asks for one; False for markdown."""
-    if format == Format.json:
-        out.print_json(table.to_json(orient="records"))
-    elif format == Format.csv:
-        sys.stdout.write(table.to_csv(index=False))
-    return format != Format.markdown
+    sys.stdout.write(render_tune(results_list, format.value, metric.value))
 
 
 def _tune_progress(series: str, scale, row: dict) -> None:
@@ -467,25 +445,11 @@ def _tune_progress(series: str, scale, row: dict) -> None:
 
 
 def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format) -> None:
-    from .tune import lrwd_tune_table, tune_lrwd
+    from .tune import render_lrwd, tune_lrwd
     found = tune_lrwd(exp, series or None, trials=trials, sampler=sampler, lr=lr, axis=axis.value if axis else None,
                       metric=metric.value, results_dir=results, storage=_storage(storage), device=device, seed=seed,
                       on_run=_tune_progress)
-    table = lrwd_tune_table(found)
-    if _wrote_records(table, format):
-        return
-    for r in found:
-        where = f" at {r.axis}={r.base_scale}" if r.axis else ""
-        grid = (f"; the grid's best cell has lr·wd 2^{math.log2(r.grid_best_product):.2f} "
-                f"({r.octaves_from_grid:.2f} octaves away), loss {r.grid_best_loss:.4f}"
-                + (f" ({r.loss_above_grid:+.4f} here)" if r.loss_above_grid is not None else "")
-                if r.grid_best_product else "")
-        out.print(f"[bold]{escape(r.series)}[/]: best lr·wd 2^{math.log2(r.product):.2f} (wd {r.weight_decay:.3g} at "
-                  f"fixed lr {r.lr:g}){escape(where)}, {metric.value} {r.loss:.4f}, in {r.trials} runs over lr·wd "
-                  f"[{r.product_range[0]:.3g}, {r.product_range[1]:.3g}]{escape(grid)}", soft_wrap=True)
-        out.print(f"compute: {r.trials} runs vs {r.grid_cells} cells of the lr x weight_decay grid: "
-                  f"{100 * r.saved:.0f}% saved ({100 * r.saved_steps:.0f}% of the steps)",
-                  highlight=False, soft_wrap=True)
+    sys.stdout.write(render_lrwd(found, format.value, metric.value))
 
 
 @app.command()
@@ -524,14 +488,6 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
         err.print(f"wrote {target}", markup=False, highlight=False)
     text = cc_mod.render(result, format)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def main():

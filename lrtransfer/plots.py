@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from .analysis import CELL_STATS, analyse, cells, group_columns, metric_column, resolve_axes
+from .analysis import CELL_STATS, analyse, cells, group_columns, metric_column, metric_spec, resolve_axes
 from .errors import UserError
 from .store import atomic_write
 
@@ -48,12 +48,19 @@ def save(fig: Figure, out: Path | None) -> None:
         atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=130, bbox_inches="tight"))
 
 
-def _initial_loss(runs: pd.DataFrame) -> float | None:
-    if "first_train_loss" not in runs:
+def _initial_loss(runs: pd.DataFrame, metric: str = "train_loss") -> float | None:
+    """The median loss at initialisation (a cap on the y range of a loss); None for a maximized
+    metric, where it means nothing."""
+    if "first_train_loss" not in runs or metric_spec(metric).maximize:
         return None
     start = pd.to_numeric(runs["first_train_loss"], errors="coerce").astype(float)
     start = start[np.isfinite(start)]
     return float(start.median()) if len(start) else None
+
+
+def _best_index(values: pd.Series, metric: str):
+    """The index of the best value: the minimum of a loss, the maximum of an accuracy."""
+    return values.idxmax() if metric_spec(metric).maximize else values.idxmin()
 
 
 def _robust_range(values, initial: float | None = None) -> tuple[float, float]:
@@ -116,7 +123,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None =
     colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
     fig = Figure(figsize=(1.2 + 3.9 * len(series), 0.6 + 3.3 * len(groups)), layout="constrained")
     axes = fig.subplots(len(groups), len(series), sharey=True, sharex=False, squeeze=False)
-    ylo, yhi = _robust_range(pd.concat([c["lo"], c["hi"], c["loss"]]), _initial_loss(runs))
+    ylo, yhi = _robust_range(pd.concat([c["lo"], c["hi"], c["loss"]]), _initial_loss(runs, metric))
     for gi, gval in enumerate(groups):
         for si, name in enumerate(series):
             ax = axes[gi][si]
@@ -136,7 +143,7 @@ def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None =
                 if not above.empty:
                     ax.plot(above["lr"], [yhi] * len(above), color=col, label="_clipped", **CLIPPED)
                 if not ok.empty:
-                    best = ok.loc[ok["loss"].idxmin()]
+                    best = ok.loc[_best_index(ok["loss"], metric)]
                     ax.plot([best["lr"]], [min(best["loss"], yhi)], color=col, label="_minimum", **MINIMUM)
                 div = s[s["diverged"]]
                 if not div.empty:
@@ -190,7 +197,7 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
         t = table[table["axis"] == ax_name]
         keys = [k for k in group_columns(t) if t[k].notna().any()]
         left, right = panels[row]
-        ylo, top = _robust_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), _initial_loss(runs))
+        ylo, top = _robust_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), _initial_loss(runs, metric))
         v = verdicts[verdicts["axis"] == ax_name]
         marked, legend_text = False, []
         for i, (gkey, g) in enumerate(t.groupby(["series", *keys], sort=False, dropna=False)):
@@ -695,7 +702,7 @@ def compare_curves(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_lo
     colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
     styles = {label: DIR_STYLES[i % len(DIR_STYLES)] for i, label in enumerate(tables)}
     everything = pd.concat([c["loss"] for c in tables.values()])
-    ylo, yhi = _robust_range(everything, _initial_loss(first))
+    ylo, yhi = _robust_range(everything, _initial_loss(first, metric))
     fig = Figure(figsize=(1.8 + 3.9 * len(series), 3.9), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, series):
@@ -707,7 +714,7 @@ def compare_curves(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_lo
                     continue
                 ax.plot(s["lr"], np.minimum(s["loss"].to_numpy(float), yhi), ls=styles[label], marker="o", ms=2.5,
                         lw=1.5, color=colors[scale], label=f"{label}: {ax_name}={scale}")
-                best = s.loc[s["loss"].idxmin()]
+                best = s.loc[_best_index(s["loss"], metric)]
                 ax.plot([best["lr"]], [min(best["loss"], yhi)], color=colors[scale], label="_minimum", **MINIMUM)
         ax.set_xscale("log", base=2)
         ax.set_ylim(ylo, yhi)

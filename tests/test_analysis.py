@@ -543,3 +543,47 @@ def test_report_is_fast_enough():
     start = time.perf_counter()
     report(runs)
     assert time.perf_counter() - start < 5.0
+
+
+# ----------------------------------------------------------------------------- a maximized metric
+
+ACC_CENTRES, ACC_OFFSETS = {32: -2, 128: -3, 512: -4}, {32: 0.0, 128: 0.01, 512: 0.02}
+
+
+def accuracy_table():
+    """Train loss with its optimum at 2^-6 everywhere; test accuracy 0.9 − offset − 0.05·(log2 lr −
+    centre)², whose maxima (2^-2, 2^-3, 2^-4) are nowhere near the loss' minima."""
+    runs = table({32: -6, 128: -6, 512: -6}, {32: 1.0, 128: 1.0, 512: 1.0}, GRID)
+    x = np.log2(runs["lr"])
+    centre, offset = runs["width"].map(ACC_CENTRES), runs["width"].map(ACC_OFFSETS)
+    return runs.assign(final_test_acc=0.9 - offset - 0.05 * (x - centre) ** 2)
+
+
+def test_test_acc_is_maximized_optimum_regret_and_drift():
+    t, v = analyse(accuracy_table(), metric="test_acc", n_boot=50)
+    t = t.set_index("scale")
+    assert list(t["opt_log2_lr"]) == [-2, -3, -4] and list(t["opt_log2_lr_fit"]) == pytest.approx([-2, -3, -4])
+    assert list(t["best_loss"]) == pytest.approx([0.9, 0.89, 0.88])           # the maxima, in accuracy
+    assert list(t["loss_at_base_lr"]) == pytest.approx([0.9, 0.89 - 0.05, 0.88 - 0.2])
+    assert list(t["regret"]) == pytest.approx([0, 0.05, 0.2])                   # accuracy lost, >= 0
+    row = v.iloc[0]
+    assert row["drift"] == pytest.approx(-2) and row["slope"] == pytest.approx(-0.5)
+    assert row["loss_change_at_base_lr"] == pytest.approx(0.9 - 0.68) and row["worse_with_scale"]
+    c = cells(accuracy_table(), metric="test_acc", axis="width")
+    best = c.loc[c.groupby("width")["loss"].idxmax()].set_index("width")
+    assert list(np.log2(best["lr"])) == [-2, -3, -4]
+
+
+def test_cli_metric_test_acc_picks_the_maximum(tmp_path):
+    from conftest import invoke
+    from lrtransfer.store import write_table
+    write_table(accuracy_table(), tmp_path / "runs.parquet")
+    r = invoke("report", tmp_path, "--metric", "test_acc", "--format", "json", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["direction"] == "max" and doc["column"] == "final_test_acc"
+    assert [row["opt_log2_lr"] for row in doc["transfer"]] == [-2, -3, -4]
+    r = invoke("report", tmp_path, "--format", "json", "--n-boot", "50")          # train loss: the minimum
+    assert [row["opt_log2_lr"] for row in json.loads(r.stdout)["transfer"]] == [-6, -6, -6]
+    r = invoke("report", tmp_path, "--metric", "test_acc", "--n-boot", "50")
+    assert r.exit_code == 0 and "grid maximum of the seed-mean test_acc" in r.stdout

@@ -49,3 +49,68 @@ def test_tune_bad_input(grid):
     with pytest.raises(UserError, match="--param"):
         SearchParam.parse("weight_decay=1:0")
     assert SearchParam.parse("weight_decay=1e-5:1e-1:log") == SearchParam("weight_decay", 1e-5, 0.1, True)
+
+
+# ----------------------------------------------------------------------------- compute and output
+
+def _mlp_values(tmp_path, width=16, batch=5):
+    from conftest import TINY_DATA_MODEL
+    exp = tmp_path / "mlp.toml"
+    exp.write_text(TINY_DATA_MODEL + f"[train]\nsteps = 7\nbatch_size = {batch}\n[grid]\nwidth = [{width}]\n"
+                   "[series.adam]\nlr = [0.01]\n")
+    return load_experiment(exp).cells()[0].values
+
+
+def test_training_flops_match_a_hand_count_for_a_small_mlp(tmp_path):
+    from lrtransfer.flops import FlopCounter, run_step_flops
+    values = _mlp_values(tmp_path)
+    # ResMLP, one block of one Linear: 40 -> 16 (input), 16 -> 16 (block), 16 -> 10 (head); batch 5.
+    # forward 2·B·Σ in·out; backward: the weight gradients cost the same again, the input
+    # gradients the same for every Linear but the first (its input needs none); Adam adds no products
+    forward = 2 * 5 * (40 * 16 + 16 * 16 + 16 * 10)
+    hand = forward + forward + 2 * 5 * (16 * 16 + 16 * 10)
+    assert hand == 25280
+    assert run_step_flops(values) == hand
+    counter = FlopCounter()
+    assert counter.run({**values, "status": "done"}) == 7 * hand
+    assert counter.run({**values, "status": "diverged", "diverged_at_step": 3.0}) == 3 * hand
+    assert counter.per_step({**values, "lr": 0.5, "seed": 4, "wall_seconds": 9.0}) == hand   # same shape
+
+
+def test_tune_output_is_rounded_with_regret_clipped_at_zero():
+    from lrtransfer.tune import TuneResult, _regret, render_tune
+    assert _regret(0.49, 0.5, "train_loss") == 0.0 and _regret(0.6, 0.5, "train_loss") == pytest.approx(0.1)
+    assert _regret(0.8, 0.9, "test_acc") == pytest.approx(0.1) and _regret(0.95, 0.9, "test_acc") == 0.0
+    r = TuneResult(series="adam", axis="width", base_scale=32, lr=2 ** -7.123456789, params={}, trials=8,
+                   rows=[{"scale": 32, "loss": 1.0 / 3, "status": "done", "grid_best": 0.3, "regret": 1.0 / 30},
+                         {"scale": 128, "loss": 0.2, "status": "done", "grid_best": 0.25, "regret": 0.0}],
+                   grid_runs=27, grid_base_lr=2 ** -7.0, tune_seconds=12.3456, target_tuning_seconds=45.678,
+                   tune_flops=9 * 10 ** 9, target_tuning_flops=36 * 10 ** 9, grid_flops=81 * 10 ** 9)
+    text = render_tune([r])
+    assert "tuned LR 2^-7.12 at width=32 in 8 runs" in text and "0.12 octaves away" in text
+    assert "| 32 | done | 0.3333 | 0.3000 | 0.0333 |" in text and "| 128 | done | 0.2000 | 0.2500 | 0.0000 |" in text
+    assert "9 GFLOP to tune small and transfer (9 runs) vs 36 GFLOP" in text and "(4.0x)" in text
+    assert "the full grid: 81 GFLOP in 27 runs" in text and "12.3 s vs ~45.7 s" in text
+    assert "0.333333" not in text
+    import json
+    doc = json.loads(render_tune([r], "json"))
+    assert doc["scales"][0]["loss"] == 0.333333 and doc["compute"][0]["flops_ratio"] == 4.0
+    assert render_tune([r], "csv").splitlines()[1] == "adam,width,32,0.00717176,-7.12346,0.333333,0.3,0.0333333,done"
+
+
+def _toml(path, width: str):
+    from conftest import TINY_DATA_MODEL
+    path.write_text(TINY_DATA_MODEL + f"[train]\nsteps = 7\n[grid]\nwidth = {width}\n[series.adam]\nlr = [0.01, 0.1]\n")
+    return path
+
+
+def test_tune_without_a_scale_axis_says_so_and_names_no_none(tmp_path):
+    from conftest import invoke
+    one, two = _toml(tmp_path / "one.toml", "[16]"), _toml(tmp_path / "two.toml", "[16, 32]")
+    r = invoke("tune", one, "--results", tmp_path / "r", "--device", "cpu", "--trials", "1")
+    assert r.exit_code == 2 and "varies neither width nor depth" in r.output and "None" not in r.output
+    r = invoke("tune", two, "--axis", "depth", "--results", tmp_path / "r", "--device", "cpu")
+    assert r.exit_code == 2 and "--axis depth: the experiment varies only width" in r.output
+    r = invoke("tune", two, "--series", "adma", "--results", tmp_path / "r", "--device", "cpu")
+    assert r.exit_code == 2 and "--series 'adma': not in the experiment (did you mean 'adam'?)" in r.output
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,72 @@
+"""Training compute in FLOPs, counted by torch (``torch.utils.flop_counter.FlopCounterMode``).
+
+A run's training FLOPs = the steps it trained × the FLOPs of one of its training steps:
+forward, cross-entropy, backward and the optimizer step of the run's own model, data shape,
+batch size and optimizer, counted on one batch. FlopCounterMode counts the matrix products
+(mm, addmm, bmm, convolutions, attention), two FLOPs per multiply-add; elementwise work
+(activations, norms, Adam's moments) is not counted. Unlike wall time this does not depend on
+the machine, its load or how many runs share it, and it is the same for every LR and seed.
+The evaluation at the end of a run is not training and is not counted.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+# keys that change neither the model nor the shape of a step: runs differing only here cost the same
+COST_FREE = ("lr", "elr", "seed", "weight_decay", "momentum", "beta1", "beta2", "eps", "warmup", "schedule",
+             "series", "run_id", "code_fingerprint", "data_fingerprint")
+
+
+def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer=None) -> int:
+    """FLOPs of one training step on batch ``(x, y)``: forward, cross-entropy over the last
+    dimension, backward and (when given) ``optimizer.step()``. The gradients are cleared after."""
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def run_step_flops(values: dict, device: str = "cpu") -> int:
+    """FLOPs of one training step of the run ``values`` describes, on a batch of its data."""
+    from .train import dataset_for, model_for, optimizer_for
+    device = torch.device(device)
+    ds = dataset_for(values, device)
+    model = model_for(values, ds).to(device)
+    x, y = ds.sample("train", values["batch_size"], torch.Generator().manual_seed(0))
+    return step_flops(model, x, y, optimizer_for(values, model))
+
+
+def steps_trained(row: dict) -> int:
+    """Steps a recorded run trained: all of them, or those before the step it diverged at."""
+    at = row.get("diverged_at_step")
+    if row.get("status") == "diverged" and at is not None and math.isfinite(at):
+        return int(at)
+    return int(row["steps"])
+
+
+class FlopCounter:
+    """Training FLOPs of recorded runs, one count per distinct step shape (``COST_FREE`` keys
+    ignored)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._per_step: dict[str, int] = {}
+
+    def per_step(self, values: dict) -> int:
+        from .analysis import is_metadata  # metrics, timing and provenance change no step either
+        key = repr(sorted((k, repr(v)) for k, v in values.items() if k not in COST_FREE and not is_metadata(k)))
+        if key not in self._per_step:
+            self._per_step[key] = run_step_flops(values, self.device)
+        return self._per_step[key]
+
+    def run(self, row: dict) -> int:
+        """Training FLOPs of one recorded run (its row holds its config)."""
+        return steps_trained(row) * self.per_step(row)
