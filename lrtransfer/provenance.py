@@ -7,6 +7,8 @@ training rule makes old results stale instead of silently reused:
 * the resolved config, except the keys that say only *where* the data lives
   (``LOCATION_KEYS``): the data's content is hashed instead (``data_fingerprint``), so a
   results directory stays valid when the data or the checkout moves;
+* not the keys that say only *how* it executes (``EXECUTION_KEYS``: batched with other
+  cells, compiled), whose results agree to float tolerance; the row records what was done;
 * ``data_fingerprint``: a content hash of the data file, folder or archive, or the generator
   parameters of generated data (``lrtransfer.data.fingerprint``);
 * ``code_fingerprint``: a hash of the training-relevant source (``TRAINING_SOURCES``). Edits
@@ -24,15 +26,21 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 # The code a run's numbers depend on: the module algebra, the models, the update rules, the
 # data pipeline, the training loop and what it measures along the way.
-TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "spec.py", "diagnostics.py")
+TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "batched.py", "spec.py", "diagnostics.py")
 
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")
 
 
+# Config keys that say how a run is executed, not what it computes: batched with other cells
+# or alone, compiled or eager. Their losses agree to float tolerance (tests/test_batched.py),
+# and the row records what happened (bundle_size, compiled).
+EXECUTION_KEYS = ("batch_cells", "compile")
+
+
 def run_id(values: dict) -> str:
-    """16 hex digits of SHA-256 over the resolved config (location keys left out)."""
-    hashed = {k: v for k, v in values.items() if k not in LOCATION_KEYS}
+    """16 hex digits of SHA-256 over the resolved config (location and execution keys left out)."""
+    hashed = {k: v for k, v in values.items() if k not in LOCATION_KEYS + EXECUTION_KEYS}
     blob = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from .modular.newton_schulz import METHODS as NS_METHODS
 from .optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
 
 DTYPES = ("float32", "float64", "bfloat16")
+BATCH_MODES = ("auto", "on", "off")
 ARCHS = tuple(_ARCH_BUILDERS)
 
 
@@ -89,6 +90,12 @@ KEYS: tuple[Key, ...] = (
     Key("dtype", str, "float32", "parameter dtype", "train", choices=DTYPES),
     Key("threads", int, 1, "torch threads per run (part of the run id: float sums depend on it)", "train",
         positive=True),
+    # -- how cells execute (not part of the run id: the losses agree to float tolerance, tests/test_batched.py)
+    Key("batch_cells", str, "auto", "train cells that differ only in lr, seed and decay as one batched "
+        "program: on, off, or auto (per model shape, where a timed probe shows it is faster)", "train",
+        choices=BATCH_MODES),
+    Key("compile", bool, False, "torch.compile the forward and backward of each step (the first steps "
+        "of a run pay the compile)", "train"),
 )
 
 BY_NAME = {k.name: k for k in KEYS}

@@ -133,90 +133,152 @@ def evaluate(model, ds: Dataset, examples: int, batch_size: int) -> tuple[float,
     return total_loss / max(total, 1), total_correct / max(total, 1)
 
 
+class Training:
+    """One run in progress: built exactly as ``execute`` builds it, stepped by a training loop.
+
+    ``execute`` drives one alone; ``lrtransfer.batched`` drives several whose weights live in
+    stacked tensors (``model``'s atoms point into them). Everything a run records besides
+    the weights goes through here, so a cell's row and curve mean the same however it trained.
+    """
+
+    def __init__(self, values: dict, device: torch.device):
+        self.values, self.device = values, device
+        self.rid = run_id(values)
+        recorded = values.get("code_fingerprint")
+        if recorded is not None and recorded != code_fingerprint():
+            # a worker with other training code than the sweep that enqueued the cell would
+            # record numbers under a run id that does not describe them
+            raise UserError(f"run {self.rid}: enqueued with training code {recorded}, but this process runs "
+                            f"{code_fingerprint()}; update the worker's checkout (or re-run the sweep)")
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.start = time.perf_counter()
+        # The order below is the run's definition: the seed, then everything that draws from it.
+        torch.set_num_threads(values.get("threads", 1))
+        torch.manual_seed(values["seed"])
+        self.ds = dataset_for(values, device)
+        self.model = model_for(values, self.ds).to(device=device, dtype=_DTYPES[values["dtype"]])
+        self.steps = values["steps"]
+        self.radius0 = _radius(self.model)   # ρ₀, the initial joint norm of the scale-invariant weights
+        self.opt = optimizer_for(values, self.model)
+        self.diagnostics = Diagnostics(self.model, values["log_condition"]) if values["diagnostics"] else None
+        self.batches = torch.Generator().manual_seed(values["seed"])
+        self.curve: list[dict] = []
+        self.window: list[float] = []
+        self.first_loss = None
+        self.status, self.diverged_at = "done", None
+        self.model.train()
+
+    def sample(self):
+        return self.ds.sample("train", self.values["batch_size"], self.batches)
+
+    def logs(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) ends a logging interval."""
+        return (step + 1) % self.values["log_every"] == 0 or step + 1 == self.steps
+
+    def loss_diverged(self, value: float, step: int) -> bool:
+        """Record the loss of ``step`` before its update; True (and the run stops) if it diverged:
+        non-finite, or above ``diverge_factor`` × the first loss."""
+        if self.first_loss is None:
+            self.first_loss = value
+        if not math.isfinite(value) or value > self.values["diverge_factor"] * self.first_loss:
+            self.diverge(step)
+            return True
+        return False
+
+    def diverge(self, step: int) -> None:
+        self.status, self.diverged_at = "diverged", step
+
+    def stepped(self, step: int, value: float, lr_now: float) -> None:
+        """After the update of ``step``: the diagnostics, the curve and any test evaluation."""
+        logged = self.logs(step)
+        if logged and self.diagnostics is not None:
+            self.diagnostics.after_step(self.rid, step + 1, lr_now, self.opt.lr_mults)
+        self.window.append(value)
+        if logged:
+            point = {"step": step + 1, "train_loss": sum(self.window) / len(self.window), "test_loss": math.nan,
+                     "lr": lr_now}
+            eval_every = self.values["eval_every"]
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < self.steps:
+                self.model.eval()
+                point["test_loss"] = evaluate(self.model, self.ds, self.values["eval_examples"],
+                                              self.values["batch_size"])[0]
+                self.model.train()
+            self.curve.append(point)
+            self.window = []
+
+    def result(self, evaluation: tuple[float, float] | None = None, **recorded) -> RunResult:
+        """The run's row (config, metrics, provenance, and ``recorded``: how it was trained) and
+        curves; ``evaluation``: the final (test loss, accuracy) when the caller measured them."""
+        values, curve = self.values, self.curve
+        diverged_at = self.diverged_at
+        row = dict(values)
+        row.update(run_id=self.rid, status=self.status, error=None,
+                   diverged_at_step=math.nan if diverged_at is None else float(diverged_at),
+                   final_train_loss=math.nan, final_test_loss=math.nan, final_test_acc=math.nan,
+                   first_train_loss=self.first_loss,
+                   steps_done=(diverged_at if diverged_at is not None else self.steps),
+                   lr_applied=self.opt.lr, chance_loss=math.log(self.ds.num_classes),
+                   sphere_radius=self.radius0)
+        if self.status == "done":
+            k = values["final_k"]
+            row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
+            if evaluation is None:
+                self.model.eval()
+                evaluation = evaluate(self.model, self.ds, values["eval_examples"], values["batch_size"])
+            row["final_test_loss"], row["final_test_acc"] = evaluation
+            if curve:
+                curve[-1]["test_loss"] = row["final_test_loss"]
+        sha, dirty = git_state()
+        row.update(wall_seconds=time.perf_counter() - self.start, started_at=self.started,
+                   lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
+                   torch_version=torch.__version__, python_version=platform.python_version(),
+                   torch_threads=torch.get_num_threads(), device=_device_name(self.device), host=platform.node())
+        row.update({"bundle_size": 1, "compiled": False, **recorded})
+        curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
+        curves.insert(0, "run_id", self.rid)
+        return RunResult(row=row, curves=curves,
+                         diagnostics=self.diagnostics.table() if self.diagnostics is not None else None)
+
+
 def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> RunResult:
-    """Train the run ``values`` describes; ``on_step(step, steps)`` is called as it goes."""
+    """Train the run ``values`` describes, alone; ``on_step(step, steps)`` is called as it goes."""
     device = resolve_device(device) if isinstance(device, str) else device
-    rid = run_id(values)
-    recorded = values.get("code_fingerprint")
-    if recorded is not None and recorded != code_fingerprint():
-        # a worker with other training code than the sweep that enqueued the cell would
-        # record numbers under a run id that does not describe them
-        raise UserError(f"run {rid}: enqueued with training code {recorded}, but this process runs "
-                        f"{code_fingerprint()}; update the worker's checkout (or re-run the sweep)")
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    start = time.perf_counter()
-    torch.set_num_threads(values.get("threads", 1))
-    torch.manual_seed(values["seed"])
-    ds = dataset_for(values, device)
-    model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
-    steps = values["steps"]
-    radius0 = _radius(model)   # ρ₀, the initial joint norm of the scale-invariant weights
-    opt = optimizer_for(values, model)
-    diagnostics = Diagnostics(model, values["log_condition"]) if values["diagnostics"] else None
-    batches = torch.Generator().manual_seed(values["seed"])
-    log_every, eval_every = values["log_every"], values["eval_every"]
-    curve: list[dict] = []
-    window: list[float] = []
-    first_loss = None
-    status, diverged_at = "done", None
-    model.train()
-    for step in range(steps):
-        x, y = ds.sample("train", values["batch_size"], batches)
-        loss = _loss(model, x, y)
+    run = Training(values, device)
+    model, opt, diagnostics = run.model, run.opt, run.diagnostics
+    loss_of = compiled_loss(model) if values.get("compile") else _loss
+    for step in range(run.steps):
+        x, y = run.sample()
+        loss = loss_of(model, x, y)
         value = loss.item()  # one host sync per step: divergence is checked on every loss
-        if first_loss is None:
-            first_loss = value
-        if not math.isfinite(value) or value > values["diverge_factor"] * first_loss:
-            status, diverged_at = "diverged", step
+        if run.loss_diverged(value, step):
             break
         lr_now = opt.current_lr()
         opt.zero_grad()
         loss.backward()
-        logged = (step + 1) % log_every == 0 or step + 1 == steps
-        if logged and diagnostics is not None:
+        if run.logs(step) and diagnostics is not None:
             diagnostics.before_step()
         try:
             opt.step()
         except Diverged:
-            status, diverged_at = "diverged", step
+            run.diverge(step)
             break
-        if logged and diagnostics is not None:
-            diagnostics.after_step(rid, step + 1, lr_now, opt.lr_mults)
-        window.append(value)
-        if logged:
-            point = {"step": step + 1, "train_loss": sum(window) / len(window), "test_loss": math.nan, "lr": lr_now}
-            if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
-                model.eval()
-                point["test_loss"] = evaluate(model, ds, values["eval_examples"], values["batch_size"])[0]
-                model.train()
-            curve.append(point)
-            window = []
+        run.stepped(step, value, lr_now)
         if on_step is not None:
-            on_step(step + 1, steps)
+            on_step(step + 1, run.steps)
+    return run.result(compiled=bool(values.get("compile")))
 
-    row = dict(values)
-    row.update(run_id=rid, status=status, error=None,
-               diverged_at_step=math.nan if diverged_at is None else float(diverged_at),
-               final_train_loss=math.nan, final_test_loss=math.nan, final_test_acc=math.nan,
-               first_train_loss=first_loss, steps_done=(diverged_at if diverged_at is not None else steps),
-               lr_applied=opt.lr, chance_loss=math.log(ds.num_classes),
-               sphere_radius=radius0)
-    if status == "done":
-        k = values["final_k"]
-        row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
-        model.eval()
-        row["final_test_loss"], acc = evaluate(model, ds, values["eval_examples"], values["batch_size"])
-        row["final_test_acc"] = acc
-        if curve:
-            curve[-1]["test_loss"] = row["final_test_loss"]
-    sha, dirty = git_state()
-    row.update(wall_seconds=time.perf_counter() - start, started_at=started,
-               lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
-               torch_version=torch.__version__, python_version=platform.python_version(),
-               torch_threads=torch.get_num_threads(), device=_device_name(device), host=platform.node())
-    curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
-    curves.insert(0, "run_id", rid)
-    return RunResult(row=row, curves=curves, diagnostics=diagnostics.table() if diagnostics is not None else None)
+
+def compiled_loss(model):
+    """``_loss`` through ``torch.compile``: the forward and the backward AOTAutograd derives
+    from it. The update stays eager: its divergence check reads the host every step.
+
+    Dynamo keeps its compiled graphs per code object and guards them on the model object, so
+    a process that trains many runs would pile up recompiles and then fall back to eager
+    silently; each compiled run starts from a clean cache and compiles its own step instead
+    (inductor's on-disk cache makes the later compiles of a shape cheaper).
+    """
+    torch._dynamo.reset()
+    return torch.compile(_loss, dynamic=False)
 
 
 def _radius(model) -> float:

@@ -58,11 +58,18 @@ def all_parquet_readable(root: Path) -> int:
     return len(files)
 
 
-@pytest.mark.parametrize("backend", ["journal", "postgresql"])
-def test_four_workers_run_every_cell_exactly_once(tmp_path, backend):
+def _batching(grid: dict, mode: str) -> dict:
+    g = json.loads(json.dumps(grid))
+    g["train"]["batch_cells"] = mode
+    return g
+
+
+@pytest.mark.parametrize("backend,batch", [("journal", "off"), ("journal", "on"), ("postgresql", "on")])
+def test_four_workers_run_every_cell_exactly_once(tmp_path, backend, batch):
+    """Exactly once, whether workers claim cells one at a time or in bundles they train together."""
     storage = postgres_url() if backend == "postgresql" else None
     name = f"grid-{uuid.uuid4().hex[:8]}"
-    exp = experiment_from_dict(GRID, name)
+    exp = experiment_from_dict(_batching(GRID, batch), name)
     assert len(exp.cells()) == 24
     queue, store, n = prepare(exp, tmp_path, storage=storage, device="cpu")
     assert n == 24
@@ -76,6 +83,7 @@ def test_four_workers_run_every_cell_exactly_once(tmp_path, backend):
     runs = store.load_runs()
     assert len(runs) == 24 and set(runs["run_id"]) == ids
     assert set(runs["status"]) <= {"done", "diverged"}
+    assert (runs["bundle_size"] > 1).any() == (batch == "on")
     complete = [t for t in queue.trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 24 and len({t.user_attrs["run_id"] for t in complete}) == 24
     assert len({json.loads(l)["pid"] for l in (tmp_path / "events.jsonl").read_text().splitlines()}) > 1
@@ -102,15 +110,20 @@ def _slow_grid(steps=150):
     return g
 
 
-def test_worker_killed_mid_run_is_rerun_and_nothing_is_lost(tmp_path):
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_worker_killed_mid_run_is_rerun_and_nothing_is_lost(tmp_path, batch):
+    """kill -9 mid-run; with bundles, mid-bundle: every cell it had not reported runs again."""
     name = f"kill-{uuid.uuid4().hex[:8]}"
-    exp = experiment_from_dict(_slow_grid(), name)
+    g = _batching(_slow_grid(), batch)
+    g["grid"]["width"] = [8, 12]   # two shapes: with bundles, one finishes before the other starts
+    exp = experiment_from_dict(g, name)
     ids = {c.run_id for c in exp.cells()}
     prepare(exp, tmp_path, device="cpu")
     p = worker(name, tmp_path)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until a cell has finished and the next one has started
-        if events(tmp_path, "finish") and len(events(tmp_path, "start")) > len(events(tmp_path, "finish")):
+    in_hand = 4 if batch == "on" else 1   # a bundle holds the 4 LRs of one width
+    while time.time() < deadline:  # wait until a cell (bundle) has finished and the next one has started
+        if events(tmp_path, "finish") and len(events(tmp_path, "start")) - len(events(tmp_path, "finish")) == in_hand:
             break
         time.sleep(0.05)
     finished_before = set(events(tmp_path, "finish"))
@@ -127,6 +140,7 @@ def test_worker_killed_mid_run_is_rerun_and_nothing_is_lost(tmp_path):
     assert all(starts[k] == 1 for k in ids - killed)   # nothing else ran twice
     assert all(finishes[k] == 1 for k in ids)          # no completed run lost or duplicated
     assert all_parquet_readable(tmp_path) == 2 * len(ids)
+    assert len(killed) == in_hand   # with bundles, every cell of the one in hand ran again
 
 
 def test_sweep_killed_at_random_moments_resumes_exactly(tmp_path):
@@ -169,7 +183,7 @@ def test_passwords_are_redacted():
 
 def test_a_run_that_raises_is_recorded_failed_retried_and_rerun_later(tmp_path, monkeypatch):
     from lrtransfer.sweep import run_sweep, worker as worker_module
-    g = _slow_grid(steps=5)
+    g = _batching(_slow_grid(steps=5), "off")
     exp = experiment_from_dict(g, f"fail-{uuid.uuid4().hex[:8]}")
     bad = exp.cells()[1].run_id
     real = worker_module.execute
@@ -205,3 +219,20 @@ def test_one_study_cannot_feed_two_results_directories(tmp_path):
     assert not (tmp_path / "b" / "experiment.json").exists()  # nothing recorded for the refused sweep
     prepare(experiment_from_dict(GRID, name="other_name"), tmp_path / "b", storage=shared)
     assert (tmp_path / "b" / "experiment.json").exists()
+
+
+def test_a_bundle_that_raises_trains_its_cells_alone(tmp_path, monkeypatch):
+    """Batched training failing is no lost cell: each cell then trains alone and is recorded."""
+    from lrtransfer.sweep import run_sweep, worker as worker_module
+
+    def broken(cells, *args, **kwargs):
+        raise RuntimeError("batched kernel missing (simulated)")
+
+    monkeypatch.setattr(worker_module, "execute_bundle", broken)
+    exp = experiment_from_dict(_batching(_slow_grid(steps=5), "on"), f"bfail-{uuid.uuid4().hex[:8]}")
+    runs = run_sweep(exp, tmp_path, device="cpu", jobs=1, progress=False).runs
+    assert len(runs) == 4 and (runs["status"] == "done").all() and (runs["bundle_size"] == 1).all()
+    lines = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in lines if e["event"] == "bundle-failed"]
+    assert len(failed) == 1 and len(failed[0]["trials"]) == 4 and "simulated" in failed[0]["error"]
+    assert max(events(tmp_path, "start").values()) == 1

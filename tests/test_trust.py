@@ -103,6 +103,10 @@ def test_run_id_hashes_threads_data_and_code(tmp_path, monkeypatch):
     moved.write_bytes(text.read_bytes())
     elsewhere = experiment_from_dict({**raw, "data": {**raw["data"], "path": str(moved)}}, "t").cells()[0]
     assert elsewhere.run_id == base.run_id
+    # how it executes is not part of the id either: batched or alone, compiled or eager
+    for how in ({"batch_cells": "off"}, {"batch_cells": "on"}, {"compile": True}):
+        raw_how = {**raw, "train": {**raw.get("train", {}), **how}}
+        assert experiment_from_dict(raw_how, "t").cells()[0].run_id == base.run_id
     text.write_text("a different corpus entirely, with other characters! " * 40)
     changed = experiment_from_dict(raw, "t").cells()[0]
     assert changed.run_id != base.run_id and changed.values["data_fingerprint"] != base.values["data_fingerprint"]
@@ -114,7 +118,8 @@ def test_run_id_hashes_threads_data_and_code(tmp_path, monkeypatch):
 
 def test_code_fingerprint_covers_the_training_code_only():
     from lrtransfer import provenance
-    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "train.py", "spec.py", "diagnostics.py")
+    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "train.py", "batched.py", "spec.py",
+                                           "diagnostics.py")
     assert all((provenance.PACKAGE_DIR / s).exists() for s in provenance.TRAINING_SOURCES)
 
 
@@ -262,7 +267,7 @@ def test_failed_runs_exit_1_and_each_distinct_error_prints_once(tmp_path, monkey
     monkeypatch.setattr(worker_module, "execute", failing)
     exp = write(tmp_path)
     res = tmp_path / "res"
-    r = invoke("sweep", exp, "--results", res, "--jobs", "1", "--retries", "0", "--quiet")
+    r = invoke("sweep", exp, "--results", res, "--jobs", "1", "--retries", "0", "--quiet", "--set", "batch_cells=off")
     assert r.exit_code == 1
     assert "4 runs failed" in r.output
     assert r.output.count("CUDA out of memory [simulated]") == 1  # brackets printed literally

@@ -9,11 +9,15 @@ Liveness: a running worker writes a heartbeat (a trial system attribute) every f
 seconds. A RUNNING trial whose worker is gone — its process is dead on this host, or its
 heartbeat is older than the grace period — is marked FAIL ("lost") and its cell enqueued
 again. A run that raises is marked FAIL with its error and re-enqueued up to ``retries``
-times. Storage: a journal file under the results directory by default (no server), or any
+times. Cells that train together (``lrtransfer.batched``) are grouped into bundles when
+they are enqueued; a worker claims a bundle's cells one by one as above, so every cell still
+runs exactly once, and a dead worker's unreported cells are all declared lost. Storage: a journal file
+under the results directory by default (no server), or any
 SQLAlchemy URL optuna supports (``postgresql://user:pass@host/db``) for many machines.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -135,53 +139,104 @@ class Queue:
         return out
 
     # -- filling ----------------------------------------------------------------------------
-    def enqueue(self, cells: list, finished: set[str], retries: int = 2, rerun: bool = False) -> int:
-        """Enqueue every cell that is neither finished (unless ``rerun``) nor already waiting or running."""
+    def enqueue(self, cells: list, finished: set[str], retries: int = 2, rerun: bool = False,
+                bundles=None) -> int:
+        """Enqueue every cell that is neither finished (unless ``rerun``) nor already waiting or
+        running. ``bundles(values list) -> list of index lists`` groups the new cells into the
+        bundles that train together (``batched.plan_bundles``); without it each trains alone."""
         active = {t.user_attrs.get("run_id") for t in self.trials(states=(TrialState.WAITING, TrialState.RUNNING))}
-        n = 0
+        todo, seen = [], set()
         for cell in cells:
             rid = cell.run_id
-            if (rid in finished and not rerun) or rid in active:
+            if (rid in finished and not rerun) or rid in active or rid in seen:
                 continue
-            self.push(rid, cell.values, attempt=0, retries=retries, rerun=rerun)
-            active.add(rid)
-            n += 1
-        return n
+            todo.append(cell)
+            seen.add(rid)
+        membership: dict[str, tuple[str, bool]] = {}
+        for group in (bundles([c.values for c in todo]) if bundles and todo else []):
+            if len(group) > 1:
+                ids = [todo[k].run_id for k in group]
+                name = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
+                membership.update({rid: (name, n == 0) for n, rid in enumerate(ids)})
+        for cell in todo:
+            bundle, lead = membership.get(cell.run_id, (None, False))
+            self.push(cell.run_id, cell.values, attempt=0, retries=retries, rerun=rerun, bundle=bundle, lead=lead)
+        return len(todo)
 
-    def push(self, rid: str, values: dict, attempt: int, retries: int, rerun: bool = False) -> None:
-        """Enqueue one cell; ``rerun``: run it even if a finished result is recorded."""
-        self.study.enqueue_trial({}, user_attrs={"run_id": rid, "series": values["series"],
-                                                 "config": json.dumps(values, sort_keys=True),
-                                                 "attempt": attempt, "retries": retries, "rerun": rerun})
+    def push(self, rid: str, values: dict, attempt: int, retries: int, rerun: bool = False,
+             bundle: str | None = None, lead: bool = False) -> None:
+        """Enqueue one cell; ``rerun``: run it even if a finished result is recorded.
+        ``bundle``: the cells that train together, fixed when they are enqueued (so a cell's
+        batch-mates, and with them its numbers, do not depend on which worker claims what);
+        ``lead``: the cell whose claim takes the bundle."""
+        attrs = {"run_id": rid, "series": values["series"], "config": json.dumps(values, sort_keys=True),
+                 "attempt": attempt, "retries": retries, "rerun": rerun}
+        if bundle is not None:
+            attrs.update(bundle=bundle, lead=bool(lead))
+        self.study.enqueue_trial({}, user_attrs=attrs)
+
+    def _push_again(self, trial, attempt: int) -> None:
+        a = trial.user_attrs
+        self.push(a["run_id"], json.loads(a["config"]), attempt, a.get("retries", 2), a.get("rerun", False),
+                  bundle=a.get("bundle"), lead=a.get("lead", False))
 
     def release(self, trial, why: str = "interrupted") -> bool:
         """Give a claimed cell back: end its trial (FAIL, ``failure=why``) and enqueue the cell
-        again with the same attempt count, so it waits for the next worker."""
+        again with the same attempt count (and bundle), so it waits for the next worker."""
         try:
             self.storage.set_trial_user_attr(trial._trial_id, "failure", why)
             if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 return False
         except UpdateFinishedTrialError:
             return False
-        self.push(trial.user_attrs["run_id"], json.loads(trial.user_attrs["config"]),
-                  trial.user_attrs.get("attempt", 0), trial.user_attrs.get("retries", 2),
-                  trial.user_attrs.get("rerun", False))
+        self._push_again(trial, trial.user_attrs.get("attempt", 0))
         return True
 
     # -- claiming and reporting -------------------------------------------------------------
     def claim(self):
-        """Atomically take one WAITING cell; returns its FrozenTrial, or None if none wait."""
-        for t in self.trials(states=(TrialState.WAITING,)):
-            try:
-                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    continue  # another worker took it first
-            except UpdateFinishedTrialError:
+        """Atomically take one WAITING cell; returns its FrozenTrial, or None if none wait.
+
+        A cell of a bundle is taken through its bundle's lead (``claim_bundle`` then takes the
+        rest); it is taken on its own only when no cell of its bundle is running and its lead
+        is not waiting (say it is retried after an error), so two workers never split a bundle."""
+        waiting = self.trials(states=(TrialState.WAITING,))
+        busy = {t.user_attrs.get("bundle") for t in self.trials(states=(TrialState.RUNNING,))}
+        busy |= {t.user_attrs.get("bundle") for t in waiting if t.user_attrs.get("lead")}
+        for t in waiting:
+            bundle = t.user_attrs.get("bundle")
+            if bundle is not None and not t.user_attrs.get("lead") and bundle in busy:
                 continue
-            self.storage.set_trial_system_attr(t._trial_id, "lrtransfer_owner",
-                                               {"host": platform.node(), "pid": os.getpid()})
-            self.beat(t._trial_id)
-            return self.storage.get_trial(t._trial_id)
+            taken = self._take(t)
+            if taken is not None:
+                return taken
         return None
+
+    def claim_bundle(self, trial) -> list:
+        """Atomically take the other WAITING cells of ``trial``'s bundle, each as ``claim``
+        takes one. Each stays a RUNNING trial of its own with this worker as owner: a worker
+        killed mid-bundle has every cell it had not reported declared lost by ``reap``, and
+        they come back as the same bundle."""
+        bundle = trial.user_attrs.get("bundle")
+        if bundle is None:
+            return []
+        taken = []
+        for t in self.trials(states=(TrialState.WAITING,)):
+            if t.user_attrs.get("bundle") == bundle:
+                got = self._take(t)
+                if got is not None:
+                    taken.append(got)
+        return taken
+
+    def _take(self, t):
+        try:
+            if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return None  # another worker took it first
+        except UpdateFinishedTrialError:
+            return None
+        self.storage.set_trial_system_attr(t._trial_id, "lrtransfer_owner",
+                                           {"host": platform.node(), "pid": os.getpid()})
+        self.beat(t._trial_id)
+        return self.storage.get_trial(t._trial_id)
 
     def beat(self, trial_id: int) -> None:
         self.storage.set_trial_system_attr(trial_id, "lrtransfer_heartbeat", time.time())
@@ -202,7 +257,7 @@ class Queue:
             return False
         attempt, retries = trial.user_attrs.get("attempt", 0), trial.user_attrs.get("retries", 2)
         if attempt < retries:
-            self.push(trial.user_attrs["run_id"], json.loads(trial.user_attrs["config"]), attempt + 1, retries)
+            self._push_again(trial, attempt + 1)
         return True
 
     def reap(self, grace: float = GRACE_SECONDS) -> list[str]:
@@ -223,19 +278,21 @@ class Queue:
 
 
 class Heartbeat:
-    """A background thread that keeps a claimed trial's heartbeat fresh while it runs."""
+    """A background thread that keeps claimed trials' heartbeats fresh while they run."""
 
-    def __init__(self, queue: Queue, trial_id: int, every: float = HEARTBEAT_SECONDS):
-        self.queue, self.trial_id, self.every = queue, trial_id, every
+    def __init__(self, queue: Queue, trial_ids, every: float = HEARTBEAT_SECONDS):
+        self.queue, self.every = queue, every
+        self.trial_ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(self.every):
-            try:
-                self.queue.beat(self.trial_id)
-            except Exception:  # a missed beat is survivable; the grace period covers it
-                pass
+            for trial_id in self.trial_ids:
+                try:
+                    self.queue.beat(trial_id)
+                except Exception:  # a missed beat (or a cell already reported) is survivable
+                    pass
 
     def __enter__(self):
         self._thread.start()

@@ -28,6 +28,7 @@ from ..store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
+from ..batched import plan_bundles
 from ..train import dataset_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
@@ -180,7 +181,8 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
     if stale and on_notice:
         on_notice(f"moved {stale} runs made with other training code or data to {root / 'stale'}; their cells run again")
     queue.reap(grace)
-    n = queue.enqueue(cells, store.finished_ids(), retries=retries, rerun=rerun)
+    n = queue.enqueue(cells, store.finished_ids(), retries=retries, rerun=rerun,
+                      bundles=lambda todo: plan_bundles(todo, resolve_device(device)))
     return queue, store, n
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from ..provenance import run_id
 from ..store import FINISHED, ResultStore
+from ..batched import execute_bundle
 from ..train import execute, resolve_device
 from .queue import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Queue
 
@@ -54,10 +55,13 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
          on_start=None, on_step=None, on_finish=None, merge: bool = False) -> int:
     """Run cells until the queue has none waiting; return how many this worker ran.
 
+    A claimed cell of a bundle (cells grouped to train together when they were enqueued,
+    ``batched.plan_bundles``) takes the bundle's other waiting cells with it; a bundle counts
+    whole towards ``max_runs``.
     ``parent_pid``: stop between cells once that process is gone (workers of a killed sweep).
     ``merge``: when this worker finds the queue drained, write the merged tables
     (runs.parquet, curves.parquet), so a study run by workers alone ends with them.
-    On KeyboardInterrupt the cell in hand goes back to the queue (waiting) before it propagates.
+    On KeyboardInterrupt the cells in hand go back to the queue (waiting) before it propagates.
     """
     resolve_device(device)  # a bad --device fails here, before a cell is claimed and recorded failed
     ran = 0
@@ -69,37 +73,75 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
         trial = queue.claim()
         if trial is None:
             break
-        values = json.loads(trial.user_attrs["config"])
-        rid = trial.user_attrs["run_id"]
-        known = None if trial.user_attrs.get("rerun") else store.row(rid)
-        if known is not None and known.get("status") in FINISHED:  # enqueued twice: report, don't rerun
-            queue.finish(trial, objective(known), run_status=known["status"])
+        trials = [t for t in [trial] + queue.claim_bundle(trial) if not _known(queue, store, t)]
+        if not trials:
             continue
-        if on_start:
-            on_start(trial, values)
-        log_event(store.root, event="start", run_id=rid, trial=trial.number)
-        try:
-            with Heartbeat(queue, trial._trial_id, heartbeat):
-                result = execute(values, device, on_step=on_step)
-        except KeyboardInterrupt:
-            queue.release(trial, "interrupted")
-            log_event(store.root, event="interrupted", run_id=rid, trial=trial.number)
-            raise
-        except Exception as e:  # the run raised: record it, retry within the budget
-            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-            store.write(failed_row(values, error), pd.DataFrame(columns=["run_id", "step", "train_loss", "test_loss", "lr"]))
-            queue.fail(trial, error)
-            log_event(store.root, event="fail", run_id=rid, trial=trial.number, error=f"{type(e).__name__}: {e}")
-            if on_finish:
-                on_finish(trial, {"status": "failed", "error": str(e), "run_id": rid})
-        else:
-            store.write(result.row, result.curves, result.diagnostics)
-            queue.finish(trial, objective(result.row), run_status=result.row["status"],
-                         wall_seconds=result.row["wall_seconds"])
-            log_event(store.root, event="finish", run_id=rid, trial=trial.number, status=result.row["status"])
-            if on_finish:
-                on_finish(trial, result.row)
-        ran += 1
+        ran += _run(queue, store, trials, device, heartbeat, on_start, on_step, on_finish)
     if merge and drained(queue):
         store.consolidate()
     return ran
+
+
+def _known(queue: Queue, store: ResultStore, trial) -> bool:
+    """A cell enqueued twice whose result is recorded: report it without running it again."""
+    known = None if trial.user_attrs.get("rerun") else store.row(trial.user_attrs["run_id"])
+    if known is not None and known.get("status") in FINISHED:
+        queue.finish(trial, objective(known), run_status=known["status"])
+        return True
+    return False
+
+
+def _run(queue: Queue, store: ResultStore, trials: list, device, heartbeat, on_start, on_step, on_finish) -> int:
+    """Train the claimed ``trials`` (together when there are several) and report each."""
+    cells = [json.loads(t.user_attrs["config"]) for t in trials]
+    reported: set[int] = set()
+    for trial, values in zip(trials, cells):
+        if on_start:
+            on_start(trial, values)
+        log_event(store.root, event="start", run_id=trial.user_attrs["run_id"], trial=trial.number,
+                  bundle=len(trials))
+    try:
+        with Heartbeat(queue, [t._trial_id for t in trials], heartbeat):
+            results = None
+            if len(trials) > 1:
+                try:
+                    results = execute_bundle(cells, device, on_step=on_step)
+                except Exception as e:  # each cell runs alone instead, so an error is its own
+                    log_event(store.root, event="bundle-failed", trials=[t.number for t in trials],
+                              error=f"{type(e).__name__}: {e}")
+            for i, (trial, values) in enumerate(zip(trials, cells)):
+                if results is not None:
+                    _report(queue, store, trial, values, results[i], None, on_finish)
+                else:
+                    try:
+                        result, error = execute(values, device, on_step=on_step), None
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as e:  # the run raised: record it, retry within the budget
+                        result, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+                    _report(queue, store, trial, values, result, error, on_finish)
+                reported.add(trial._trial_id)
+    except KeyboardInterrupt:
+        for trial in trials:
+            if trial._trial_id not in reported:
+                queue.release(trial, "interrupted")
+                log_event(store.root, event="interrupted", run_id=trial.user_attrs["run_id"], trial=trial.number)
+        raise
+    return len(trials)
+
+
+def _report(queue: Queue, store: ResultStore, trial, values: dict, result, error: str | None, on_finish) -> None:
+    rid = trial.user_attrs["run_id"]
+    if error is not None:
+        store.write(failed_row(values, error), pd.DataFrame(columns=["run_id", "step", "train_loss", "test_loss", "lr"]))
+        queue.fail(trial, error)
+        log_event(store.root, event="fail", run_id=rid, trial=trial.number, error=error.splitlines()[0])
+        if on_finish:
+            on_finish(trial, {"status": "failed", "error": error.splitlines()[0], "run_id": rid})
+        return
+    store.write(result.row, result.curves, result.diagnostics)
+    queue.finish(trial, objective(result.row), run_status=result.row["status"],
+                 wall_seconds=result.row["wall_seconds"])
+    log_event(store.root, event="finish", run_id=rid, trial=trial.number, status=result.row["status"])
+    if on_finish:
+        on_finish(trial, result.row)

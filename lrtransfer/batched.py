@@ -1,0 +1,265 @@
+"""Cells trained together: one forward and backward for a bundle of same-shaped runs.
+
+On a CPU most of a small model's step is per-op overhead, not arithmetic. Cells of one
+experiment that differ only in ``lr``, ``seed`` and ``weight_decay`` (``BUNDLE_FREE``) run the
+same ops on the same shapes, so ``execute_bundle`` stacks their weights along a leading cell
+axis and runs the model once, vmapped over it (``torch.func``): each op of the step is one
+call for the whole bundle.
+
+What stays per cell, exactly as ``train.execute`` does it alone (``train.Training``): the
+initialisation from its own seed, its own batches (its own generator), its LR and schedule,
+its divergence checks, diagnostics, logging and evaluation. The update is one stacked call
+for plain elementwise rules (``optim.stacked``), else each cell's own optimizer on its slice
+(normalized, dualized, Muon, the sphere). A cell that diverges stops and is dropped from the
+stack; the rest go on. The losses agree with training each cell alone to float rounding
+(batched matrix products sum in another order; tests/test_batched.py holds them to 1e-5).
+
+Whether batching pays depends on the shape: it wins where overhead dominates (narrow nets)
+and loses where the arithmetic does. ``batch_cells = "auto"`` asks ``batching_pays``, which
+times a few steps both ways once per shape and process.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from .optim import Diverged
+from .optim.stacked import StackedPlain, stackable
+from .train import RunResult, Training, _loss, resolve_device
+
+# Keys in which the cells of one bundle may differ; every other key is the bundle's shape.
+BUNDLE_FREE = ("lr", "seed", "weight_decay", "elr", "series", "run_id", "code_fingerprint")
+MAX_BUNDLE = 12          # cells per bundle: bigger bundles gain little and balance workers worse
+PROBE_STEPS = 6          # timed steps per way in the auto probe (after 2 warm steps)
+PROBE_CELLS = 6          # bundle size the probe times
+PAYS_BELOW = 0.85        # batched per-cell step time / alone, below which batching is used
+
+
+def bundle_key(values: dict) -> str:
+    """What cells must share to train together (their shape): the values but ``BUNDLE_FREE``."""
+    import json
+    return json.dumps({k: v for k, v in values.items() if k not in BUNDLE_FREE}, sort_keys=True, default=str)
+
+
+def bundle_size(waiting: int, limit: int = MAX_BUNDLE) -> int:
+    """Cells per bundle for ``waiting`` same-shaped cells: as even as the limit allows."""
+    if waiting <= 0:
+        return 0
+    bundles = math.ceil(waiting / limit)
+    return math.ceil(waiting / bundles)
+
+
+class _Stack:
+    """The bundle's weights: one (cells, …) tensor per atom; each cell's atoms point into it."""
+
+    def __init__(self, runs: list[Training]):
+        self.runs = runs
+        atoms = runs[0].model.atoms()
+        names = {id(p): n for n, p in runs[0].model.named_parameters()}
+        weights = [a.weight for a in atoms]
+        if len(names) != len(weights) or any(id(w) not in names for w in weights):
+            raise ValueError("batched: the model has parameters that are not atom weights")
+        self.names = [names[id(w)] for w in weights]
+        self.params = [torch.stack([r.model.atoms()[j].weight.detach() for r in runs]).requires_grad_()
+                       for j in range(len(weights))]
+        self._point()
+
+    def _point(self) -> None:
+        # each cell's own model reads and writes its slice: its optimizer, diagnostics and
+        # evaluation work on the stacked weights unchanged
+        for i, run in enumerate(self.runs):
+            for atom, p in zip(run.model.atoms(), self.params):
+                atom.weight.data = p.data[i]
+
+    def keep(self, index: list[int]) -> None:
+        rows = torch.tensor(index, device=self.params[0].device)
+        self.runs = [self.runs[i] for i in index]
+        self.params = [p.detach().index_select(0, rows).requires_grad_() for p in self.params]
+        self._point()
+
+
+def _losses(model, names):
+    """(stacked weights, xs, ys) -> the (cells,) losses, one forward for all cells."""
+    def one(weights, x, y):
+        return _loss(_Bound(model, dict(zip(names, weights))), x, y)
+    return vmap(one, in_dims=(0, 0, 0))
+
+
+class _Bound:
+    """``model`` called with ``weights`` in place of its own (what ``_loss`` needs of it)."""
+
+    def __init__(self, model, weights):
+        self.model, self.weights = model, weights
+
+    def __call__(self, x):
+        return functional_call(self.model, self.weights, (x,))
+
+
+def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_step=None) -> list[RunResult]:
+    """Train ``cells`` (same ``bundle_key``) together; one ``RunResult`` per cell, in order."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if len({bundle_key(v) for v in cells}) != 1:
+        raise ValueError("execute_bundle: the cells differ in more than " + ", ".join(BUNDLE_FREE))
+    if len(cells) == 1:   # nothing to share: the solo loop, bit for bit
+        from .train import execute
+        return [execute(cells[0], device, on_step=on_step)]
+    runs = [Training(v, device) for v in cells]
+    started = time.perf_counter()
+    stack = _Stack(runs)
+    fused = StackedPlain([r.opt for r in runs], stack.params) if all(stackable(r.opt) for r in runs) else None
+    losses_of = _losses(runs[0].model, stack.names)
+    steps = runs[0].steps
+    for step in range(steps):
+        live = stack.runs
+        xs, ys = _batches(live)
+        losses = losses_of(stack.params, xs, ys)
+        values = losses.tolist()   # one host sync per step for the whole bundle
+        dropped = [i for i, (run, v) in enumerate(zip(live, values)) if run.loss_diverged(v, step)]
+        lrs = [run.opt.current_lr() for run in live]
+        for p in stack.params:
+            p.grad = None
+        losses.sum().backward()   # cells share no weights: each slice gets its own cell's gradient
+        logging = live[0].logs(step)
+        for i, run in enumerate(live):
+            if logging and run.diagnostics is not None and i not in dropped:
+                run.diagnostics.before_step()
+        if fused is not None:
+            finite = fused.step([p.grad for p in stack.params]).tolist()
+            for i, ok in enumerate(finite):
+                if not ok and i not in dropped:
+                    live[i].diverge(step)
+                    dropped.append(i)
+        else:
+            for i, run in enumerate(live):
+                if i in dropped:
+                    continue
+                for atom, p in zip(run.model.atoms(), stack.params):
+                    atom.weight.grad = p.grad[i]
+                try:
+                    run.opt.step()
+                except Diverged:
+                    run.diverge(step)
+                    dropped.append(i)
+        for i, run in enumerate(live):
+            if i not in dropped:
+                run.stepped(step, values[i], lrs[i])
+        if dropped:
+            keep = [i for i in range(len(live)) if i not in dropped]
+            stack.keep(keep)
+            if fused is not None:
+                fused.keep(keep, stack.params)
+            if not stack.runs:
+                break
+        if on_step is not None:
+            on_step(step + 1, steps)
+    finished = [run for run in stack.runs if run.status == "done"]
+    evaluations = {}
+    if finished:
+        stack.keep([stack.runs.index(run) for run in finished])
+        evaluations = dict(zip(map(id, finished), _evaluate(stack, runs[0])))
+    wall = time.perf_counter() - started
+    results = [run.result(evaluations.get(id(run)), bundle_size=len(runs), compiled=False) for run in runs]
+    for r in results:   # the bundle's time, shared: what one cell cost
+        r.row["bundle_wall_seconds"] = r.row["wall_seconds"]
+        r.row["wall_seconds"] = wall / len(runs)
+    return results
+
+
+@torch.no_grad()
+def _evaluate(stack: _Stack, first: Training) -> list[tuple[float, float]]:
+    """``train.evaluate`` for every cell of the stack at once: (mean test loss, accuracy) each.
+    The cells see the same test batches, so each batch goes through all of them in one call."""
+    values, model = first.values, first.model
+    model.eval()
+    forward = vmap(lambda weights, x: functional_call(model, dict(zip(stack.names, weights)), (x,)),
+                   in_dims=(0, None))
+    cells = len(stack.runs)
+    loss = torch.zeros(cells, dtype=torch.float64)
+    correct = torch.zeros(cells, dtype=torch.int64)
+    total = 0
+    for x, y in first.ds.eval_batches("test", values["batch_size"], max_examples=values["eval_examples"]):
+        out = forward(stack.params, x).float()
+        flat, target = out.reshape(cells, -1, out.shape[-1]), y.reshape(-1)
+        per_example = F.cross_entropy(flat.reshape(-1, flat.shape[-1]), target.repeat(cells), reduction="none")
+        loss += per_example.reshape(cells, -1).sum(1).double().cpu()
+        correct += (flat.argmax(-1) == target).sum(1).cpu()
+        total += target.numel()
+    total = max(total, 1)
+    return [(float(l) / total, int(c) / total) for l, c in zip(loss, correct)]
+
+
+def _batches(runs: list[Training]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's next batch from its own generator, stacked; cells of one seed draw the
+    same batch, so it is drawn once and shared (their generators stay in step)."""
+    drawn: dict[int, tuple] = {}
+    xs, ys = [], []
+    for run in runs:
+        seed = run.values["seed"]
+        if seed in drawn:
+            run.batches.set_state(drawn[seed][2])
+            x, y = drawn[seed][:2]
+        else:
+            x, y = run.sample()
+            drawn[seed] = (x, y, run.batches.get_state())
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def plan_bundles(cells: list[dict], device: str | torch.device = "cpu") -> list[list[int]]:
+    """Which of ``cells`` (run values) train together: index lists, one per bundle of two or
+    more. Cells of one ``bundle_key`` are bundled when their ``batch_cells`` is on, or auto and
+    ``batching_pays``, in chunks of ``bundle_size``; the rest train alone. Decided once, when
+    the cells are enqueued, so that every worker trains the same bundles."""
+    groups: dict[str, list[int]] = {}
+    for k, values in enumerate(cells):
+        groups.setdefault(bundle_key(values), []).append(k)
+    bundles = []
+    for index in groups.values():
+        values = cells[index[0]]
+        mode = values.get("batch_cells", "auto")
+        if len(index) < 2 or mode == "off" or (mode == "auto" and not batching_pays(values, device)):
+            continue
+        size = bundle_size(len(index))
+        bundles += [index[i:i + size] for i in range(0, len(index), size)]
+    return bundles
+
+
+_PAYS: dict[str, bool] = {}
+
+
+def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
+    """Whether training cells shaped like ``values`` together beats one after another here:
+    timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps)."""
+    key = bundle_key(values)
+    if key not in _PAYS:
+        alone = _step_seconds([values], device)
+        together = _step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
+        _PAYS[key] = together < PAYS_BELOW * alone
+    return _PAYS[key]
+
+
+def _step_seconds(cells: list[dict], device) -> float:
+    """Seconds per step of ``cells`` trained together (alone for one), warm, the shorter of two.
+    The probe's LRs are scaled down so that no probe cell diverges and stops early."""
+    from .train import execute
+    probe = [{**v, "steps": 2 + PROBE_STEPS, "diagnostics": False, "log_condition": False,
+              "code_fingerprint": None, "lr": v["lr"] * 1e-3, "elr": v.get("elr", 0.0) * 1e-3} for v in cells]
+    times = []
+    for _ in range(2):
+        marks: dict[int, float] = {}
+
+        def on_step(step, steps):
+            marks[step] = time.perf_counter()
+        if len(probe) == 1:
+            execute(probe[0], device, on_step=on_step)
+        else:
+            execute_bundle(probe, device, on_step=on_step)
+        if 2 + PROBE_STEPS not in marks:
+            return math.inf
+        times.append((marks[2 + PROBE_STEPS] - marks[2]) / PROBE_STEPS)
+    return min(times)
