@@ -116,7 +116,8 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     for step in range(steps):
         live = stack.runs
         xs, ys = _batches(live)
-        losses = losses_of(stack.params, xs, ys)
+        with live[0].precision():
+            losses = losses_of(stack.params, xs, ys)
         values = losses.tolist()   # one host sync per step for the whole bundle
         dropped = [i for i, (run, v) in enumerate(zip(live, values)) if run.loss_diverged(v, step)]
         lrs = [run.opt.current_lr() for run in live]
@@ -140,7 +141,8 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
                 for atom, p in zip(run.model.atoms(), stack.params):
                     atom.weight.grad = p.grad[i]
                 try:
-                    run.opt.step()
+                    with run.update_precision():
+                        run.opt.step()
                 except Diverged:
                     run.diverge(step)
                     dropped.append(i)
@@ -182,7 +184,9 @@ def _evaluate(stack: _Stack, first: Training) -> list[tuple[float, float]]:
     correct = torch.zeros(cells, dtype=torch.int64)
     total = 0
     for x, y in first.ds.eval_batches("test", values["batch_size"], max_examples=values["eval_examples"]):
-        out = forward(stack.params, x).float()
+        with first.precision():
+            out = forward(stack.params, x)
+        out = out.float()
         flat, target = out.reshape(cells, -1, out.shape[-1]), y.reshape(-1)
         per_example = F.cross_entropy(flat.reshape(-1, flat.shape[-1]), target.repeat(cells), reduction="none")
         loss += per_example.reshape(cells, -1).sum(1).double().cpu()

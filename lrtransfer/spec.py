@@ -17,7 +17,7 @@ from .models import ARCHS as _ARCH_BUILDERS, PARAMS
 from .modular.newton_schulz import METHODS as NS_METHODS
 from .optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
 
-DTYPES = ("float32", "float64", "bfloat16")
+DTYPES = ("float32", "float64", "bfloat16", "bf16-autocast")
 BATCH_MODES = ("auto", "on", "off")
 ARCHS = tuple(_ARCH_BUILDERS)
 
@@ -87,7 +87,8 @@ KEYS: tuple[Key, ...] = (
         "(the diagnostics table)", "train"),
     Key("log_condition", bool, False, "diagnostics also record each matrix's exact condition number "
         "(an SVD per atom per log)", "train"),
-    Key("dtype", str, "float32", "parameter dtype", "train", choices=DTYPES),
+    Key("dtype", str, "float32", "parameter dtype; bf16-autocast: float32 weights, the forward's matrix "
+        "products (and Newton–Schulz's) in bfloat16 under torch.autocast", "train", choices=DTYPES),
     Key("threads", int, 1, "torch threads per run (part of the run id: float sums depend on it)", "train",
         positive=True),
     # -- how cells execute (not part of the run id: the losses agree to float tolerance, tests/test_batched.py)

@@ -11,6 +11,7 @@ order, so the same cell on 1 and 2 threads gives different losses.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import re
@@ -32,7 +33,17 @@ from .errors import UserError
 from .provenance import code_fingerprint, git_state, run_id
 from .spec import optimizer_options
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# the parameters' dtype per `dtype` key; bf16-autocast keeps float32 weights (see autocast)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "bf16-autocast": torch.float32}
+
+
+def autocast(values: dict, device: torch.device):
+    """The precision context of a run's forward pass: bfloat16 matrix products over float32
+    weights for ``dtype = "bf16-autocast"`` (torch.autocast), else nothing."""
+    if values.get("dtype") == "bf16-autocast":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -121,11 +132,15 @@ def _loss(model, x, y):
 
 
 @torch.no_grad()
-def evaluate(model, ds: Dataset, examples: int, batch_size: int) -> tuple[float, float]:
-    """Mean test loss and accuracy (token accuracy for language) over ``examples`` examples."""
+def evaluate(model, ds: Dataset, examples: int, batch_size: int,
+             precision=contextlib.nullcontext) -> tuple[float, float]:
+    """Mean test loss and accuracy (token accuracy for language) over ``examples`` examples;
+    ``precision``: the forward's context (``autocast``)."""
     total_loss, total_correct, total = 0.0, 0, 0
     for x, y in ds.eval_batches("test", batch_size, max_examples=examples):
-        out = model(x).float()
+        with precision():
+            out = model(x)
+        out = out.float()
         flat, target = out.reshape(-1, out.shape[-1]), y.reshape(-1)
         total_loss += float(F.cross_entropy(flat, target, reduction="sum"))
         total_correct += int((flat.argmax(-1) == target).sum())
@@ -171,6 +186,20 @@ class Training:
     def sample(self):
         return self.ds.sample("train", self.values["batch_size"], self.batches)
 
+    def precision(self):
+        """The forward's precision context (``autocast``)."""
+        return autocast(self.values, self.device)
+
+    def update_precision(self):
+        """The update's: Newton–Schulz (dualize, Muon) runs its products in the forward's
+        precision; normalize's spectral estimates and plain steps stay in float32."""
+        if self.values["update"] == "dualize" or self.values["optimizer"] == "muon":
+            return self.precision()
+        return contextlib.nullcontext()
+
+    def evaluate(self) -> tuple[float, float]:
+        return evaluate(self.model, self.ds, self.values["eval_examples"], self.values["batch_size"], self.precision)
+
     def logs(self, step: int) -> bool:
         """Whether step ``step`` (0-based) ends a logging interval."""
         return (step + 1) % self.values["log_every"] == 0 or step + 1 == self.steps
@@ -200,8 +229,7 @@ class Training:
             eval_every = self.values["eval_every"]
             if eval_every and (step + 1) % eval_every == 0 and step + 1 < self.steps:
                 self.model.eval()
-                point["test_loss"] = evaluate(self.model, self.ds, self.values["eval_examples"],
-                                              self.values["batch_size"])[0]
+                point["test_loss"] = self.evaluate()[0]
                 self.model.train()
             self.curve.append(point)
             self.window = []
@@ -224,7 +252,7 @@ class Training:
             row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
             if evaluation is None:
                 self.model.eval()
-                evaluation = evaluate(self.model, self.ds, values["eval_examples"], values["batch_size"])
+                evaluation = self.evaluate()
             row["final_test_loss"], row["final_test_acc"] = evaluation
             if curve:
                 curve[-1]["test_loss"] = row["final_test_loss"]
@@ -248,7 +276,8 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     loss_of = compiled_loss(model) if values.get("compile") else _loss
     for step in range(run.steps):
         x, y = run.sample()
-        loss = loss_of(model, x, y)
+        with run.precision():
+            loss = loss_of(model, x, y)
         value = loss.item()  # one host sync per step: divergence is checked on every loss
         if run.loss_diverged(value, step):
             break
@@ -258,7 +287,8 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
         if run.logs(step) and diagnostics is not None:
             diagnostics.before_step()
         try:
-            opt.step()
+            with run.update_precision():
+                opt.step()
         except Diverged:
             run.diverge(step)
             break

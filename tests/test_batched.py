@@ -124,3 +124,19 @@ def test_a_compiled_step_matches_the_eager_one(tmp_path):
     assert compiled.run_id == eager.run_id   # how a run executes is not what it computes
     _same(eager, compiled)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("update", ["plain", "dualize"])
+def test_bf16_autocast_trains_near_float32_and_batches(tmp_path, update):
+    """dtype = "bf16-autocast": float32 weights, bfloat16 products (the GPU path, run on the CPU
+    here): the losses stay within bfloat16's precision of float32's, batched or alone."""
+    cells = _cells(tmp_path, "mlp", LRS[update][:1], **UPDATES[update])
+    fp32 = execute(cells[0], "cpu")
+    mixed = [{**v, "dtype": "bf16-autocast"} for v in cells]
+    alone = execute(mixed[0], "cpu")
+    assert alone.row["dtype"] == "bf16-autocast" and alone.run_id != fp32.run_id
+    a, b = fp32.curves["train_loss"].to_numpy(float), alone.curves["train_loss"].to_numpy(float)
+    assert not np.array_equal(a, b)                     # the products did run in bfloat16
+    np.testing.assert_allclose(b, a, rtol=2e-2)         # bfloat16 keeps 8 bits of mantissa
+    together = execute_bundle(mixed, "cpu")[0]
+    np.testing.assert_allclose(together.curves["train_loss"].to_numpy(float), b, rtol=2e-2)

@@ -17,6 +17,9 @@ cores (jobs × threads > cores) share them, and workers that fill every core are
 the wall time of --jobs 1 on 2 cores, i.e. 1.12× per run). Worker processes pay their start-up
 (``WORKER_START_SECONDS``, an import of torch) once. A diverging run stops early, so a grid
 with many diverging cells finishes sooner than estimated.
+
+Cells the sweep trains together (``lrtransfer.batched``) are estimated as it trains them: the
+bundles ``plan_bundles`` makes, each timed as a bundle of its size and handed to one worker.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..store import ResultStore
+from ..batched import execute_bundle, plan_bundles
 from ..train import execute
 
 # Keys that change a run's numbers but not the work of a step: cells differing only in these
@@ -54,10 +58,16 @@ def shape_key(values: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in values.items() if k not in COST_FREE))
 
 
-def _timed(values: dict, steps: int, device) -> tuple[float, object]:
+def _timed(values: dict, steps: int, device, cells: int = 1) -> tuple[float, object]:
+    """Seconds to train ``cells`` cells shaped like ``values`` (a bundle when more than one,
+    seeds 0, 1, … so each draws its own batches) for ``steps`` steps; and one cell's result."""
     t0 = time.perf_counter()
+    short = {**values, "steps": steps, "code_fingerprint": None}
     try:
-        result = execute({**values, "steps": steps, "code_fingerprint": None}, device)
+        if cells == 1:
+            result = execute(short, device)
+        else:
+            result = execute_bundle([{**short, "seed": s} for s in range(cells)], device)[0]
     except UserError:
         raise
     except Exception as e:  # a model that cannot be built or run: say which cell, not a traceback
@@ -66,8 +76,9 @@ def _timed(values: dict, steps: int, device) -> tuple[float, object]:
     return time.perf_counter() - t0, result
 
 
-def measure(values: dict, device, short: int | None = None) -> RunCost:
-    """The cost of a run shaped like ``values``, from warm short runs (see the module doc).
+def measure(values: dict, device, short: int | None = None, cells: int = 1) -> RunCost:
+    """The cost of a run shaped like ``values`` (of a bundle of ``cells`` such runs trained
+    together), from warm short runs (see the module doc).
 
     n₁ is one logging interval (so the diagnostics and the curve are paid as in the real run)
     and n₂ four, both capped by the run's own length; the shorter of two timings of each
@@ -76,9 +87,9 @@ def measure(values: dict, device, short: int | None = None) -> RunCost:
     log_every = values["log_every"]
     n1 = short or min(values["steps"], log_every)
     n2 = max(n1 + 1, min(values["steps"], 4 * n1))
-    _timed(values, 2, device)   # warm: data loaded and cached, allocator and kernels warm
-    t1 = min(_timed(values, n1, device)[0] for _ in range(2))
-    timings = [_timed(values, n2, device) for _ in range(2)]
+    _timed(values, 2, device, cells)   # warm: data loaded and cached, allocator and kernels warm
+    t1 = min(_timed(values, n1, device, cells)[0] for _ in range(2))
+    timings = [_timed(values, n2, device, cells) for _ in range(2)]
     t2, result = min(timings, key=lambda t: t[0])
     per_step = max(t2 - t1, 0.0) / (n2 - n1)
     fixed = max(t1 - per_step * n1, 0.0)
@@ -86,7 +97,7 @@ def measure(values: dict, device, short: int | None = None) -> RunCost:
         store = ResultStore(tmp)
         t0 = time.perf_counter()
         store.write(result.row, result.curves, result.diagnostics)
-        record = time.perf_counter() - t0 + QUEUE_SECONDS
+        record = (time.perf_counter() - t0 + QUEUE_SECONDS) * cells
     return RunCost(fixed=fixed, per_step=per_step, record=record)
 
 
@@ -114,13 +125,31 @@ def wall_seconds(durations: list[float], jobs: int, threads: int, cores: int) ->
 def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, float, int]:
     """(wall seconds with ``jobs`` workers, compute seconds, shapes measured) for ``cells`` (run values).
 
-    Each shape is measured on its cell with the smallest LR: a cell that diverges would stop
-    early and make its shape look cheap."""
-    shapes: dict = {}
+    The cells are grouped into the bundles the sweep would train together
+    (``batched.plan_bundles``, the same decision); a bundle is one job for one worker and is
+    measured at its own size. Each shape is measured on its cell with the smallest LR: a cell
+    that diverges would stop early and make its shape look cheap."""
+    jobs_of = [[k] for k in range(len(cells))]
+    bundled = plan_bundles(cells, device)
+    if bundled:
+        inside = {k for b in bundled for k in b}
+        jobs_of = bundled + [[k] for k in range(len(cells)) if k not in inside]
+    smallest: dict = {}
     for values in cells:
-        shapes.setdefault(shape_key(values), []).append(values)
-    costs = {key: measure(min(group, key=lambda v: (v.get("elr") or 0.0, v["lr"])), device)
-             for key, group in shapes.items()}
-    durations = [costs[shape_key(v)].seconds(v) for v in cells]
+        key = shape_key(values)
+        if key not in smallest or _lr_order(values) < _lr_order(smallest[key]):
+            smallest[key] = values
+    costs: dict = {}
+    durations = []
+    for members in jobs_of:
+        first = cells[members[0]]
+        key = (shape_key(first), len(members))
+        if key not in costs:
+            costs[key] = measure(smallest[key[0]], device, cells=len(members))
+        durations.append(costs[key].seconds(first))
     threads = max((v.get("threads", 1) for v in cells), default=1)
-    return wall_seconds(durations, jobs, threads, cores), sum(durations), len(costs)
+    return wall_seconds(durations, jobs, threads, cores), sum(durations), len({k[0] for k in costs})
+
+
+def _lr_order(values: dict) -> tuple:
+    return (values.get("elr") or 0.0, values["lr"])
