@@ -8,21 +8,103 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from .analysis import METRIC_SPECS
+from . import choices
+from .analysis import AXES, METRIC_SPECS
+from .render import FORMATS
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Does a learning rate tuned on a small network stay optimal on a wider or deeper one?")
+# what a repeatable option's value looks like, by option name (--help shows it instead of a type)
+LIST_METAVARS = {"--set": "KEY=VALUE", "--series": "NAME", "--param": "NAME=LOW:HIGH[:log]",
+                 "--scales": "SCALE", "--label": "SERIES=NAME"}
+
+
+def _metavar(param) -> str | None:
+    """A readable metavar for a parameter that has none: nothing for a flag, the value's shape
+    for a repeatable option, INT / NUMBER / PATH / TEXT, or the choices a|b|c."""
+    if isinstance(param, TyperOption) and param.is_bool_flag:
+        return ""
+    if isinstance(param, TyperArgument):
+        return param.name.upper()
+    desc = param.type_descriptor
+    if desc.is_list:
+        return next((LIST_METAVARS[o] for o in param.opts if o in LIST_METAVARS), "VALUE")
+    if desc.is_choice:
+        return choices.metavar(str(c.value if isinstance(c, Enum) else c) for c in desc.choices)
+    if desc.is_path:
+        return "PATH"
+    kind = desc.annotation
+    kind = next((a for a in get_args(kind) if a is not type(None)), kind)   # Optional[int] -> int
+    return {int: "INT", float: "NUMBER"}.get(kind, "TEXT")
+
+
+class _Readable:
+    """Every parameter gets a readable metavar (typer's default reads <bool>, <list[str]>)."""
+
+    def _readable(self) -> None:
+        for param in self.params:
+            if param.metavar is None:
+                param.metavar = _metavar(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class ReadableCommand(_Readable, TyperCommand):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._readable()
+
+
+class ReadableGroup(_Readable, TyperGroup):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._readable()
+
+
+class App(typer.Typer):
+    """typer.Typer whose commands take ``examples``: shown under "Examples" at the end of --help."""
+
+    def command(self, *args, examples: tuple[str, ...] = (), **kwargs):
+        kwargs.setdefault("cls", ReadableCommand)
+        if examples:
+            kwargs["epilog"] = "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
+        return super().command(*args, **kwargs)
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=ReadableGroup,
+          context_settings={"help_option_names": ["-h", "--help"]},
+          help="Does a learning rate tuned on a small network stay optimal on a wider or deeper one?",
+          epilog="\b\nA new user's first commands:\n"
+                 "  lrtransfer keys                                            # what an experiment file takes\n"
+                 "  lrtransfer sweep experiments/quickstart.toml --dry-run     # grid size and a time estimate\n"
+                 "  lrtransfer sweep experiments/quickstart.toml               # run it (resumes)\n"
+                 "  lrtransfer report results/quickstart                       # verdicts\n"
+                 "  lrtransfer plot results/quickstart                         # figures\n"
+                 "Every command has examples: lrtransfer COMMAND -h")
 err = Console(stderr=True)
 out = Console()
+DEVICE_HELP = f"{' | '.join(choices.DEVICES)} (auto: cuda when available)"
+QUIET_HELP = "no progress lines on stderr (the summary and errors are still printed)"
+
+
+def _choice(option: str, value: str, allowed) -> str:
+    """``value`` if it is one of ``allowed``, else a UserError naming the option, the nearest
+    allowed value and all of them."""
+    allowed = list(allowed)
+    if value not in allowed:
+        from .sweep.config import nearest
+        raise UserError(f"{option} {value!r}: allowed: {', '.join(allowed)}{nearest(value, allowed)}")
+    return value
 
 
 def _version(value: bool):
@@ -60,25 +142,14 @@ def user_errors(fn):
 
 
 # choices come from the code's own constants: a metric declared in analysis is a choice here
-Metric = Enum("Metric", {name: name for name in METRIC_SPECS}, type=str)
+METRIC_CHOICES = choices.metavar(METRIC_SPECS)
 METRIC_HELP = ("what to rank LRs by: " + ", ".join(f"{m.name} ({'maximized' if m.maximize else 'minimized'})"
                                                   for m in METRIC_SPECS.values()))
 
 
-class Format(str, Enum):
-    markdown = "markdown"
-    json = "json"
-    csv = "csv"
-
-
-class KeysFormat(str, Enum):
-    markdown = "markdown"
-    json = "json"
-
-
-class Axis(str, Enum):
-    width = "width"
-    depth = "depth"
+Format = Enum("Format", {f: f for f in FORMATS}, type=str)          # the report's, tune's and compare's
+KeysFormat = Enum("KeysFormat", {f: f for f in ("markdown", "json")}, type=str)
+Axis = Enum("Axis", {a: a for a in AXES}, type=str)
 
 
 def _storage(url: Optional[str]) -> Optional[str]:
@@ -86,7 +157,11 @@ def _storage(url: Optional[str]) -> Optional[str]:
     return url or os.environ.get(STORAGE_ENV) or None
 
 
-@app.command()
+@app.command(examples=(
+    "lrtransfer sweep experiments/quickstart.toml --dry-run              # grid size, finished cells, time estimate",
+    "lrtransfer sweep experiments/quickstart.toml                        # run it; resumes where it stopped",
+    "lrtransfer sweep experiments/quickstart.toml --set width=[64,256] --set seeds=5",
+    "lrtransfer sweep experiments/quickstart.toml --jobs 1 --device cuda"))
 @user_errors
 def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
           set_: List[str] = typer.Option([], "--set", help="override a key (run keys: `lrtransfer keys`): lr=0.01, width=[32,64], update=dualize, series.adam.lr={log2=[-10,-4],step=1}"),
@@ -94,12 +169,12 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
           jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="local worker processes (default: one per core, "
                                              "divided by the runs' threads); 1 runs in this process, 0 only enqueues"),
           rerun: bool = typer.Option(False, "--rerun", help="run every cell again, finished ones included"),
-          device: str = typer.Option("auto", help="auto | cpu | cuda"),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
           results: Optional[Path] = typer.Option(None, help="results directory (default results/<experiment name>)"),
           storage: Optional[str] = typer.Option(None, help="optuna storage URL (default: a journal file in the results directory)"),
           retries: int = typer.Option(2, help="re-runs of a run that raises, per sweep"),
           grace: float = typer.Option(60.0, help="seconds without a heartbeat before a running cell counts as lost"),
-          quiet: bool = typer.Option(False, "--quiet", "-q")):
+          quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)):
     """Run every unfinished cell of an experiment's grid (finished runs are skipped, failed ones rerun).
 
     Exit codes: 0 all cells finished (done or diverged), 1 some runs failed (each distinct error
@@ -128,13 +203,11 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(examples=("lrtransfer keys                  # the table: key, section, default, allowed, meaning",
+                       "lrtransfer keys --format json"))
 @user_errors
-def keys(format: KeysFormat = typer.Option(KeysFormat.markdown, help="markdown | json")):
-    """The run keys an experiment file takes: section, default, allowed values, meaning.
-
-    Example: lrtransfer keys --format json
-    """
+def keys(format: KeysFormat = typer.Option(KeysFormat.markdown, help="table as markdown, or JSON records")):
+    """The run keys an experiment file takes: section, default, allowed values, meaning."""
     from . import spec
     if format == KeysFormat.json:
         out.print_json(json.dumps(spec.as_records()))
@@ -142,16 +215,18 @@ def keys(format: KeysFormat = typer.Option(KeysFormat.markdown, help="markdown |
         out.print(spec.markdown_table(), highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(examples=(
+    "lrtransfer worker --study quickstart --results results/quickstart   # beside a sweep --jobs 0",
+    "LRTRANSFER_STORAGE=postgresql://user:pass@db/lrt lrtransfer worker --study quickstart --device cuda"))
 @user_errors
 def worker(study: str = typer.Option(..., help="study name (the experiment's name)"),
            storage: Optional[str] = typer.Option(None, help="optuna storage URL (or env LRTRANSFER_STORAGE); default: the journal in --results"),
            results: Optional[Path] = typer.Option(None, help="results directory (default: the one the sweep recorded in the study)"),
-           device: str = typer.Option("auto"),
+           device: str = typer.Option("auto", help=DEVICE_HELP),
            grace: float = typer.Option(60.0, help="seconds without a heartbeat before a running cell counts as lost"),
            max_runs: Optional[int] = typer.Option(None, help="stop after this many runs"),
            parent_pid: Optional[int] = typer.Option(None, hidden=True),
-           quiet: bool = typer.Option(False, "--quiet", "-q")):
+           quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)):
     """Claim and run cells of a study until none are left. Start as many as you like, anywhere."""
     from .store import ResultStore
     from .sweep import Queue, open_storage, work
@@ -180,17 +255,19 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
         err.print(f"worker {os.getpid()}: ran {n} cells")
 
 
-@app.command()
+@app.command(examples=("lrtransfer status results/quickstart",
+                       "lrtransfer status results/quickstart --errors     # each distinct error of the failed runs",
+                       "lrtransfer status --storage \"$LRTRANSFER_STORAGE\" --study quickstart --format json"))
 @user_errors
 def status(results_dir: Optional[Path] = typer.Argument(None, help="results directory"),
            storage: Optional[str] = typer.Option(None, help="optuna storage URL"),
            study: Optional[str] = typer.Option(None, help="study name (with --storage)"),
-           format: str = typer.Option("table", help="table | json"),
+           format: str = typer.Option("table", metavar=choices.metavar(choices.STATUS_FORMATS),
+                                      help="a table, or everything as JSON"),
            errors: bool = typer.Option(False, "--errors", help="list each distinct error of the failed runs")):
     """Cells waiting / running / done / diverged / failed per series and scale, with an ETA."""
-    from .status import sweep_status
-    if format not in ("table", "json"):
-        raise UserError(f"--format {format!r}: allowed: table, json")
+    from .status import status_table, sweep_status
+    _choice("--format", format, choices.STATUS_FORMATS)
     st = sweep_status(results_dir, _storage(storage), study)
     if errors:
         if format == "json":
@@ -206,18 +283,9 @@ def status(results_dir: Optional[Path] = typer.Argument(None, help="results dire
     if format == "json":
         out.print_json(json.dumps(st, default=str))
         return
-    table = Table(title=escape(f"{st['study']} ({st['storage']})"))
-    cols = ["series", "scale", "waiting", "running", "done", "diverged", "failed"]
-    for c in cols:
-        table.add_column(c, justify="right" if c not in ("series", "scale") else "left")
-    for row in st["rows"]:
-        table.add_row(*(escape(str(row[c])) for c in cols))
-    out.print(table)
-    out.print("total: " + ", ".join(f"{n} {state}" for state, n in st["totals"].items()) + f"; eta {st['eta']}",
-              highlight=False)
+    out.print(status_table(st))
 
 
-PLOT_KINDS = ("lr", "curves", "diagnostics", "regimes", "lrwd")
 REGIME_HELP = {
     "window": "regimes: fraction of each run's logged points, at the end, that make up its 'late' window",
     "chance": "regimes: a late loss at or above this fraction of the chance loss ln(classes) counts as diverge",
@@ -239,16 +307,47 @@ def _second_path(target: Path, stem: str, suffix: str) -> Path:
     return target.with_name(name).with_suffix(target.suffix)
 
 
-@app.command()
+def _labels(pairs: list[str]) -> dict:
+    """``--label series=Name`` options as {series: Name}."""
+    labels = {}
+    for text in pairs:
+        name, sep, label = text.partition("=")
+        if not sep or not name.strip() or not label.strip():
+            raise UserError(f"--label {text!r}: expected SERIES=NAME, e.g. normed_adam='normed Adam'")
+        labels[name.strip()] = label.strip()
+    return labels
+
+
+SECOND_FIGURE = {"lr": ("lr_curves", "transfer"), "lrwd": ("lrwd", "lrwd_curves")}
+DEFAULT_FIGURE = {"lr": "lr_curves", "curves": "loss_steps", "diagnostics": "diagnostics_{quantity}",
+                  "regimes": "regimes", "lrwd": "lrwd"}
+
+
+@app.command(examples=(
+    "lrtransfer plot results/quickstart                        # lr_curves.png and transfer.png in the directory",
+    "lrtransfer plot results/quickstart --metric test_acc --out acc.svg   # writes acc.svg and acc_transfer.svg",
+    "lrtransfer plot results/quickstart --series normed_adam --scales 32 --scales 512 --label normed_adam='normed Adam'",
+    "lrtransfer plot results/quickstart --kind curves --scale 128 --logy --out curves.svg"))
 @user_errors
 def plot(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
-         kind: str = typer.Option("lr", "--kind", help="lr: loss vs LR per scale and the transfer view | curves: loss "
-                                  "vs step | diagnostics: a per-atom quantity vs step | regimes: final loss vs ELR "
-                                  "coloured by regime | lrwd: loss over lr x weight decay and curves by lr·wd"),
-         metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
-         axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
+         kind: str = typer.Option("lr", "--kind", metavar=choices.metavar(choices.PLOT_KINDS),
+                                  help="lr: loss vs LR per scale, and the transfer view as a second figure | curves: "
+                                  "loss vs step | diagnostics: a per-atom quantity vs step | regimes: final loss vs "
+                                  "ELR coloured by regime | lrwd: loss over lr x weight decay, and curves by lr·wd as "
+                                  "a second figure"),
+         metric: str = typer.Option("train_loss", metavar=METRIC_CHOICES, help=METRIC_HELP),
+         axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies); one with a single "
+                                             "value is an error"),
          out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/"
-                                             "<lr_curves|loss_steps|diagnostics_QUANTITY|regimes|lrwd>.png"),
+                                             "<lr_curves|loss_steps|diagnostics_QUANTITY|regimes|lrwd>.png. --kind lr "
+                                             "and lrwd also write a second figure beside it: NAME_transfer / "
+                                             "NAME_lrwd_curves (lr_curves -> transfer, lrwd -> lrwd_curves)"),
+         series: List[str] = typer.Option([], "--series", help="draw only this series (repeat for more; default all)"),
+         scales: List[int] = typer.Option([], "--scales", metavar="SCALE", help="draw only this width or depth "
+                                          "(repeat for more; default all); the transfer view uses the smallest as base"),
+         label: List[str] = typer.Option([], "--label", help="display name of a series in titles and legends, "
+                                         "e.g. normed_adam='normed Adam' (repeat for more)"),
+         logy: bool = typer.Option(False, "--logy", help="log y axis (every value drawn must be > 0)"),
          ci: float = typer.Option(0.9, "--ci", help="confidence level of the bars on the fitted optima (bootstrap over seeds)"),
          tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift over the scale range that still count as transfer"),
          steps: bool = typer.Option(False, "--steps", help="the same as --kind curves"),
@@ -256,67 +355,68 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
                                              "(default the largest; with --color-by scale, default all)"),
          lr: Optional[float] = typer.Option(None, "--lr", help="curves, diagnostics: only the runs at this LR (the effective LR where elr is swept) "
                                             "(default: all LRs, or with --color-by scale / diagnostics each one's best)"),
-         color_by: str = typer.Option("lr", "--color-by", help="curves: one line per lr (at one scale) or per scale"),
-         quantity: str = typer.Option("relative_update", "--quantity", help="diagnostics: relative_update | elr | "
-                                      "condition | weight_norm | update_norm | angle"),
+         color_by: str = typer.Option("lr", "--color-by", metavar=choices.metavar(choices.COLOR_BY),
+                                      help="curves: one line per lr (at one scale) or per scale"),
+         quantity: str = typer.Option("relative_update", "--quantity", metavar=choices.metavar(choices.QUANTITIES),
+                                      help="diagnostics: the per-atom quantity"),
          regime_window: float = typer.Option(0.25, "--regime-window", help=REGIME_HELP["window"]),
          regime_chance: float = typer.Option(0.9, "--regime-chance", help=REGIME_HELP["chance"]),
          regime_slope: float = typer.Option(-0.1, "--regime-slope", help=REGIME_HELP["slope"]),
          regime_angle: float = typer.Option(1e-3, "--regime-angle", help=REGIME_HELP["angle"]),
          ):
-    """Figures of a sweep: loss vs LR per scale and series with optimal LR / regret vs scale (default),
-    or training curves, per-atom diagnostics, sphere regimes, or the lr x weight decay view (--kind).
+    """Figures of a sweep: loss vs LR per scale and series, with optimal LR and regret vs scale (default).
 
-    Example: lrtransfer plot results/quickstart --kind curves --scale 128 --out curves.svg
+    Or training curves, per-atom diagnostics, sphere regimes, or the lr x weight decay view (--kind).
+    Every figure is drawn before any file is written: a request the data cannot answer (an axis
+    with one value, an unknown series or scale) exits 2 and leaves the old figures as they were.
     """
-    from . import plots
+    from . import analysis, plots
     from .store import load_diagnostics, load_results
     if steps:
         kind = "curves"
-    if kind not in PLOT_KINDS:
-        raise UserError(f"--kind {kind!r}: allowed: {', '.join(PLOT_KINDS)}")
-    if quantity not in plots.QUANTITIES:
-        raise UserError(f"--quantity {quantity!r}: allowed: {', '.join(plots.QUANTITIES)}")
-    if color_by not in plots.COLOR_BY:
-        raise UserError(f"--color-by {color_by!r}: allowed: {', '.join(plots.COLOR_BY)}")
+    _choice("--kind", kind, choices.PLOT_KINDS)
+    _choice("--quantity", quantity, choices.QUANTITIES)
+    _choice("--color-by", color_by, choices.COLOR_BY)
+    analysis.metric_spec(metric)
     thresholds = _regime_options(regime_window, regime_chance, regime_slope, regime_angle)
-    default = {"lr": "lr_curves", "curves": "loss_steps", "diagnostics": f"diagnostics_{quantity}",
-               "regimes": "regimes", "lrwd": "lrwd"}[kind]
     runs, curves = load_results(results_dir)
-    target = plots.check_out(out_ or results_dir / f"{default}.png")
+    target = plots.check_out(out_ or results_dir / f"{DEFAULT_FIGURE[kind].format(quantity=quantity)}.png")
     a = axis.value if axis else None
-    m = metric.value
+    runs = plots.select(runs, series=series, scales=scales, axis=a)
+    style = plots.Style(labels=_labels(label), logy=logy)
+    m = metric
     # every figure is drawn before any is written: an error leaves the old figures intact
     if kind == "lr":
-        second = _second_path(target, "lr_curves", "transfer")
-        figures = [(plots.lr_curves(runs, metric=m, axis=a), target),
-                   (plots.transfer_plot(runs, metric=m, axis=a, ci=ci, tolerance=tolerance), second)]
+        figures = [plots.lr_curves(runs, metric=m, axis=a, style=style),
+                   plots.transfer_plot(runs, metric=m, axis=a, ci=ci, tolerance=tolerance, style=style)]
     elif kind == "curves":
-        figures = [(plots.training_curves(runs, curves, color_by=color_by, metric=m, axis=a, scale=scale, lr=lr),
-                    target)]
+        figures = [plots.training_curves(runs, curves, color_by=color_by, metric=m, axis=a, scale=scale, lr=lr,
+                                         style=style)]
     elif kind == "diagnostics":
-        figures = [(plots.diagnostics_plot(runs, load_diagnostics(results_dir), quantity=quantity, axis=a,
-                                           scale=scale, lr=lr), target)]
+        figures = [plots.diagnostics_plot(runs, load_diagnostics(results_dir), quantity=quantity, axis=a,
+                                          scale=scale, lr=lr, style=style)]
     elif kind == "regimes":
         from . import dynamics
         table = dynamics.regimes(runs, curves, load_diagnostics(results_dir), **thresholds)
         x = "elr" if (dynamics.effective_lr(runs) > 0).any() else "lr"
-        figures = [(plots.regime_plot(runs, table, x=x, metric=m), target)]
+        figures = [plots.regime_plot(runs, table, x=x, metric=m, style=style)]
     else:
-        second = _second_path(target, "lrwd", "lrwd_curves")
-        figures = [(plots.lrwd_heatmap(runs, metric=m, axis=a, scale=scale), target),
-                   (plots.curves_by_lrwd(runs, curves, metric=m, axis=a, scale=scale), second)]
-    for fig, path in figures:
+        figures = [plots.lrwd_heatmap(runs, metric=m, axis=a, scale=scale, style=style),
+                   plots.curves_by_lrwd(runs, curves, metric=m, axis=a, scale=scale, style=style)]
+    paths = [target] + ([_second_path(target, *SECOND_FIGURE[kind])] if len(figures) > 1 else [])
+    for fig, path in zip(figures, paths):
         plots.save(fig, path)
-    out.print("wrote " + " and ".join(str(path) for _, path in figures), markup=False, highlight=False)
+    out.print("wrote " + " and ".join(str(path) for path in paths), markup=False, highlight=False)
 
 
-@app.command()
+@app.command(examples=("lrtransfer report results/quickstart",
+                       "lrtransfer report results/quickstart --metric test_acc      # rank LRs by test accuracy (max)",
+                       "lrtransfer report results/quickstart --format json --ci 0.95 --tolerance 0.5"))
 @user_errors
 def report(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
-           metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
-           axis: Optional[Axis] = typer.Option(None),
-           format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the transfer table only)"),
+           metric: str = typer.Option("train_loss", metavar=METRIC_CHOICES, help=METRIC_HELP),
+           axis: Optional[Axis] = typer.Option(None, help="scale axis to analyse: width or depth (default: the one that varies; both when both do)"),
+           format: Format = typer.Option(Format.markdown, help="csv: the per-scale table with the verdicts merged in"),
            min_runs: int = typer.Option(3, help="fewer finished LRs at a scale than this is flagged"),
            ci: float = typer.Option(0.9, "--ci", help="confidence level of the intervals (bootstrap over seeds)"),
            tolerance: float = typer.Option(1.0, "--tolerance", help="a drift CI inside ±this many octaves over the scale range is 'transfers'"),
@@ -333,10 +433,11 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
     "lr·wd invariance" section when weight_decay takes two or more values (JSON: keys "regimes"
     and "lrwd")."""
     from . import analysis, dynamics
+    analysis.metric_spec(metric)
     from .store import load_diagnostics, load_results
     thresholds = _regime_options(regime_window, regime_chance, regime_slope, regime_angle)
     runs, curves = load_results(results_dir)
-    text = analysis.report(runs, metric=metric.value, axis=axis.value if axis else None, format=format.value,
+    text = analysis.report(runs, metric=metric, axis=axis.value if axis else None, format=format.value,
                            min_runs=min_runs, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed)
     sections = {}
     if format != Format.csv and dynamics.has_regimes(runs):
@@ -344,7 +445,7 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
                                                       **thresholds)
     if format != Format.csv and dynamics.has_lrwd(runs):
         try:
-            sections["lrwd"] = dynamics.lrwd_invariance(runs, curves, metric=metric.value, ci=ci, n_boot=n_boot,
+            sections["lrwd"] = dynamics.lrwd_invariance(runs, curves, metric=metric, ci=ci, n_boot=n_boot,
                                                         seed=seed)
         except UserError as e:  # a wd axis this statistic cannot use (e.g. only 0 and one value) is not an error
             sections["lrwd"] = {"error": str(e)}
@@ -360,66 +461,64 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-@app.command()
+@app.command(examples=("lrtransfer compare results/quickstart results/quickstart_wd",
+                       "lrtransfer compare results/quickstart results/quickstart_wd --out compare.svg --format json"))
 @user_errors
 def compare(results_dirs: List[Path] = typer.Argument(..., help="two or more results directories"),
-            metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
-            axis: Optional[Axis] = typer.Option(None, help="scale axis (default: the one that varies)"),
-            format: Format = typer.Option(Format.markdown, help="markdown | json | csv (csv: the per-scale table)"),
+            metric: str = typer.Option("train_loss", metavar=METRIC_CHOICES, help=METRIC_HELP),
+            axis: Optional[Axis] = typer.Option(None, help="scale axis to analyse: width or depth (default: the one that varies; both when both do)"),
+            format: Format = typer.Option(Format.markdown, help="csv: the per-scale table"),
             out_: Optional[Path] = typer.Option(None, "--out", help="also draw the overlaid loss-vs-LR curves "
                                                 "here (.png/.svg/.pdf)"),
             ci: float = typer.Option(0.9, "--ci", help="confidence level (bootstrap over seeds)"),
             tolerance: float = typer.Option(1.0, "--tolerance", help="octaves of drift that still count as transfer")):
     """Did a change move the optimum? The transfer numbers of several results directories side by
     side: verdict and drift per series, the fitted optimal LR per scale with its shift from the
-    first directory, and (with --out) their loss-vs-LR curves overlaid.
-
-    Example: lrtransfer compare results/quickstart results/quickstart_wd --out compare.png
-    """
-    from . import compare as comparison, plots
+    first directory, and (with --out) their loss-vs-LR curves overlaid."""
+    from . import analysis, compare as comparison, plots
+    analysis.metric_spec(metric)
     target = plots.check_out(out_) if out_ is not None else None
     runs_by_dir = comparison.load(results_dirs)
-    scales, verdicts = comparison.compare(runs_by_dir, metric=metric.value, axis=axis.value if axis else None,
+    scales, verdicts = comparison.compare(runs_by_dir, metric=metric, axis=axis.value if axis else None,
                                           ci=ci, tolerance=tolerance)
-    figure = plots.compare_curves(runs_by_dir, metric=metric.value, axis=axis.value if axis else None) \
+    figure = plots.compare_curves(runs_by_dir, metric=metric, axis=axis.value if axis else None) \
         if target is not None else None
-    if format == Format.json:
-        out.print_json(json.dumps({"verdicts": json.loads(verdicts.to_json(orient="records")),
-                                   "scales": json.loads(scales.to_json(orient="records"))}))
-    elif format == Format.csv:
-        sys.stdout.write(scales.to_csv(index=False))
-    else:
-        out.print(comparison.markdown(scales, verdicts, ci=ci), highlight=False, markup=False, soft_wrap=True)
+    sys.stdout.write(comparison.render_comparison(scales, verdicts, format.value, ci=ci, metric=metric))
     if figure is not None:
         plots.save(figure, target)
         err.print(f"wrote {target}", markup=False, highlight=False)
 
 
-@app.command()
+@app.command(examples=("lrtransfer tune experiments/quickstart.toml --trials 8",
+                       "lrtransfer tune experiments/quickstart.toml --series adam --param weight_decay=1e-5:1e-1:log",
+                       "lrtransfer tune experiments/lrwd_resmlp_mnist1d.toml --along lrwd --format json"))
 @user_errors
 def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its grid gives the scales and LR window)"),
          set_: List[str] = typer.Option([], "--set", help="override a key, as in sweep"),
          series: List[str] = typer.Option([], "--series", help="series to tune (default: all)"),
          trials: int = typer.Option(8, help="search runs at the base scale"),
-         sampler: str = typer.Option("tpe", help="tpe | gp | random"),
+         sampler: str = typer.Option("tpe", metavar=choices.metavar(choices.SAMPLERS), help="optuna sampler"),
          param: List[str] = typer.Option([], "--param", help="also search name=low:high[:log], e.g. weight_decay=1e-5:1e-1:log"),
-         axis: Optional[Axis] = typer.Option(None),
-         metric: Metric = typer.Option(Metric.train_loss, help=METRIC_HELP),
-         results: Optional[Path] = typer.Option(None),
-         storage: Optional[str] = typer.Option(None),
-         device: str = typer.Option("auto"),
+         axis: Optional[Axis] = typer.Option(None, help="scale axis to transfer along (default: the one that varies)"),
+         metric: str = typer.Option("train_loss", metavar=METRIC_CHOICES, help=METRIC_HELP),
+         results: Optional[Path] = typer.Option(None, help="results directory (default results/<experiment name>; "
+                                                "its grid, if any, is the reference for the regret)"),
+         storage: Optional[str] = typer.Option(None, help="optuna storage URL (default: the journal in the results directory)"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
          seed: int = typer.Option(0, help="sampler seed"),
-         format: Format = typer.Option(Format.markdown),
-         along: str = typer.Option("lr", "--along", help="lr: search the LR at the smallest scale and transfer it | "
+         format: Format = typer.Option(Format.markdown, help="json/csv: the per-scale table (json: and the compute)"),
+         along: str = typer.Option("lr", "--along", metavar=choices.metavar(choices.ALONG), help="lr: search the LR at the smallest scale and transfer it | "
                                    "lrwd: hold lr fixed and search only lr·weight_decay (needs a weight_decay grid)"),
          lr: Optional[float] = typer.Option(None, "--lr", help="with --along lrwd: the fixed LR (default: the series' "
                                             "lr, or the middle of its LR grid)")):
     """Search the LR at the smallest scale, run it at the larger ones, report regret and compute
     (or, with --along lrwd, search lr·wd at a fixed LR against the full lr x weight_decay grid)."""
     from .sweep import load_experiment
+    from .analysis import metric_spec
     from .tune import ALONG, SearchParam, render_tune, tune as run_tune
-    if along not in ALONG:
-        raise UserError(f"--along {along!r}: allowed: {', '.join(ALONG)}")
+    _choice("--along", along, ALONG)
+    _choice("--sampler", sampler, choices.SAMPLERS)
+    metric_spec(metric)
     if along == "lr" and lr is not None:
         raise UserError("--lr: only with --along lrwd (--along lr searches the LR)")
     if along == "lrwd" and param:
@@ -430,9 +529,9 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
         return
     results_list = run_tune(exp, series or None, trials=trials, sampler=sampler,
                             params=[SearchParam.parse(p) for p in param], axis=axis.value if axis else None,
-                            metric=metric.value, results_dir=results, storage=_storage(storage), device=device,
+                            metric=metric, results_dir=results, storage=_storage(storage), device=device,
                             seed=seed, on_run=_tune_progress)
-    sys.stdout.write(render_tune(results_list, format.value, metric.value))
+    sys.stdout.write(render_tune(results_list, format.value, metric))
 
 
 def _tune_progress(series: str, scale, row: dict) -> None:
@@ -447,12 +546,14 @@ def _tune_progress(series: str, scale, row: dict) -> None:
 def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format) -> None:
     from .tune import render_lrwd, tune_lrwd
     found = tune_lrwd(exp, series or None, trials=trials, sampler=sampler, lr=lr, axis=axis.value if axis else None,
-                      metric=metric.value, results_dir=results, storage=_storage(storage), device=device, seed=seed,
+                      metric=metric, results_dir=results, storage=_storage(storage), device=device, seed=seed,
                       on_run=_tune_progress)
-    sys.stdout.write(render_lrwd(found, format.value, metric.value))
+    sys.stdout.write(render_lrwd(found, format.value, metric))
 
 
-@app.command()
+@app.command(examples=(
+    "lrtransfer coordcheck experiments/quickstart.toml --set width=[64,256,1024] --steps 3 --out coord.png",
+    "lrtransfer coordcheck experiments/methods_width_mnist1d.toml --series sp_adam --series mup_adam --format json"))
 @user_errors
 def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file (its width grid gives the widths)"),
                set_: List[str] = typer.Option([], "--set", help="override a key, as in sweep"),
@@ -461,19 +562,16 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
                                                   "base-scale LR, the middle of its LR grid at the smallest width)"),
                threshold: float = typer.Option(0.1, "--threshold", help="largest |slope| of log RMS vs log width that passes"),
                series: List[str] = typer.Option([], "--series", help="series to check (default: all)"),
-               format: str = typer.Option("markdown", "--format", help="markdown | json"),
+               format: str = typer.Option("markdown", "--format", metavar="markdown|json", help="verdicts and slopes as markdown tables or JSON"),
                out_: Optional[Path] = typer.Option(None, "--out", help="also draw RMS vs width per atom at the last step (.png/.svg/.pdf)"),
-               device: str = typer.Option("cpu", help="auto | cpu | cuda"),
-               quiet: bool = typer.Option(False, "--quiet", "-q")):
+               device: str = typer.Option("cpu", help=DEVICE_HELP),
+               quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)):
     """μP-style coordinate check: per series, train every width of the grid a few steps on one
     fixed batch (seed and depth: the smallest; constant LR) and fit, per weight atom and step,
     the slope of log RMS against log width of its output, of its output's change since init and
     of its own step ΔW·x. A series passes when every |slope| <= --threshold (the logits and
     their change may shrink, not grow). Verdicts are data: the exit code is 0 whether series
-    pass or fail (2 for bad input).
-
-    Example: lrtransfer coordcheck experiments/quickstart.toml --set width=[64,256,1024] --steps 3 --out coord.png
-    """
+    pass or fail (2 for bad input)."""
     from . import coordcheck as cc_mod
     from . import plots
     cc_mod.check_format(format)

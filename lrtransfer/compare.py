@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import analysis
 from .errors import UserError
+from .render import Column, interval, markdown_table, num, pct, plus, records, to_csv, to_json
 from .store import load_results
 
 SCALE_COLUMNS = ["results", "series", "axis", "scale", "opt_log2_lr_fit", "opt_log2_lr_fit_lo",
@@ -65,30 +66,48 @@ def compare(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_loss", ax
             pd.concat(verdicts, ignore_index=True)[VERDICT_COLUMNS].reset_index(drop=True))
 
 
-def _f(x, digits: int = 2, signed: bool = True) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+def _optimum(r: dict) -> str:
+    return f"{plus(r['opt_log2_lr_fit'])} {interval(r['opt_log2_lr_fit_lo'], r['opt_log2_lr_fit_hi'], plus)}"
 
 
-def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9) -> str:
-    pct = f"{ci * 100:g}%"
-    lines = [f"## Verdicts", "", f"| results | series | axis | verdict | drift, octaves ({pct} CI) "
-             f"| slope ({pct} CI) |", "|---|---|---|---|---|---|"]
-    for r in verdicts.to_dict("records"):
-        flags = f" ({r['flags']})" if r.get("flags") else ""
-        lines.append(f"| {r['results']} | {r['series']} | {r['axis']} {r['base_scale']:g}→{r['max_scale']:g} "
-                     f"| **{r['verdict']}**{flags} | {_f(r['drift'])} [{_f(r['drift_ci_lo'])}, {_f(r['drift_ci_hi'])}] "
-                     f"| {_f(r['slope'])} [{_f(r['slope_ci_lo'])}, {_f(r['slope_ci_hi'])}] |")
+VERDICT_TABLE = [Column("results", "results"), Column("series", "series"), Column("_axis", "axis"),
+                 Column("_verdict", "verdict"), Column("_drift", "drift, octaves ({pct} CI)"),
+                 Column("_slope", "slope ({pct} CI)")]
+SCALE_TABLE = [Column("series", "series"), Column("_scale", "scale"), Column("results", "results"),
+               Column("_optimum", "optimal log2 LR (CI)"), Column("shift", "shift", plus, True),
+               Column("best_loss", "best {noun}", num, True), Column("n_seeds", "seeds", lambda n: str(int(n)), True)]
+
+
+def _headed(columns: list[Column], **words) -> list[Column]:
+    return [Column(c.key, c.header.format(**words), c.fmt, c.right) for c in columns]
+
+
+def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9, metric: str = "train_loss") -> str:
+    """The two tables as markdown (``render.markdown_table``): verdicts, then the optimum per scale."""
+    p = pct(ci)
+    noun = metric.replace("_", " ") if analysis.metric_spec(metric).maximize else "loss"
+    rows = [{**r, "_axis": f"{r['axis']} {r['base_scale']:g}→{r['max_scale']:g}",
+             "_verdict": f"**{r['verdict']}**" + (f" ({r['flags']})" if r.get("flags") else ""),
+             "_drift": f"{plus(r['drift'])} {interval(r['drift_ci_lo'], r['drift_ci_hi'], plus)}",
+             "_slope": f"{plus(r['slope'])} {interval(r['slope_ci_lo'], r['slope_ci_hi'], plus)}"}
+            for r in verdicts.to_dict("records")]
     first = scales["results"].iloc[0] if len(scales) else ""
-    lines += ["", "## Optimum per scale", "",
-              f"Fitted optimal LR (log2, {pct} CI) and best seed-mean loss; shift = this optimum minus "
-              f"`{first}`'s at the same series and scale, in octaves.", "",
-              "| series | scale | results | optimal log2 LR (CI) | shift | best loss | seeds |",
-              "|---|---|---|---|---:|---:|---:|"]
     ordered = scales.sort_values(["series", "axis", "scale"], kind="stable")
-    for r in ordered.to_dict("records"):
-        lines.append(f"| {r['series']} | {r['axis']}={r['scale']:g} | {r['results']} "
-                     f"| {_f(r['opt_log2_lr_fit'])} [{_f(r['opt_log2_lr_fit_lo'])}, {_f(r['opt_log2_lr_fit_hi'])}] "
-                     f"| {_f(r['shift'])} | {_f(r['best_loss'], 4, False)} | {int(r['n_seeds'])} |")
-    return "\n".join(lines) + "\n"
+    per_scale = [{**r, "_scale": f"{r['axis']}={r['scale']:g}", "_optimum": _optimum(r)}
+                 for r in ordered.to_dict("records")]
+    return "\n".join(["## Verdicts", "", markdown_table(rows, _headed(VERDICT_TABLE, pct=p)), "",
+                      "## Optimum per scale", "",
+                      f"Fitted optimal LR (log2, {p} CI) and best seed-mean {noun}; shift = this optimum minus "
+                      f"`{first}`'s at the same series and scale, in octaves.", "",
+                      markdown_table(per_scale, _headed(SCALE_TABLE, noun=noun))]) + "\n"
+
+
+def render_comparison(scales: pd.DataFrame, verdicts: pd.DataFrame, format: str = "markdown", ci: float = 0.9,
+                      metric: str = "train_loss") -> str:
+    """markdown (``markdown``), JSON ``{"verdicts": [...], "scales": [...]}`` (strict, CI pairs as
+    lists) or CSV (the per-scale table)."""
+    if format == "json":
+        return to_json({"metric": metric, "verdicts": records(verdicts), "scales": records(scales)})
+    if format == "csv":
+        return to_csv(scales, digits=None)
+    return markdown(scales, verdicts, ci, metric)

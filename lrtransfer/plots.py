@@ -11,6 +11,7 @@ label (``transfer_plot``); markers and helpers carry labels starting with ``_`` 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib as mpl
@@ -18,16 +19,44 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, MaxNLocator, NullLocator
 
-from .analysis import CELL_STATS, analyse, cells, group_columns, metric_column, metric_spec, resolve_axes
+from .analysis import (CELL_STATS, analyse, cells, group_columns, metric_column, metric_spec, resolve_axes,
+                       scale_axes)
+from .choices import COLOR_BY, QUANTITIES
 from .errors import UserError
 from .store import atomic_write
 
 FORMATS = (".png", ".svg", ".pdf")
-DIVERGED = {"marker": "x", "ms": 8, "mew": 2, "ls": "none", "clip_on": False, "zorder": 6}
-CLIPPED = {"marker": "^", "ms": 6, "ls": "none", "mfc": "white", "clip_on": False, "zorder": 6}
+# diverged / clipped markers sit in a strip of the axes beyond the data (axes-fraction y), never on the spine
+DIVERGED = {"marker": "x", "ms": 7, "mew": 2, "ls": "none", "zorder": 6}
+CLIPPED = {"marker": "^", "ms": 6, "ls": "none", "mfc": "white", "zorder": 6}
 MINIMUM = {"marker": "*", "ms": 13, "ls": "none", "mec": "black", "mew": 0.6, "zorder": 5}
+DATA_FRACTION = 0.86            # the data fill this fraction of a panel's height; the strip beyond holds the ✕
+STRIP = (0.90, 0.97)            # where the ✕ of the scales sit in that strip (axes fraction, best-to-worst end)
+BAND_ALPHA = 0.18
+# palettes readable on white (every colour at least 3:1 contrast against it, the WCAG level for
+# graphics) and in greyscale: scales take viridis up to its teal (luminance ordered, no pale
+# yellow) and a marker each; series take the darker tab10 colours and a marker each
+SCALE_CMAP_RANGE = (0.0, 0.58)
+SERIES_COLORS = tuple(mpl.colormaps["tab10"](i) for i in (0, 3, 2, 4, 5, 7))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
+@dataclass
+class Style:
+    """How a figure names and scales things: ``labels`` maps series to display names (legends,
+    titles); ``logy`` puts the loss/metric axis on a log scale."""
+    labels: dict = field(default_factory=dict)
+    logy: bool = False
+
+    def name(self, series) -> str:
+        return self.labels.get(series, str(series))
+
+
+def _style(style: Style | None) -> Style:
+    return style if style is not None else Style()
 
 
 def check_out(out) -> Path | None:
@@ -43,9 +72,107 @@ def check_out(out) -> Path | None:
 
 
 def save(fig: Figure, out: Path | None) -> None:
-    """Write ``fig`` to ``out`` (.png/.svg/.pdf) atomically; nothing for None."""
-    if out is not None:  # atomically: an interrupted save never leaves a truncated figure
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=130, bbox_inches="tight"))
+    """Write ``fig`` to ``out`` (.png/.svg/.pdf) atomically; nothing for None. SVG keeps its text
+    as text (``svg.fonttype = 'none'``), editable in a vector editor."""
+    if out is None:
+        return
+    fmt = out.suffix.lower()[1:]
+
+    def write(tmp):
+        with mpl.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
+    atomic_write(out, write)  # atomically: an interrupted save never leaves a truncated figure
+
+
+def select(runs: pd.DataFrame, series=(), scales=(), axis: str | None = None) -> pd.DataFrame:
+    """The runs of the given ``series`` and ``scales`` (of ``axis``, default the varying one);
+    empty selections mean all. UserError naming an unknown series (with the nearest) or scale."""
+    if series:
+        known = list(dict.fromkeys(runs["series"]))
+        for s in series:
+            if s not in known:
+                from .sweep.config import nearest
+                raise UserError(f"--series {s!r}: no such series here{nearest(s, known)}; series: {', '.join(known)}")
+        runs = runs[runs["series"].isin(series)]
+    if scales:
+        ax_name = resolve_axes(runs, axis)[0]
+        known = sorted(runs[ax_name].dropna().unique())
+        for s in scales:
+            if s not in known:
+                raise UserError(f"--scales {s}: no runs at {ax_name}={s}; {ax_name}s: {', '.join(f'{k:g}' for k in known)}")
+        runs = runs[runs[ax_name].isin(scales)]
+    return runs
+
+
+def _plot_axes(runs: pd.DataFrame, axis: str | None) -> list[str]:
+    """``resolve_axes``, refusing an explicitly requested axis along which nothing varies (a
+    figure of it would be degenerate)."""
+    axes = resolve_axes(runs, axis)
+    if axis is not None and runs[axis].nunique() < 2:
+        varying = scale_axes(runs)
+        raise UserError(f"--axis {axis}: every run has {axis} = {runs[axis].iloc[0]}, nothing varies along it"
+                        + (f"; the runs vary {', '.join(varying)}" if varying else ""))
+    return axes
+
+
+def _pow2_formatter():
+    """Tick labels 2^k for an axis whose values are log2 of a rate."""
+    return FuncFormatter(lambda v, _pos: f"$2^{{{v:g}}}$")
+
+
+def _scale_styles(scales) -> dict:
+    """Per scale: colour (viridis without its faint end) and marker."""
+    cmap = mpl.colormaps["viridis"]
+    lo, hi = SCALE_CMAP_RANGE
+    return {s: {"color": cmap(lo + (hi - lo) * i / max(len(scales) - 1, 1)), "marker": MARKERS[i % len(MARKERS)]}
+            for i, s in enumerate(scales)}
+
+
+def _series_styles(names) -> dict:
+    return {n: {"color": SERIES_COLORS[i % len(SERIES_COLORS)], "marker": MARKERS[i % len(MARKERS)]}
+            for i, n in enumerate(names)}
+
+
+def _frame_y(ax, ylo: float, yhi: float, maximize: bool, logy: bool) -> None:
+    """Limits that put the data range [ylo, yhi] in ``DATA_FRACTION`` of the panel, the strip for
+    diverged / clipped markers beyond its worse end (the top for a loss, the bottom for a
+    maximized metric)."""
+    if logy:
+        ax.set_yscale("log")
+        a, b = math.log(ylo), math.log(yhi)
+    else:
+        a, b = ylo, yhi
+    extra = (b - a) * (1 / DATA_FRACTION - 1)
+    a, b = (a - extra, b) if maximize else (a, b + extra)
+    ax.set_ylim(*(np.exp([a, b]) if logy else (a, b)))
+
+
+def _strip_y(i: int, n: int, maximize: bool) -> float:
+    """Axes-fraction height of the ✕ of the i-th of n scales (offset so that scales diverging at
+    one LR do not overlap), in the strip at the worse end."""
+    y = STRIP[0] + (STRIP[1] - STRIP[0]) * (i / (n - 1) if n > 1 else 0.5)
+    return 1 - y if maximize else y
+
+
+def _edge_y(maximize: bool) -> float:
+    """Axes-fraction height of the data range's worse edge (where clipped points are drawn)."""
+    return 1 - DATA_FRACTION if maximize else DATA_FRACTION
+
+
+def _clip_to_range(values, ylo: float, yhi: float):
+    return np.clip(np.asarray(values, dtype=float), ylo, yhi)
+
+
+def _positive_range(values, logy: bool, initial: float | None) -> tuple[float, float]:
+    """``_robust_range`` of ``values``; with ``logy``, of their logs (UserError if one is ≤ 0)."""
+    vals = pd.Series(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if not logy:
+        return _robust_range(vals, initial)
+    if (vals <= 0).any():
+        raise UserError(f"--logy: the values drawn include {vals.min():g} <= 0; a log axis cannot show them")
+    lo, hi = _robust_range(np.log(vals), math.log(initial) if initial else None)
+    return math.exp(lo), math.exp(hi)
 
 
 def _initial_loss(runs: pd.DataFrame, metric: str = "train_loss") -> float | None:
@@ -101,72 +228,92 @@ def _select(c: pd.DataFrame, keys: list[str], values: tuple) -> pd.DataFrame:
     return c
 
 
-def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None) -> Figure:
-    """Loss vs LR (log2 x-axis): one panel per series (order of first appearance; one row of
-    panels per value of any other varying key, e.g. depth), one curve per scale coloured by a
-    sequential colormap, shared y.
+def lr_curves(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None,
+              style: Style | None = None) -> Figure:
+    """Loss vs LR (log2 x-axis, 2^k ticks): one panel per series (order of first appearance; one
+    row of panels per value of any other varying key, e.g. depth), one curve per scale (colour
+    and marker per scale), shared y.
 
-    ★ marks each curve's minimum; ✕ at the top edge an LR whose seeds all diverged; △ at the
-    top edge a loss above the robust upper limit. With several seeds the line is the seed mean
-    and the band their min-max. When both width and depth vary and ``axis`` is None, the
+    ★ marks each curve's best point (the minimum of a loss, the maximum of ``test_acc``). Beyond
+    the data's worse end (the top for a loss, the bottom for an accuracy) a strip holds ✕ for an
+    LR whose seeds all diverged, each scale at its own height, and △ at its edge for a value
+    beyond the robust range. With several seeds the line is the seed mean and the band their
+    min–max (the legend says so). When both width and depth vary and ``axis`` is None, the
     curves are drawn across width, one row per depth. ``out``: .png, .svg or .pdf.
     """
     out = check_out(out)
-    metric_column(metric)
-    ax_name = resolve_axes(runs, axis)[0]
+    style = _style(style)
+    spec = metric_spec(metric)
+    ax_name = _plot_axes(runs, axis)[0]
     c = cells(runs, metric, ax_name)
     extra = [k for k in c.columns if k not in ("series", ax_name, "lr", *CELL_STATS)]
     series = list(dict.fromkeys(c["series"]))
     groups = list(dict.fromkeys(c[extra].itertuples(index=False, name=None))) if extra else [()]
     scales = sorted(c[ax_name].dropna().unique())
-    cmap = mpl.colormaps["viridis"]
-    colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
-    fig = Figure(figsize=(1.2 + 3.9 * len(series), 0.6 + 3.3 * len(groups)), layout="constrained")
+    looks = _scale_styles(scales)
+    fig = Figure(figsize=(1.9 + 3.9 * len(series), 0.6 + 3.3 * len(groups)), layout="constrained")
     axes = fig.subplots(len(groups), len(series), sharey=True, sharex=False, squeeze=False)
-    ylo, yhi = _robust_range(pd.concat([c["lo"], c["hi"], c["loss"]]), _initial_loss(runs, metric))
+    ylo, yhi = _positive_range(pd.concat([c["lo"], c["hi"], c["loss"]]), style.logy, _initial_loss(runs, metric))
+    banded = clipped = diverged = False
     for gi, gval in enumerate(groups):
         for si, name in enumerate(series):
             ax = axes[gi][si]
             sel = _select(c[c["series"] == name], extra, gval)
-            for scale in scales:
+            for k, scale in enumerate(scales):
                 s = sel[sel[ax_name] == scale].sort_values("lr")
                 if s.empty:
                     continue
-                col = colors[scale]
+                look = looks[scale]
                 ok = s[s["n_seeds"] > 0]
-                y = np.minimum(ok["loss"].to_numpy(float), yhi)
-                ax.plot(ok["lr"], y, "-o", ms=3, lw=1.6, color=col, label=f"{ax_name}={scale}")
+                ax.plot(ok["lr"], _clip_to_range(ok["loss"], ylo, yhi), "-", ms=3.5, lw=1.6, label=f"{ax_name}={scale}",
+                        **look)
                 if (ok["n_seeds"] > 1).any():
-                    ax.fill_between(ok["lr"], np.minimum(ok["lo"], yhi), np.minimum(ok["hi"], yhi), color=col,
-                                    alpha=0.18, linewidth=0, label="_band")
-                above = ok[ok["loss"] > yhi]
-                if not above.empty:
-                    ax.plot(above["lr"], [yhi] * len(above), color=col, label="_clipped", **CLIPPED)
+                    ax.fill_between(ok["lr"], _clip_to_range(ok["lo"], ylo, yhi), _clip_to_range(ok["hi"], ylo, yhi),
+                                    color=look["color"], alpha=BAND_ALPHA, linewidth=0, label="_band")
+                    banded = True
+                beyond = ok[(ok["loss"] > yhi) | (ok["loss"] < ylo)]
+                if not beyond.empty:
+                    ax.plot(beyond["lr"], [_edge_y(spec.maximize)] * len(beyond), color=look["color"],
+                            transform=ax.get_xaxis_transform(), label="_clipped", **CLIPPED)
+                    clipped = True
                 if not ok.empty:
                     best = ok.loc[_best_index(ok["loss"], metric)]
-                    ax.plot([best["lr"]], [min(best["loss"], yhi)], color=col, label="_minimum", **MINIMUM)
+                    ax.plot([best["lr"]], _clip_to_range([best["loss"]], ylo, yhi), color=look["color"],
+                            label="_minimum", **MINIMUM)
                 div = s[s["diverged"]]
                 if not div.empty:
-                    ax.plot(div["lr"], [yhi] * len(div), color=col, label="_diverged", **DIVERGED)
-            ax.set_xscale("log", base=2)
-            ax.set_ylim(ylo, yhi)
-            ax.set_title(f"{name}{_group_label(extra, gval)}")
+                    ax.plot(div["lr"], [_strip_y(k, len(scales), spec.maximize)] * len(div), color=look["color"],
+                            transform=ax.get_xaxis_transform(), label="_diverged", **DIVERGED)
+                    diverged = True
+            _lr_axis(ax)
+            _frame_y(ax, ylo, yhi, spec.maximize, style.logy)
+            ax.set_title(f"{style.name(name)}{_group_label(extra, gval)}")
             ax.grid(alpha=0.3)
             if sel.empty:
-                ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+                _no_runs(ax)
             if gi == len(groups) - 1:
                 ax.set_xlabel("learning rate")
             if si == 0:
-                ax.set_ylabel(metric.replace("_", " "))
-    handles = [Line2D([], [], color=colors[s], marker="o", ms=3, label=f"{ax_name}={s}") for s in scales]
-    handles += [Line2D([], [], color="gray", label="minimum", **{**MINIMUM, "clip_on": True}),
-                Line2D([], [], color="gray", label="diverged", **{**DIVERGED, "clip_on": True})]
-    if any(line.get_label() == "_clipped" for a in axes.flat for line in a.get_lines()):
-        handles.append(Line2D([], [], color="gray", label="above y range", **{**CLIPPED, "clip_on": True}))
+                ax.set_ylabel(metric.replace("_", " ") + (" (seed mean)" if banded else ""))
+    handles = [Line2D([], [], ms=3.5, label=f"{ax_name}={s}", **looks[s]) for s in scales]
+    handles.append(Line2D([], [], color="gray", label="best (★)" if spec.maximize else "minimum (★)", **MINIMUM))
+    if banded:
+        handles += [Line2D([], [], color="gray", label="line: seed mean"),
+                    Patch(color="gray", alpha=BAND_ALPHA * 2, label="band: min–max over seeds")]
+    if diverged:
+        handles.append(Line2D([], [], color="gray", label="every seed diverged", **DIVERGED))
+    if clipped:
+        handles.append(Line2D([], [], color="gray", label="beyond the y range", **CLIPPED))
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(f"{metric.replace('_', ' ')} vs learning rate across {ax_name}")
     save(fig, out)
     return fig
+
+
+def _lr_axis(ax) -> None:
+    """A learning-rate axis: log2, ticks 2^k."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=2))
 
 
 def _scale_axis(ax, scales) -> None:
@@ -179,78 +326,92 @@ def _scale_axis(ax, scales) -> None:
 
 
 def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, out=None,
-                  ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> Figure:
-    """Two panels per scale axis. Left: log2 optimal LR vs scale per series (solid: grid
-    argmin, hollow where it sits at the edge of the LR grid; dotted: parabola fit, with bars
-    spanning its bootstrap CI at level ``ci``); each series' legend entry gives its transfer
-    verdict at ``tolerance`` octaves. Right: loss at the base-scale LR (solid; ✕ at the top
-    edge where it diverged) and the best loss (dashed) vs scale; the gap is the regret of
-    transferring the LR. Numbers from ``analysis.analyse``; ``out``: .png, .svg or .pdf.
+                  ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0,
+                  style: Style | None = None) -> Figure:
+    """Two panels per scale axis. Left: the optimal LR vs scale per series on a 2^k axis (solid:
+    grid optimum, hollow where it sits at the edge of the LR grid; dotted: parabola fit, with
+    bars spanning its bootstrap CI at level ``ci``). Right: the metric at the base-scale LR
+    (solid; ✕ in the strip beyond the data where it diverged) and the best value (dashed) vs
+    scale; the gap is the regret of transferring the LR. The keys (line meanings, and each
+    series with its transfer verdict at ``tolerance`` octaves) sit outside the panels. A colour
+    and a marker per series. Needs two or more scales (UserError otherwise). Numbers from
+    ``analysis.analyse``; ``out``: .png, .svg or .pdf.
     """
     out = check_out(out)
+    style = _style(style)
+    spec = metric_spec(metric)
+    axes_names = _plot_axes(runs, axis)
     table, verdicts = analyse(runs, metric, axis, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed)
-    axes_names = list(dict.fromkeys(table["axis"]))
-    fig = Figure(figsize=(11, 0.6 + 3.6 * len(axes_names)), layout="constrained")
+    for ax_name in axes_names:
+        n = table.loc[table["axis"] == ax_name, "scale"].nunique()
+        if n < 2:
+            raise UserError(f"the transfer view needs two or more {ax_name}s; the runs have {n} "
+                            f"(draw more with --scales, or sweep another {ax_name})")
+    fig = Figure(figsize=(12, 0.6 + 3.6 * len(axes_names)), layout="constrained")
     panels = fig.subplots(len(axes_names), 2, squeeze=False)
-    palette = mpl.colormaps["tab10"]
+    handles = {}
     for row, ax_name in enumerate(axes_names):
         t = table[table["axis"] == ax_name]
         keys = [k for k in group_columns(t) if t[k].notna().any()]
         left, right = panels[row]
-        ylo, top = _robust_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), _initial_loss(runs, metric))
+        ylo, top = _positive_range(pd.concat([t["loss_at_base_lr"], t["best_loss"]]), style.logy,
+                                   _initial_loss(runs, metric))
         v = verdicts[verdicts["axis"] == ax_name]
-        marked, legend_text = False, []
-        for i, (gkey, g) in enumerate(t.groupby(["series", *keys], sort=False, dropna=False)):
+        groups = list(t.groupby(["series", *keys], sort=False, dropna=False))
+        looks = _series_styles([g for g, _ in groups])
+        for gkey, g in groups:
+            look = looks[gkey]
             gkey = gkey if isinstance(gkey, tuple) else (gkey,)
-            label = f"{gkey[0]}{_group_label(keys, gkey[1:])}"
+            label = f"{style.name(gkey[0])}{_group_label(keys, gkey[1:])}"
             g = g.sort_values("scale")
-            col = palette(i % 10)
-            left.plot(g["scale"], g["opt_log2_lr"], "-o", color=col, label=label)
-            legend_text.append(f"{label}: {_select(v[v['series'] == gkey[0]], keys, gkey[1:])['verdict'].iloc[0]}")
+            left.plot(g["scale"], g["opt_log2_lr"], "-", label=str(gkey[0]) + _group_label(keys, gkey[1:]), **look)
+            word = _select(v[v["series"] == gkey[0]], keys, gkey[1:])["verdict"].iloc[0]
+            handles.setdefault(f"{label}: {word}", Line2D([], [], **look))
             edge = g[g["edge"]]
             if not edge.empty:
-                left.plot(edge["scale"], edge["opt_log2_lr"], "o", color=col, mfc="white", ms=7, zorder=5,
-                          label="_edge")
-            left.plot(g["scale"], g["opt_log2_lr_fit"], ":", color=col, label="_fit")
+                left.plot(edge["scale"], edge["opt_log2_lr"], ls="none", color=look["color"], marker=look["marker"],
+                          mfc="white", ms=8, zorder=5, label="_edge")
+            left.plot(g["scale"], g["opt_log2_lr_fit"], ":", color=look["color"], label="_fit")
             lo, hi = g["opt_log2_lr_fit_lo"].astype(float), g["opt_log2_lr_fit_hi"].astype(float)
             # drawn about the CI's middle: a percentile CI need not contain the point estimate
-            left.errorbar(g["scale"], (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor=col, elinewidth=1.2,
-                          capsize=3, label="_ci")
-            right.plot(g["scale"], np.minimum(g["loss_at_base_lr"].astype(float), top), "-o", color=col,
-                       label=f"{label} @ base LR")
-            right.plot(g["scale"], np.minimum(g["best_loss"].astype(float), top), "--", color=col, alpha=0.75,
-                       label=f"{label} best")
+            left.errorbar(g["scale"], (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor=look["color"],
+                          elinewidth=1.2, capsize=3, label="_ci")
+            right.plot(g["scale"], _clip_to_range(g["loss_at_base_lr"], ylo, top), "-",
+                       label=f"{gkey[0]} @ base LR", **look)
+            right.plot(g["scale"], _clip_to_range(g["best_loss"], ylo, top), "--", color=look["color"], alpha=0.75,
+                       label=f"{gkey[0]} best")
             div = g[g["base_lr_diverged"]]
             if not div.empty:
-                right.plot(div["scale"], [top] * len(div), color=col, label="_diverged", **DIVERGED)
-            above = g[g["loss_at_base_lr"] > top]
-            if not above.empty:
-                right.plot(above["scale"], [top] * len(above), color=col, label="_clipped", **CLIPPED)
-            marked |= not div.empty
+                right.plot(div["scale"], [_strip_y(0, 1, spec.maximize)] * len(div), color=look["color"],
+                           transform=right.get_xaxis_transform(), label="_diverged", **DIVERGED)
         scales = sorted(t["scale"].dropna().unique())
         for ax in (left, right):
             _scale_axis(ax, scales)
             ax.set_xlabel(ax_name)
             ax.grid(alpha=0.3)
-        right.set_ylim(ylo, top)
+        _frame_y(right, ylo, top, spec.maximize, style.logy)
         left.yaxis.set_major_locator(MaxNLocator(integer=True))
+        left.yaxis.set_major_formatter(_pow2_formatter())
         y0, y1 = left.get_ylim()
-        if y1 - y0 < 2:  # at least two octaves tall, so the integer ticks read as octaves
+        if y1 - y0 < 2:  # at least two octaves tall, so the ticks read as octaves
             mid = (y0 + y1) / 2
             left.set_ylim(mid - 1, mid + 1)
-        left.set_ylabel(f"log2 optimal LR (bars: {ci * 100:g}% CI of the fit)")
-        left.set_title(f"optimal LR vs {ax_name} (dotted: parabola fit, hollow: grid edge)", fontsize=10)
+        left.set_ylabel("optimal learning rate")
+        left.set_title(f"optimal LR vs {ax_name}", fontsize=10)
         right.set_ylabel(metric.replace("_", " "))
-        right.set_title(f"{metric.replace('_', ' ')} at the base-{ax_name} LR (solid) vs best (dashed)", fontsize=10)
-        series_lines = [h for h in left.get_lines() if not h.get_label().startswith("_")]
-        left.legend(series_lines, legend_text, fontsize=8,
-                    title=f"verdict (±{tolerance:g} octave{'' if tolerance == 1 else 's'}, {ci * 100:g}% CI)",
-                    title_fontsize=8)
-        handles = [h for h in right.get_lines() if h.get_label().endswith(" @ base LR")]
-        handles += [Line2D([], [], color="gray", ls="--", label="best at that scale")]
-        if marked:
-            handles.append(Line2D([], [], color="gray", label="base LR diverged", **{**DIVERGED, "clip_on": True}))
-        right.legend(handles=handles, fontsize=8)
+        right.set_title(f"{metric.replace('_', ' ')} at the base-{ax_name} LR vs the best", fontsize=10)
+    key = [Line2D([], [], color="gray", marker="o", label="optimum on the LR grid"),
+           Line2D([], [], color="gray", marker="o", mfc="white", ls="none", label="… at the grid's edge"),
+           Line2D([], [], color="gray", ls=":", label="parabola fit"),
+           Line2D([], [], color="gray", marker="|", ms=10, ls="none", label=f"{ci * 100:g}% CI of the fit"),
+           Line2D([], [], color="gray", label="at the base-scale LR (right)"),
+           Line2D([], [], color="gray", ls="--", label="best at that scale (right)")]
+    if any(h.get_label() == "_diverged" for ax in panels.flat for h in ax.get_lines()):
+        key.append(Line2D([], [], color="gray", label="base LR diverged (right)", **DIVERGED))
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8, frameon=False,
+               title=f"verdict (±{tolerance:g} octave{'' if tolerance == 1 else 's'}, {ci * 100:g}% CI)",
+               title_fontsize=8)
+    fig.legend(handles=key, loc="outside right lower", fontsize=8, frameon=False)
     fig.suptitle(f"LR transfer across {' and '.join(axes_names)}: {metric.replace('_', ' ')}")
     save(fig, out)
     return fig
@@ -259,11 +420,6 @@ def transfer_plot(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
 # ----------------------------------------------------------------------------- training curves
 
 CURVE_METRICS = ("train_loss", "test_loss")
-COLOR_BY = ("scale", "lr")
-# per-atom diagnostics that can be drawn against step, with the axis label each gets
-QUANTITIES = {"relative_update": "update norm / weight norm", "elr": "effective LR (lr / ‖w‖²)",
-              "condition": "condition number σ_max / σ_min", "weight_norm": "weight norm",
-              "update_norm": "update norm", "angle": "angle per step (rad)"}
 # what to turn on when a quantity has no finite values
 QUANTITY_HINTS = {"condition": "set `log_condition = true` in [train] and sweep again",
                   "elr": "it exists only for scale-invariant weights: train with `constraint = \"sphere\"` "
@@ -342,21 +498,24 @@ def _no_runs(ax) -> None:
     ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def _step_lines(axes, series, mean: pd.DataFrame, ends: pd.DataFrame, metric: str, ylim, style) -> None:
+def _step_lines(axes, series, mean: pd.DataFrame, ends: pd.DataFrame, metric: str, ylim, line_style,
+                look: Style) -> None:
     """Loss-vs-step panels, one per series: a seed-mean line per ``_key`` of ``mean`` drawn with
-    ``style(key)`` (plot keywords, colour and label included), a ✕ at the last logged point of
+    ``line_style(key)`` (plot keywords, colour and label included), a ✕ at the last logged point of
     a line whose runs diverged (``ends``), values above the y range drawn at its top."""
     ylo, yhi = ylim
     for ax, name in zip(axes, series):
         s = mean[mean["series"] == name]
         for key, line in s.groupby("_key", sort=True):
-            kw = style(key)
+            kw = line_style(key)
             ax.plot(line["step"], np.minimum(line[metric], yhi), **kw)
             end = ends[(ends["series"] == name) & (ends["_key"] == key)]
             if not end.empty:
                 ax.scatter(end["step"], np.minimum(end[metric], yhi), color=kw["color"], label="_diverged",
                            **DIVERGED_END)
-        ax.set_title(name)
+        ax.set_title(look.name(name))
+        if look.logy:
+            ax.set_yscale("log")
         ax.set_ylim(ylo, yhi)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -366,7 +525,7 @@ def _step_lines(axes, series, mean: pd.DataFrame, ends: pd.DataFrame, metric: st
 
 
 def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "lr", metric: str = "train_loss",
-                    axis: str | None = None, scale=None, lr=None, out=None) -> Figure:
+                    axis: str | None = None, scale=None, lr=None, out=None, style: Style | None = None) -> Figure:
     """Training curves: loss vs step, one panel per series, one seed-mean line per LR or per scale.
 
     * ``color_by="lr"``: at one scale (``scale``, default the largest), one line per LR (or only
@@ -409,13 +568,15 @@ def training_curves(runs: pd.DataFrame, curves: pd.DataFrame, color_by: str = "l
         label = {k: f"{ax_name}={k}" for k in keys}
     fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    _step_lines(axes, series, mean, ends, metric, _robust_range(mean[metric], _initial_loss(runs)),
-                lambda key: {"lw": 1.4, "color": color[key], "label": label[key]})
+    _step_lines(axes, series, mean, ends, metric, _positive_range(mean[metric], _style(style).logy,
+                                                                  _initial_loss(runs)),
+                lambda key: {"lw": 1.4, "color": color[key], "label": label[key]}, _style(style))
     crossed = [] if ends.empty else [Line2D([], [], color="gray", marker="x", mew=2, ls="none",
                                             label="diverged (its last logged step)")]
     if color_by == "lr":
         bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
-        bar.set_label("log2 effective LR" if rate == "elr" else "log2 learning rate")
+        bar.set_label("effective LR" if rate == "elr" else "learning rate")
+        bar.ax.yaxis.set_major_formatter(_pow2_formatter())
         if crossed:
             axes[-1].legend(handles=crossed, fontsize=8)
     else:
@@ -433,7 +594,7 @@ def loss_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_
 
 
 def curves_by_lrwd(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
-                   scale=None, out=None) -> Figure:
+                   scale=None, out=None, style: Style | None = None) -> Figure:
     """Loss vs step, one panel per series at one scale (default the largest), one seed-mean line
     per (lr, weight_decay) cell with wd > 0, coloured by log2(lr·wd) (colorbar) with a line style
     per lr, labelled ``lr=2^a, wd=2^b``: under the lr·wd invariance lines of one colour meet late
@@ -459,11 +620,13 @@ def curves_by_lrwd(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "trai
     series = list(dict.fromkeys(runs["series"]))
     fig = Figure(figsize=(1.6 + 3.9 * len(series), 3.6), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
-    _step_lines(axes, series, mean, ends, metric, _robust_range(mean[metric], _initial_loss(runs)),
+    _step_lines(axes, series, mean, ends, metric, _positive_range(mean[metric], _style(style).logy,
+                                                                  _initial_loss(runs)),
                 lambda key: {"lw": 1.3, "color": cmap(norm(products[key])), "ls": lr_style[key[0]],
-                             "label": f"lr={_lr_text(key[0])}, wd={_lr_text(key[1])}"})
+                             "label": f"lr={_lr_text(key[0])}, wd={_lr_text(key[1])}"}, _style(style))
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
-    bar.set_label("log2 (lr · weight decay)")
+    bar.set_label("lr · weight decay")
+    bar.ax.yaxis.set_major_formatter(_pow2_formatter())
     handles = [Line2D([], [], color="gray", ls=st, label=f"lr={_lr_text(v)}") for v, st in lr_style.items()]
     axes[-1].legend(handles=handles, fontsize=7, title="line style", title_fontsize=7)
     fig.suptitle(f"{metric.replace('_', ' ')} vs step by lr·wd at {ax_name}={scale}")
@@ -482,7 +645,7 @@ def _panel_groups(runs: pd.DataFrame) -> tuple[list[str], list, list[str]]:
 
 
 def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metric: str = "train_loss",
-                boundaries: pd.DataFrame | None = None, out=None) -> Figure:
+                boundaries: pd.DataFrame | None = None, out=None, style: Style | None = None) -> Figure:
     """Final loss against ``x`` (log2 axis; ``elr`` by default) per run, coloured by its regime
     (a scatter per regime labelled ``converge`` / ``chaotic`` / ``diverge``, fixed colours
     ``REGIME_COLORS``), the seed mean (line ``seed mean``), the chance loss (dotted, ``_chance``)
@@ -538,7 +701,7 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
                                alpha=0.12, lw=0, label=f"_{bname}_spread")
             ax.set_xscale("log", base=2)
             ax.set_ylim(ylo, yhi)
-            ax.set_title(f"{name}{_group_label(keys, gval)}")
+            ax.set_title(f"{_style(style).name(name)}{_group_label(keys, gval)}")
             ax.grid(alpha=0.3)
             if sel.empty:
                 _no_runs(ax)
@@ -565,7 +728,7 @@ def _edges(centers: np.ndarray) -> np.ndarray:
 
 
 def lrwd_heatmap(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, scale=None,
-                 out=None) -> Figure:
+                 out=None, style: Style | None = None) -> Figure:
     """Seed-mean final loss over (log2 lr, log2 weight_decay) as a heatmap (one QuadMesh per
     panel, one colour scale), one panel per series at one scale (default the largest): ✕ marks
     cells whose seeds all diverged (``_diverged``), dashed diagonals (``_product``) join the
@@ -617,9 +780,11 @@ def lrwd_heatmap(runs: pd.DataFrame, metric: str = "train_loss", axis: str | Non
         ax.set_ylim(ye[0], ye[-1])
         ax.set_xticks(xs)
         ax.set_yticks(ys)
-        ax.set_xlabel("log2 learning rate")
-        ax.set_title(name)
-    axes[0].set_ylabel("log2 weight decay")
+        ax.set_xlabel("learning rate")
+        ax.set_title(_style(style).name(name))
+        ax.xaxis.set_major_formatter(_pow2_formatter())
+        ax.yaxis.set_major_formatter(_pow2_formatter())
+    axes[0].set_ylabel("weight decay")
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
     bar.set_label(f"final {metric.replace('_', ' ')} (seed mean)")
     fig.suptitle(f"final {metric.replace('_', ' ')} over lr x weight decay at {ax_name}={scale} "
@@ -629,7 +794,7 @@ def lrwd_heatmap(runs: pd.DataFrame, metric: str = "train_loss", axis: str | Non
 
 
 def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: str = "relative_update",
-                     axis: str | None = None, scale=None, lr=None, out=None) -> Figure:
+                     axis: str | None = None, scale=None, lr=None, out=None, style: Style | None = None) -> Figure:
     """Per-atom ``quantity`` (``QUANTITIES``) against step: one panel per series, one seed-mean
     line per atom labelled with the atom's name (atom −1, all scale-invariant weights together,
     black and dashed), for the runs at one scale (default the largest) and one LR (``lr``, or
@@ -663,10 +828,10 @@ def diagnostics_plot(runs: pd.DataFrame, diagnostics: pd.DataFrame, quantity: st
     for ax, name in zip(axes, series):
         s = mean[mean["series"] == name]
         for (atom, atom_name), line in s.groupby(["atom", "name"], sort=True):
-            style = {"color": "black", "ls": "--", "lw": 1.8} if atom == -1 else {"color": colors[atom], "lw": 1.2}
-            ax.plot(line["step"], line[quantity], label=str(atom_name), **style)
+            kw = {"color": "black", "ls": "--", "lw": 1.8} if atom == -1 else {"color": colors[atom], "lw": 1.2}
+            ax.plot(line["step"], line[quantity], label=str(atom_name), **kw)
         lrs = s["lr"].unique()
-        ax.set_title(name + (f" ({rate}={_lr_text(lrs[0])})" if len(lrs) == 1 else ""))
+        ax.set_title(_style(style).name(name) + (f" ({rate}={_lr_text(lrs[0])})" if len(lrs) == 1 else ""))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if s.empty:
@@ -687,22 +852,22 @@ DIR_STYLES = ("-", "--", ":", "-.")
 
 
 def compare_curves(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_loss", axis: str | None = None,
-                   out=None) -> Figure:
+                   out=None, style: Style | None = None) -> Figure:
     """Several results directories' loss-vs-LR curves overlaid (``lrtransfer compare``): one
     panel per series, colour = scale (as ``lr_curves``), line style = directory, ★ at each
     curve's minimum. A series missing from a directory is just not drawn there."""
     out = check_out(out)
     metric_column(metric)
     first = next(iter(runs_by_dir.values()))
-    ax_name = resolve_axes(first, axis)[0]
+    ax_name = _plot_axes(first, axis)[0]
     tables = {label: cells(runs, metric, ax_name) for label, runs in runs_by_dir.items()}
     series = list(dict.fromkeys(s for c in tables.values() for s in c["series"]))
     scales = sorted({x for c in tables.values() for x in c[ax_name].dropna().unique()})
-    cmap = mpl.colormaps["viridis"]
-    colors = {s: cmap(0.9 * i / max(len(scales) - 1, 1)) for i, s in enumerate(scales)}
+    looks = _scale_styles(scales)
+    colors = {s: look["color"] for s, look in looks.items()}
     styles = {label: DIR_STYLES[i % len(DIR_STYLES)] for i, label in enumerate(tables)}
     everything = pd.concat([c["loss"] for c in tables.values()])
-    ylo, yhi = _robust_range(everything, _initial_loss(first, metric))
+    ylo, yhi = _positive_range(everything, _style(style).logy, _initial_loss(first, metric))
     fig = Figure(figsize=(1.8 + 3.9 * len(series), 3.9), layout="constrained")
     axes = fig.subplots(1, len(series), sharey=True, squeeze=False)[0]
     for ax, name in zip(axes, series):
@@ -716,9 +881,11 @@ def compare_curves(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_lo
                         lw=1.5, color=colors[scale], label=f"{label}: {ax_name}={scale}")
                 best = s.loc[_best_index(s["loss"], metric)]
                 ax.plot([best["lr"]], [min(best["loss"], yhi)], color=colors[scale], label="_minimum", **MINIMUM)
-        ax.set_xscale("log", base=2)
+        _lr_axis(ax)
+        if _style(style).logy:
+            ax.set_yscale("log")
         ax.set_ylim(ylo, yhi)
-        ax.set_title(name)
+        ax.set_title(_style(style).name(name))
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric.replace("_", " ") + " (seed mean)")

@@ -97,6 +97,13 @@ def signed(x, digits: int = 2) -> str:
     return ("−" if x < 0 else "+") + text
 
 
+def plus(x, digits: int = 2) -> str:
+    """``+0.05`` / ``-0.31`` (ASCII sign, as the README's tables write drifts); "—" when missing."""
+    if missing(x):
+        return "—"
+    return f"{x:+.{digits}f}"
+
+
 def pow2(x) -> str:
     """An LR as 2^k (k with 2 decimals when off the power-of-two grid)."""
     if missing(x) or not np.isfinite(x) or x <= 0:

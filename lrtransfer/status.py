@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from optuna.trial import TrialState
+from rich.markup import escape
+from rich.table import Table
 
 from .errors import UserError
 from .store import ResultStore
@@ -135,3 +137,19 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
         errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
     return {"study": name, "storage": source, "rows": rows, "totals": totals, "eta": eta,
             "errors": errors, "time": time.time()}
+
+
+def status_table(st: dict) -> Table:
+    """``sweep_status``'s counts as a rich table: a row per series and scale, the totals as its
+    last row, the ETA in the caption."""
+    table = Table(title=escape(f"{st['study']} ({st['storage']})"), caption=escape(f"eta: {st['eta']}"),
+                  caption_justify="left")
+    table.add_column("series")
+    table.add_column("scale")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    for row in st["rows"]:
+        table.add_row(escape(str(row["series"])), escape(str(row["scale"])), *(str(row[s]) for s in STATES),
+                      end_section=row is st["rows"][-1])
+    table.add_row("total", "", *(str(st["totals"][s]) for s in STATES), style="bold")
+    return table

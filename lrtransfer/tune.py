@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from . import render
 from .analysis import metric_spec, optimum
+from .choices import ALONG, SAMPLERS  # noqa: F401  (ALONG: the CLI's --along)
 from .errors import UserError
 from .flops import FlopCounter
 from .store import FINISHED, ResultStore
@@ -24,7 +25,6 @@ from .sweep.queue import open_storage
 from .train import execute, resolve_device
 from .sweep.sweep import check_same_experiment, results_dir_for
 
-SAMPLERS = ("tpe", "gp", "random")
 
 
 @dataclass
@@ -307,7 +307,6 @@ def render_tune(results: list[TuneResult], format: str = "markdown", metric: str
     return "\n\n".join(blocks) + "\n"
 
 
-ALONG = ("lr", "lrwd")
 
 
 @dataclass

@@ -239,3 +239,58 @@ def test_keys_lists_every_run_key_from_the_spec():
     names = [k["name"] for k in json.loads(r.stdout)]
     assert names == [k.name for k in spec.KEYS] and {"update", "ns", "param", "base_width"} <= set(names)
     assert invoke("keys", "--format", "csv").exit_code == 2
+
+
+# -- help: examples, readable metavars, choices from the code ------------------------------------
+def _commands():
+    from typer.main import get_command
+    from lrtransfer.cli import app
+    return sorted(get_command(app).commands)
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")   # --help's table columns unwrapped, so phrases can be searched
+
+
+def test_every_commands_help_has_an_example_and_readable_metavars(wide):
+    commands = _commands()
+    assert {"sweep", "worker", "status", "plot", "report", "compare", "tune", "coordcheck", "keys"} <= set(commands)
+    for name in [None, *commands]:
+        r = invoke(*([name] if name else []), "--help")
+        text = " ".join(r.stdout.split())
+        assert r.exit_code == 0, name
+        assert ("Examples:" in text and "lrtransfer " in text.split("Examples:")[1]) or name is None, name
+        assert "<bool>" not in text and "<list[str]>" not in text and "<str>" not in text, name
+
+
+def test_help_shows_choices_from_the_code_and_describes_every_option(wide):
+    from lrtransfer import choices
+    from lrtransfer.analysis import METRIC_SPECS
+    text = lambda *args: " ".join(invoke(*args, "--help").stdout.split())  # noqa: E731
+    assert choices.metavar(choices.STATUS_FORMATS) in text("status")
+    assert choices.metavar(choices.PLOT_KINDS) in text("plot") and choices.metavar(METRIC_SPECS) in text("plot")
+    assert "test_acc (maximized)" in text("report") and "scale axis to analyse" in text("report")
+    for command in ("sweep", "worker", "coordcheck"):
+        assert "no progress lines" in text(command), command
+    for command in ("sweep", "worker", "tune", "coordcheck"):
+        assert " | ".join(choices.DEVICES) in text(command), command
+    assert "NAME_transfer" in text("plot")            # --kind lr's second figure is named
+    assert "KEY=VALUE" in text("sweep") and choices.metavar(choices.SAMPLERS) in text("tune")
+
+
+def test_three_misspellings_get_suggestions(swept, tmp_path):
+    exp, res = swept
+    bad = tmp_path / "bad.toml"
+    bad.write_text(exp.read_text().replace("steps = 20", "stpes = 20"))
+    r = invoke("sweep", bad, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "train.stpes: unknown key (did you mean 'steps'?)" in " ".join(r.output.split())
+    r = invoke("plot", res, "--series", "normed_adma", "--out", tmp_path / "x.png")
+    assert r.exit_code == 2 and "--series 'normed_adma': no such series here (did you mean 'normed_adam'?)" \
+        in " ".join(r.output.split())
+    r = invoke("report", res, "--metric", "test_accuracy")
+    assert r.exit_code == 2 and "--metric 'test_accuracy': unknown metric (did you mean 'test_acc'?)" \
+        in " ".join(r.output.split())
+    r = invoke("status", res, "--format", "tabel")
+    assert r.exit_code == 2 and "(did you mean 'table'?)" in r.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "x.png").exists()

@@ -72,13 +72,28 @@ def test_minimum_star_sits_on_the_argmin():
     assert star.get_xdata()[0] == 2.0 ** -2 and star.get_marker() == "*"
 
 
-def test_diverged_runs_drawn_as_crosses_at_the_top():
+def test_diverged_runs_drawn_as_crosses_in_a_strip_above_the_data():
     fig = plots.lr_curves(runs())
     for ax in fig.axes:
         crosses = marks(ax, "_diverged")
         assert len(crosses) == 1 and crosses[0].get_marker() == "x"
         assert list(crosses[0].get_xdata()) == [1.0]
-        assert crosses[0].get_ydata()[0] == pytest.approx(ax.get_ylim()[1]) and not crosses[0].get_clip_on()
+        # the largest of three widths: the top of the strip beyond the data, inside the axes (not on the spine)
+        assert crosses[0].get_ydata()[0] == pytest.approx(plots.STRIP[1]) and crosses[0].get_clip_on()
+        assert plots.DATA_FRACTION < plots.STRIP[0] < plots.STRIP[1] < 1
+
+
+def test_crosses_of_several_scales_at_one_lr_are_offset():
+    r = runs(series=("adam",), diverge=False)
+    r.loc[r["lr"] == 1.0, ["status", "final_train_loss"]] = ["diverged", math.nan]
+    crosses = marks(plots.lr_curves(r).axes[0], "_diverged")
+    assert [c.get_xdata()[0] for c in crosses] == [1.0, 1.0, 1.0]
+    lo, hi = plots.STRIP
+    assert [c.get_ydata()[0] for c in crosses] == pytest.approx([lo, (lo + hi) / 2, hi])
+    # an accuracy's worse end is the bottom: the strip is mirrored there
+    acc = r.assign(final_test_acc=1 - r["final_train_loss"] / 10)
+    crosses = marks(plots.lr_curves(acc, metric="test_acc").axes[0], "_diverged")
+    assert [c.get_ydata()[0] for c in crosses] == pytest.approx([1 - lo, 1 - (lo + hi) / 2, 1 - hi])
 
 
 def test_all_runs_of_a_scale_diverged():
@@ -103,13 +118,16 @@ def test_huge_loss_does_not_blow_up_the_axis():
     lo, hi = ax.get_ylim()
     assert hi < 10 and lo < r["final_train_loss"].min()
     clipped = marks(ax, "_clipped")
-    assert len(clipped) == 1 and clipped[0].get_ydata()[0] == pytest.approx(hi)
+    assert len(clipped) == 1 and clipped[0].get_ydata()[0] == pytest.approx(plots.DATA_FRACTION)  # the data's edge
 
 
 def test_y_limits_follow_initial_loss():
     fig = plots.lr_curves(runs(series=("adam",), diverge=False).assign(first_train_loss=1.0))
-    _lo, hi = fig.axes[0].get_ylim()
-    assert hi == pytest.approx(1.1 + 0.08 * (1.1 - (1 / 512 + 0.02)), rel=1e-6)
+    lo, hi = fig.axes[0].get_ylim()
+    best = 1 / 512 + 0.02                          # the smallest loss drawn
+    data_hi = 1.1 + 0.08 * (1.1 - best)            # 1.1 x the initial loss, and a margin
+    assert lo == pytest.approx(best - 0.06 * (1.1 - best), rel=1e-6)
+    assert hi == pytest.approx(lo + (data_hi - lo) / plots.DATA_FRACTION, rel=1e-6)   # and the strip
 
 
 def test_several_seeds_get_a_band():
@@ -125,10 +143,9 @@ def test_single_scale_and_single_series(tmp_path):
     r = runs(widths=(64,), series=("adam",), diverge=False)
     fig = plots.lr_curves(r, out=tmp_path / "one.png")
     assert len(fig.axes) == 1 and curve_labels(fig.axes[0]) == ["width=64"]
-    fig = plots.transfer_plot(r, out=tmp_path / "t.png")
-    assert len(fig.axes) == 2
-    assert curve_labels(fig.axes[0]) == ["adam"]
-    assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "t.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="the transfer view needs two or more widths; the runs have 1"):
+        plots.transfer_plot(r, out=tmp_path / "t.png")
+    assert (tmp_path / "one.png").stat().st_size > 1000 and not (tmp_path / "t.png").exists()
 
 
 def test_transfer_plot_panels_and_curves():
@@ -163,8 +180,9 @@ def test_transfer_plot_ci_bars_and_verdicts(tmp_path):
     left = fig.axes[0]
     bars = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 2  # one set of CI bars per series
-    assert "80% CI" in left.get_ylabel()
-    legend = left.get_legend()
+    verdicts, key = fig.legends   # both outside the panels
+    assert "80% CI of the fit" in [t.get_text() for t in key.get_texts()]
+    legend = verdicts
     assert [t.get_text() for t in legend.get_texts()] == ["adam: transfers", "normed: transfers"]
     assert "±0.5 octaves" in legend.get_title().get_text() and "80% CI" in legend.get_title().get_text()
     assert curve_labels(left) == ["adam", "normed"]  # the curves keep their series labels
@@ -221,3 +239,97 @@ def test_loss_vs_step_refuses_a_scale_that_is_not_there():
         plots.loss_vs_step(r, _curves(r), scale=64)
     with pytest.raises(UserError, match="train_loss or test_loss"):
         plots.loss_vs_step(r, _curves(r), metric="test_acc")
+
+
+# ----------------------------------------------------------------------------- figure details
+
+def test_svg_keeps_its_text_as_text(tmp_path):
+    plots.lr_curves(runs(), out=tmp_path / "c.svg")
+    svg = (tmp_path / "c.svg").read_text()
+    assert "<text" in svg and "train loss vs learning rate across width" in svg
+
+
+def test_every_lr_axis_reads_2_to_the_k():
+    fig = plots.transfer_plot(runs())
+    left = fig.axes[0]
+    assert left.yaxis.get_major_formatter()(-3, 0) == "$2^{-3}$"          # the optimum panel, in log2 LR
+    panel = plots.lr_curves(runs()).axes[0]
+    assert panel.get_xscale() == "log" and panel.xaxis.get_major_formatter()(0.125, 0) == r"$\mathdefault{2^{-3}}$"
+
+
+def test_keys_sit_outside_the_panels():
+    for fig in (plots.lr_curves(runs(seeds=(0, 1))), plots.transfer_plot(runs())):
+        assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)
+        assert all(not ax.get_title().count("(") for ax in fig.axes)        # no key in a subplot title
+
+
+def test_band_meaning_is_in_the_legend():
+    texts = [t.get_text() for t in plots.lr_curves(runs(seeds=(0, 1, 2))).legends[0].get_texts()]
+    assert "band: min–max over seeds" in texts and "line: seed mean" in texts
+    texts = [t.get_text() for t in plots.lr_curves(runs()).legends[0].get_texts()]
+    assert not any("band" in t for t in texts)                               # one seed: no band, no entry
+
+
+def _contrast_with_white(color) -> float:
+    """WCAG 2 contrast ratio of ``color`` against white (relative luminance of linear sRGB)."""
+    from matplotlib.colors import to_rgb
+    lin = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in to_rgb(color)]
+    return 1.05 / (0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] + 0.05)
+
+
+def test_palettes_read_on_white_and_in_greyscale():
+    looks = plots._scale_styles([32, 64, 128, 256, 512])
+    contrast = [_contrast_with_white(look["color"]) for look in looks.values()]
+    assert min(contrast) >= 3.0                                      # WCAG's 3:1 for graphics, the last one too
+    assert contrast == sorted(contrast, reverse=True)                # grey levels in scale order
+    assert all(a / b > 1.3 for a, b in zip(contrast, contrast[1:]))  # and apart
+    assert len({look["marker"] for look in looks.values()}) == 5     # a marker each for greyscale
+    series = plots._series_styles(["a", "b", "c", "d", "e", "f"])
+    assert min(_contrast_with_white(look["color"]) for look in series.values()) >= 3.0
+    assert len({look["marker"] for look in series.values()}) == 6
+
+
+def test_select_series_scales_labels_and_logy():
+    r = plots.select(runs(), series=["normed"], scales=[32, 512])
+    fig = plots.lr_curves(r, style=plots.Style(labels={"normed": "normed Adam"}, logy=True))
+    (ax,) = fig.axes
+    assert ax.get_title() == "normed Adam" and curve_labels(ax) == ["width=32", "width=512"]
+    assert ax.get_yscale() == "log"
+    fig = plots.transfer_plot(r, style=plots.Style(labels={"normed": "normed Adam"}))
+    assert [t.get_text().split(":")[0] for t in fig.legends[0].get_texts()] == ["normed Adam"]
+    with pytest.raises(UserError, match=r"--series 'normd': no such series here \(did you mean 'normed'\?\)"):
+        plots.select(runs(), series=["normd"])
+    with pytest.raises(UserError, match="--scales 64: no runs at width=64; widths: 32, 128, 512"):
+        plots.select(runs(), scales=[64])
+    with pytest.raises(UserError, match="--logy"):
+        plots.lr_curves(runs().assign(final_train_loss=lambda d: d["final_train_loss"] - 1), style=plots.Style(logy=True))
+
+
+def test_an_axis_with_one_value_is_refused():
+    with pytest.raises(UserError, match="--axis depth: every run has depth = 2, nothing varies along it; the runs vary width"):
+        plots.lr_curves(runs(), axis="depth")
+    with pytest.raises(UserError, match="--axis depth"):
+        plots.transfer_plot(runs(), axis="depth")
+
+
+def test_plot_cli_degenerate_request_exits_2_and_writes_nothing(tmp_path):
+    from conftest import invoke
+    from lrtransfer.store import write_table
+    write_table(runs(), tmp_path / "runs.parquet")
+    r = invoke("plot", tmp_path)
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"lr_curves.png", "transfer.png"} <= set(before)
+    for args, message in ((("--axis", "depth"), "--axis depth: every run has depth = 2"),
+                          (("--scales", "32"), "the transfer view needs two or more widths"),
+                          (("--series", "adma"), "(did you mean 'adam'?)"),
+                          (("--kind", "curvs"), "--kind 'curvs': allowed: lr, curves, diagnostics, regimes, lrwd "
+                                                "(did you mean 'curves'?)"),
+                          (("--label", "adam"), "--label 'adam': expected SERIES=NAME")):
+        r = invoke("plot", tmp_path, *args)
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (args, r.output)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, args
+    r = invoke("plot", tmp_path, "--series", "adam", "--label", "adam=Adam (SP)", "--out", tmp_path / "a.svg")
+    assert r.exit_code == 0 and (tmp_path / "a.svg").exists() and (tmp_path / "a_transfer.svg").exists()
+    assert "Adam (SP)" in (tmp_path / "a.svg").read_text()
+    assert f"wrote {tmp_path / 'a.svg'} and {tmp_path / 'a_transfer.svg'}" in " ".join(r.output.split())
