@@ -2,7 +2,8 @@
 
 Runs the same grid two ways in this one invocation, one after the other, on the same cores:
 
-* **suite**: ``run_sweep`` with its default workers (one per core), diagnostics and all;
+* **suite**: ``run_sweep`` with its default workers (one per core), diagnostics and all, and
+  its default ``batch_cells = "auto"`` (narrow cells trained together);
 * **by hand**: the loop researchers write — for every cell a fresh ``python`` process running
   the script below (an ``nn.Module`` ResMLP of ``nn.Sequential`` blocks, ``torch.optim.Adam``,
   a shuffling ``DataLoader`` over the same MNIST-1D arrays, the same steps, batch size, LR
@@ -11,7 +12,9 @@ Runs the same grid two ways in this one invocation, one after the other, on the 
 
 Prints both wall times and the ratio. Goal (issue: speed): the suite ≥ 3× faster.
 
-Usage: python benchmarks/grid_vs_naive.py [--seeds 1] [--parallel N] [--steps 300]
+Writes ``results/benchmarks/grid_vs_naive.json`` (the README's speed table is made from it).
+
+Usage: python benchmarks/grid_vs_naive.py [--seeds 1] [--parallel N] [--steps 300] [--out PATH]
 """
 from __future__ import annotations
 
@@ -21,12 +24,16 @@ import sys
 import tempfile
 import time
 import tomllib
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from lrtransfer.store import write_json  # noqa: E402
 from lrtransfer.sweep import experiment_from_dict, run_sweep  # noqa: E402
 from lrtransfer.sweep.sweep import available_cores  # noqa: E402
 
@@ -75,6 +82,7 @@ def main():
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--parallel", type=int, default=available_cores())
     p.add_argument("--steps", type=int, default=None, help="default: the quickstart's")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "grid_vs_naive.json")
     args = p.parse_args()
     raw = tomllib.loads((ROOT / "experiments" / "quickstart.toml").read_text())
     raw["series"] = {"adam": raw["series"]["adam"]}
@@ -103,6 +111,13 @@ def main():
     print(f"suite     {suite:7.1f} s")
     print(f"by hand   {naive:7.1f} s   (a fresh python per cell, nn.Sequential, torch.optim.Adam, DataLoader)")
     print(f"ratio     {naive / suite:7.2f}x  (by hand / suite; goal >= 3)")
+    report = {"cells": len(cells), "steps": raw["train"]["steps"], "batch_size": raw["train"]["batch_size"],
+              "parallel": args.parallel, "seeds": args.seeds, "suite_seconds": round(suite, 1),
+              "by_hand_seconds": round(naive, 1), "ratio": round(naive / suite, 2), "torch": torch.__version__,
+              "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report, args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -72,12 +72,15 @@ def sweep(path: Path) -> None:
     root = RESULTS / exp.name
     todo = plan(exp, root, estimate=False).todo
     if todo:
+        # what `sweep --dry-run` would have said, to set beside what the sweep then took
+        estimated = plan(exp, root, device="cpu", estimate=True).estimate_seconds
         started = time.perf_counter()
         result = run_sweep(exp, root, device="cpu")
         if len(result.failed):
             raise SystemExit(f"{exp.name}: {len(result.failed)} runs failed; see lrtransfer status {root} --errors")
         meta = {"experiment": exp.name, "cells": len(exp.cells()), "ran": todo,
                 "wall_seconds": round(time.perf_counter() - started, 1),
+                "estimated_seconds": round(estimated, 1),
                 "jobs": result.jobs, "host_cores": result.cores, "device": "cpu",
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "python": platform.python_version()}
@@ -301,8 +304,49 @@ def keys_section() -> str:
     return spec.markdown_table()
 
 
+BENCHMARKS = RESULTS / "benchmarks"
+
+
+def speed_section() -> str:
+    """Estimates against measured sweep times (reference.json), batched against one-by-one
+    steps (benchmarks/batched_speedup.py) and the suite against a hand-written sweep
+    (benchmarks/grid_vs_naive.py), all from files under results/."""
+    lines = ["| experiment | runs | --jobs | `--dry-run` estimate | took | estimate error |", "|---|---|---|---|---|---|"]
+    for path in experiment_files():
+        ref = RESULTS / path.stem / "reference.json"
+        meta = json.loads(ref.read_text()) if ref.exists() else {}
+        if meta.get("estimated_seconds") is None or meta.get("ran") != meta.get("cells"):
+            continue
+        est, took = meta["estimated_seconds"], meta["wall_seconds"]
+        lines.append(f"| `{path.stem}` | {meta['cells']} | {meta['jobs']} | {est:.0f} s | {took:.0f} s | "
+                     f"{100 * (est - took) / took:+.0f}% |")
+    lines.append("")
+    bench = BENCHMARKS / "batched_speedup.json"
+    if bench.exists():
+        b = json.loads(bench.read_text())
+        lines += [f"A training step of one cell alone against {b['cells']} cells trained together (per cell), "
+                  "warm, in one run of `python benchmarks/batched_speedup.py --compile`:", "",
+                  "| experiment | arch | width | alone ms/step | together ms/step per cell | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| `{r['experiment']}` | {r['arch']} | {r['width']} | {r['alone_ms']:.2f} | "
+                  f"{r['together_ms_per_cell']:.2f} | {r['speedup']:.2f}× |" for r in b["rows"]]
+        if b.get("compile"):
+            lines += ["", "`compile = true` on the quickstart's plain Adam step: " + "; ".join(
+                f"width {c['width']} {c['eager_ms']:.2f} → {c['compiled_ms']:.2f} ms ({c['ratio']:.2f}×) after a "
+                f"{c['compile_seconds']:.0f} s compile" for c in b["compile"]) + "."]
+        lines.append("")
+    naive = BENCHMARKS / "grid_vs_naive.json"
+    if naive.exists():
+        n = json.loads(naive.read_text())
+        lines.append(f"The quickstart's Adam grid ({n['cells']} cells, {n['steps']} steps, {n['parallel']} at a time), "
+                     f"`python benchmarks/grid_vs_naive.py`: the suite {n['suite_seconds']:.1f} s, the same grid written "
+                     f"by hand (a fresh python per cell, `nn.Sequential`, `torch.optim.Adam`, a `DataLoader`) "
+                     f"{n['by_hand_seconds']:.1f} s: **{n['ratio']:.2f}× faster**.")
+    return "\n".join(lines).rstrip()
+
+
 SECTIONS = {"quickstart": quickstart_section, "table": table_section, "methods": methods_section,
-            "dynamics": dynamics_section, "keys": keys_section}
+            "dynamics": dynamics_section, "keys": keys_section, "speed": speed_section}
 
 
 def render(readme: str) -> str:

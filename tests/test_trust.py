@@ -135,14 +135,19 @@ def test_a_run_records_threads_and_provenance_and_refuses_other_code(tmp_path):
         execute({**cell.values, "code_fingerprint": "f" * 16}, "cpu")
 
 
-def test_jobs_1_and_jobs_2_give_bit_identical_losses(tmp_path):
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_jobs_1_and_jobs_2_give_bit_identical_losses(tmp_path, batch):
+    """Alone or in bundles: bundles are fixed when the cells are enqueued, so two workers
+    train the same bundles one worker does, and every cell gets the same bits."""
     exp = write(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert invoke("sweep", exp, "--results", one, "--jobs", "1", "--quiet").exit_code == 0
-    assert invoke("sweep", exp, "--results", two, "--jobs", "2", "--quiet").exit_code == 0
+    how = ("--set", f"batch_cells={batch}")
+    assert invoke("sweep", exp, "--results", one, "--jobs", "1", "--quiet", *how).exit_code == 0
+    assert invoke("sweep", exp, "--results", two, "--jobs", "2", "--quiet", *how).exit_code == 0
     a = pd.read_parquet(one / "runs.parquet").set_index("run_id").sort_index()
     b = pd.read_parquet(two / "runs.parquet").set_index("run_id").sort_index()
     assert list(a.index) == list(b.index) and len(a) == 8
+    assert (a["bundle_size"] > 1).all() == (batch == "on") and (a["bundle_size"] == b["bundle_size"]).all()
     for col in ("final_train_loss", "final_test_loss", "first_train_loss"):
         assert (a[col].to_numpy() == b[col].to_numpy()).all(), col  # bit for bit, not approx
     ca = pd.read_parquet(one / "curves.parquet").sort_values(["run_id", "step"])

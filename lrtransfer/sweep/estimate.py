@@ -19,7 +19,8 @@ the wall time of --jobs 1 on 2 cores, i.e. 1.12× per run). Worker processes pay
 with many diverging cells finishes sooner than estimated.
 
 Cells the sweep trains together (``lrtransfer.batched``) are estimated as it trains them: the
-bundles ``plan_bundles`` makes, each timed as a bundle of its size and handed to one worker.
+bundles ``plan_bundles`` makes, each shape timed as a bundle of its largest size (a smaller
+bundle costs its share of that), each bundle handed to one worker.
 """
 from __future__ import annotations
 
@@ -126,8 +127,7 @@ def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, f
     """(wall seconds with ``jobs`` workers, compute seconds, shapes measured) for ``cells`` (run values).
 
     The cells are grouped into the bundles the sweep would train together
-    (``batched.plan_bundles``, the same decision); a bundle is one job for one worker and is
-    measured at its own size. Each shape is measured on its cell with the smallest LR: a cell
+    (``batched.plan_bundles``, the same decision); a bundle is one job for one worker. Each shape is measured on its cell with the smallest LR: a cell
     that diverges would stop early and make its shape look cheap."""
     jobs_of = [[k] for k in range(len(cells))]
     bundled = plan_bundles(cells, device)
@@ -139,16 +139,20 @@ def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, f
         key = shape_key(values)
         if key not in smallest or _lr_order(values) < _lr_order(smallest[key]):
             smallest[key] = values
-    costs: dict = {}
+    # a shape is measured once, at its largest bundle; a bundle a cell or two smaller costs
+    # its share of that (one bundle's work grows with its cells)
+    largest: dict = {}
+    for members in jobs_of:
+        key = shape_key(cells[members[0]])
+        largest[key] = max(largest.get(key, 0), len(members))
+    costs = {key: measure(smallest[key], device, cells=size) for key, size in largest.items()}
     durations = []
     for members in jobs_of:
         first = cells[members[0]]
-        key = (shape_key(first), len(members))
-        if key not in costs:
-            costs[key] = measure(smallest[key[0]], device, cells=len(members))
-        durations.append(costs[key].seconds(first))
+        key = shape_key(first)
+        durations.append(costs[key].seconds(first) * len(members) / largest[key])
     threads = max((v.get("threads", 1) for v in cells), default=1)
-    return wall_seconds(durations, jobs, threads, cores), sum(durations), len({k[0] for k in costs})
+    return wall_seconds(durations, jobs, threads, cores), sum(durations), len(costs)
 
 
 def _lr_order(values: dict) -> tuple:
