@@ -20,6 +20,7 @@ times a few steps both ways once per shape and process.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -41,7 +42,6 @@ PAYS_BELOW = 0.85        # batched per-cell step time / alone, below which batch
 
 def bundle_key(values: dict) -> str:
     """What cells must share to train together (their shape): the values but ``BUNDLE_FREE``."""
-    import json
     return json.dumps({k: v for k, v in values.items() if k not in BUNDLE_FREE}, sort_keys=True, default=str)
 
 
@@ -83,7 +83,11 @@ class _Stack:
 
 
 def _losses(model, names):
-    """(stacked weights, xs, ys) -> the (cells,) losses, one forward for all cells."""
+    """(stacked weights, xs, ys) -> the (cells,) losses, one forward for all cells.
+
+    (torch's fused CPU attention kernel has no batching rule, so under vmap a GPT's attention
+    runs cell by cell, with a warning; the probe times it as it is, and a GPT's step is
+    arithmetic-bound here anyway: benchmarks/batched_speedup.py.)"""
     def one(weights, x, y):
         return _loss(_Bound(model, dict(zip(names, weights))), x, y)
     return vmap(one, in_dims=(0, 0, 0))
@@ -107,8 +111,8 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     if len(cells) == 1:   # nothing to share: the solo loop, bit for bit
         from .train import execute
         return [execute(cells[0], device, on_step=on_step)]
-    runs = [Training(v, device) for v in cells]
     started = time.perf_counter()
+    runs = [Training(v, device) for v in cells]
     stack = _Stack(runs)
     fused = StackedPlain([r.opt for r in runs], stack.params) if all(stackable(r.opt) for r in runs) else None
     losses_of = _losses(runs[0].model, stack.names)
@@ -166,8 +170,7 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     wall = time.perf_counter() - started
     results = [run.result(evaluations.get(id(run)), bundle_size=len(runs), compiled=False) for run in runs]
     for r in results:   # the bundle's time, shared: what one cell cost
-        r.row["bundle_wall_seconds"] = r.row["wall_seconds"]
-        r.row["wall_seconds"] = wall / len(runs)
+        r.row.update(bundle_wall_seconds=wall, wall_seconds=wall / len(runs))
     return results
 
 
@@ -177,8 +180,7 @@ def _evaluate(stack: _Stack, first: Training) -> list[tuple[float, float]]:
     The cells see the same test batches, so each batch goes through all of them in one call."""
     values, model = first.values, first.model
     model.eval()
-    forward = vmap(lambda weights, x: functional_call(model, dict(zip(stack.names, weights)), (x,)),
-                   in_dims=(0, None))
+    forward = vmap(lambda weights, x: _Bound(model, dict(zip(stack.names, weights)))(x), in_dims=(0, None))
     cells = len(stack.runs)
     loss = torch.zeros(cells, dtype=torch.float64)
     correct = torch.zeros(cells, dtype=torch.int64)
