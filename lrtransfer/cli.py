@@ -552,6 +552,30 @@ def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage,
 
 
 @app.command(examples=(
+    "lrtransfer export results/quickstart --to tensorboard           # event files in results/quickstart/tensorboard",
+    "tensorboard --logdir results/quickstart/tensorboard",
+    "lrtransfer export results/quickstart --to mlflow                # sqlite:///results/quickstart/mlflow.db",
+    "lrtransfer export results/quickstart --to mlflow --uri http://localhost:5000 --experiment qs"))
+@user_errors
+def export(results_dir: Path = typer.Argument(..., help="results directory of a sweep"),
+           to: str = typer.Option(..., "--to", metavar=choices.metavar(choices.EXPORT_TARGETS),
+                                  help="where to: TensorBoard event files or an MLflow tracking store "
+                                       "(extras: lrtransfer[tensorboard], lrtransfer[mlflow])"),
+           uri: Optional[str] = typer.Option(None, "--uri", help="tensorboard: the log directory (default "
+                                             "RESULTS_DIR/tensorboard, replaced whole); mlflow: any tracking URI "
+                                             "(default sqlite:///RESULTS_DIR/mlflow.db)"),
+           experiment: Optional[str] = typer.Option(None, "--experiment", help="mlflow: the experiment to log into "
+                                                    "(default: the results' experiment name)")):
+    """Every run of a results directory into TensorBoard or MLflow: its config as hyperparameters,
+    its training curve as steps, its final metrics, status and run id (re-exporting to MLflow adds
+    only new runs)."""
+    from .export import export as run_export
+    done = run_export(results_dir, to, uri=uri, experiment=experiment)
+    out.print(f"{done.target}: {done.written} runs written to {done.where}"
+              + (f" ({done.skipped} already there)" if done.skipped else ""), markup=False, highlight=False)
+
+
+@app.command(examples=(
     "lrtransfer coordcheck experiments/quickstart.toml --set width=[64,256,1024] --steps 3 --out coord.png",
     "lrtransfer coordcheck experiments/methods_width_mnist1d.toml --series sp_adam --series mup_adam --format json"))
 @user_errors

@@ -1,0 +1,199 @@
+"""``lrtransfer export``: a results directory's runs in TensorBoard or MLflow, where researchers
+already keep their runs.
+
+Every recorded run becomes one run there, named ``<series> <axis>=<scale>... lr=2^k seed=s``:
+
+* its config as hyperparameters / params (every config column of the runs table, the series,
+  lr and seed included; metrics, timing and provenance are not config);
+* its training curve as the step series ``train_loss``, ``test_loss`` (where evaluated) and
+  ``lr`` (the scheduled LR);
+* its final numbers (``final_train_loss``, ``final_test_loss``, ``final_test_acc``,
+  ``wall_seconds`` where finite) as metrics, its status and run id as tags.
+
+TensorBoard: event files written with ``torch.utils.tensorboard.SummaryWriter``, one
+sub-directory per run (its run id) under the log directory (default ``RESULTS_DIR/tensorboard``,
+or ``--uri DIR``), hyperparameters through the HParams plugin. The export is written into a
+temporary directory beside the target and moved into place whole, replacing an earlier export.
+
+MLflow: through ``mlflow.MlflowClient`` into the tracking URI ``--uri`` (any URI MLflow takes:
+``http://…``, ``databricks``, ``sqlite:///…``), by default the SQLite store
+``sqlite:///RESULTS_DIR/mlflow.db`` (MLflow 3 keeps its old ``./mlruns`` file store in
+maintenance mode and refuses it unless told otherwise, so the default is its recommended local
+store). One experiment per results directory (``--experiment``, default the experiment's name);
+a run already exported (tag ``lrtransfer.run_id``) is skipped, so exporting again adds only new
+runs; if the export fails, the runs it created are deleted again.
+
+Each needs its optional extra: ``pip install 'lrtransfer[tensorboard]'`` / ``'lrtransfer[mlflow]'``;
+without it the export stops before writing anything, naming the extra.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import AXES, is_metadata
+from .choices import EXPORT_TARGETS
+from .errors import UserError
+from .store import load_results
+
+# what each target needs importable, and the extra that installs it
+NEEDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+FINAL_METRICS = ("final_train_loss", "final_test_loss", "final_test_acc", "wall_seconds")
+CURVE_SERIES = ("train_loss", "test_loss", "lr")
+RUN_TAG = "lrtransfer.run_id"
+CONFIG_ALWAYS = ("series", "lr", "seed")   # config, though never analysis groups (analysis.METADATA)
+
+
+@dataclass
+class Exported:
+    """What an export did: where, how many runs written, how many already there."""
+    target: str
+    where: str
+    written: int
+    skipped: int = 0
+
+
+def require(target: str):
+    """The library ``target`` needs, imported; UserError naming its extra when it is missing."""
+    if target not in EXPORT_TARGETS:
+        from .sweep.config import nearest
+        raise UserError(f"--to {target!r}: allowed: {', '.join(EXPORT_TARGETS)}{nearest(target, EXPORT_TARGETS)}")
+    try:
+        return importlib.import_module(NEEDS[target])
+    except ImportError:
+        raise UserError(f"--to {target}: the {NEEDS[target]} package is not installed; "
+                        f"install the extra: pip install 'lrtransfer[{target}]'") from None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _plain(v):
+    """A param value as TensorBoard / MLflow take it: bool, int, float or str; None for missing."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if hasattr(v, "item"):   # numpy scalars
+        v = v.item()
+    return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def config(row: dict) -> dict:
+    """A run's config: every column that is not a metric, timing or provenance, plus series,
+    lr and seed; missing values left out."""
+    keys = [k for k in row if k in CONFIG_ALWAYS or not is_metadata(k)]
+    return {k: v for k in keys if (v := _plain(row[k])) is not None}
+
+
+def run_name(row: dict) -> str:
+    scales = " ".join(f"{a}={int(row[a])}" for a in AXES if _finite(row.get(a)))
+    lr = f"lr=2^{math.log2(row['lr']):g}" if _finite(row.get("lr")) and row["lr"] > 0 else ""
+    seed = f"seed={int(row['seed'])}" if _finite(row.get("seed")) else ""
+    return " ".join(p for p in (str(row.get("series", "run")), scales, lr, seed) if p)
+
+
+def finals(row: dict) -> dict:
+    return {k: float(row[k]) for k in FINAL_METRICS if k in row and _finite(row[k])}
+
+
+def curve_points(curves: pd.DataFrame, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """{series: [(step, value), ...]} of one run's curve, finite values only."""
+    c = curves[curves["run_id"] == run_id].sort_values("step") if not curves.empty else curves
+    return {name: [(int(s), float(v)) for s, v in zip(c["step"], c[name]) if _finite(float(v))]
+            for name in CURVE_SERIES if name in c}
+
+
+def export(results_dir, to: str, uri: str | None = None, experiment: str | None = None) -> Exported:
+    """Export every recorded run of ``results_dir`` to ``to`` (tensorboard | mlflow); see the module doc."""
+    require(to)
+    root = Path(results_dir)
+    runs, curves = load_results(root)
+    rows = runs.to_dict("records")
+    if to == "tensorboard":
+        return _tensorboard(rows, curves, Path(uri) if uri else root / "tensorboard")
+    name = experiment or ((_recorded_name(root)) or root.resolve().name)
+    return _mlflow(rows, curves, uri or f"sqlite:///{(root / 'mlflow.db').resolve()}", name)
+
+
+def _recorded_name(root: Path) -> str | None:
+    from .store import ResultStore
+    return (ResultStore(root).experiment() or {}).get("name")
+
+
+# ----------------------------------------------------------------------------- tensorboard
+
+def _tensorboard(rows: list[dict], curves: pd.DataFrame, logdir: Path) -> Exported:
+    from torch.utils.tensorboard import SummaryWriter
+    if not logdir.parent.is_dir():
+        raise UserError(f"--uri {logdir}: directory {logdir.parent} does not exist")
+    if logdir.exists() and not logdir.is_dir():
+        raise UserError(f"--uri {logdir}: exists and is not a directory")
+    staging = Path(tempfile.mkdtemp(prefix=f".{logdir.name}.", dir=logdir.parent))
+    try:
+        for row in rows:
+            with SummaryWriter(log_dir=str(staging / row["run_id"])) as writer:
+                for name, points in curve_points(curves, row["run_id"]).items():
+                    for step, value in points:
+                        writer.add_scalar(name, value, step)
+                writer.add_text("run", f"{run_name(row)} ({row['status']}; run id {row['run_id']})")
+                # the final metrics go with the hyperparameters, so the HParams table can sort by them
+                writer.add_hparams(config(row), {f"hparam/{k}": v for k, v in finals(row).items()}, run_name=".")
+        _swap_in(staging, logdir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Exported("tensorboard", str(logdir), len(rows))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Move the finished ``staging`` directory to ``target``, replacing an earlier one."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        target.rename(old / target.name)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- mlflow
+
+def _mlflow(rows: list[dict], curves: pd.DataFrame, uri: str, name: str) -> Exported:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(name)
+        experiment_id = found.experiment_id if found is not None else client.create_experiment(name)
+    except Exception as e:  # an unreachable server, a bad URI: the user's input, said once
+        raise UserError(f"--uri {uri}: MLflow could not open it: {str(e).splitlines()[0]}") from None
+    done = {r.data.tags.get(RUN_TAG) for r in client.search_runs([experiment_id], max_results=50000)}
+    created = []
+    try:
+        for row in rows:
+            if row["run_id"] in done:
+                continue
+            run = client.create_run(experiment_id, run_name=run_name(row),
+                                    tags={RUN_TAG: row["run_id"], "status": str(row["status"]),
+                                          "series": str(row.get("series", ""))})
+            created.append(run.info.run_id)
+            metrics = [Metric(k, v, 0, int(row.get("steps") or 0)) for k, v in finals(row).items()]
+            metrics += [Metric(key, value, 0, step) for key, points in curve_points(curves, row["run_id"]).items()
+                        for step, value in points]
+            params = [Param(k, str(v)) for k, v in config(row).items()]
+            for i in range(0, max(len(metrics), 1), MAX_METRICS_PER_BATCH):
+                client.log_batch(run.info.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH],
+                                 params=params if i == 0 else [])
+            client.set_terminated(run.info.run_id, "FINISHED" if row["status"] in ("done", "diverged") else "FAILED")
+    except BaseException:
+        for run_id in created:   # nothing half-written: the runs of a failed export go again
+            client.delete_run(run_id)
+        raise
+    return Exported("mlflow", f"{uri} (experiment {name!r})", len(created), len(rows) - len(created))
