@@ -515,8 +515,8 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
     (or, with --along lrwd, search lr·wd at a fixed LR against the full lr x weight_decay grid)."""
     from .sweep import load_experiment
     from .analysis import metric_spec
-    from .tune import ALONG, SearchParam, render_tune, tune as run_tune
-    _choice("--along", along, ALONG)
+    from .tune import SearchParam, render_tune, tune as run_tune
+    _choice("--along", along, choices.ALONG)
     _choice("--sampler", sampler, choices.SAMPLERS)
     metric_spec(metric)
     if along == "lr" and lr is not None:

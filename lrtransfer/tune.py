@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from . import render
 from .analysis import metric_spec, optimum
-from .choices import ALONG, SAMPLERS  # noqa: F401  (ALONG: the CLI's --along)
+from .choices import SAMPLERS
 from .errors import UserError
 from .flops import FlopCounter
 from .store import FINISHED, ResultStore

@@ -74,3 +74,19 @@ def test_status_of_results_without_a_queue_counts_the_recorded_runs(two):
     total = next(line for line in r.stdout.splitlines() if "total" in line)
     assert [int(cell) for cell in total.replace("│", " ").split()[1:]] == [0, 0, 81, 0, 0]
     assert "eta: nothing left" in r.stdout and "waiting" in r.stdout.splitlines()[2]
+
+
+def test_compare_test_acc_puts_the_maxima_side_by_side(tmp_path):
+    from test_analysis import accuracy_table
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, shift in ((a, 0), (b, 1)):
+        root.mkdir()
+        runs = accuracy_table()
+        # directory b: every accuracy curve one octave to the right (maxima at 2^-1, 2^-2, 2^-3)
+        write_table(runs.assign(lr=runs["lr"] * 2 ** shift), root / "runs.parquet")
+    scales, verdicts = compare.compare(compare.load([a, b]), metric="test_acc", n_boot=50)
+    got = scales.set_index(["results", "scale"])
+    assert list(got.loc["a", "opt_log2_lr_fit"]) == pytest.approx([-2, -3, -4])
+    assert list(got.loc["b", "shift"]) == pytest.approx([1, 1, 1])
+    assert list(got.loc["b", "best_loss"]) == pytest.approx([0.9, 0.89, 0.88])
+    assert "best seed-mean test acc" in compare.markdown(scales, verdicts, metric="test_acc")

@@ -1,6 +1,7 @@
 """Figures: files written, one curve per scale per series panel, diverged runs marked, robust y limits."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -333,3 +334,13 @@ def test_plot_cli_degenerate_request_exits_2_and_writes_nothing(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "a.svg").exists() and (tmp_path / "a_transfer.svg").exists()
     assert "Adam (SP)" in (tmp_path / "a.svg").read_text()
     assert f"wrote {tmp_path / 'a.svg'} and {tmp_path / 'a_transfer.svg'}" in " ".join(r.output.split())
+
+
+def test_test_acc_star_sits_on_the_maximum():
+    r = runs(series=("adam",), widths=(32,), diverge=False)
+    x = np.log2(r["lr"])
+    r = r.assign(final_test_acc=0.9 - 0.01 * (x + 5) ** 2)          # the maximum at 2^-5, the loss' minimum at 2^-2
+    (star,) = marks(plots.lr_curves(r, metric="test_acc").axes[0], "_minimum")
+    assert star.get_xdata()[0] == 2.0 ** -5 and star.get_ydata()[0] == pytest.approx(0.9)
+    (star,) = marks(plots.lr_curves(r).axes[0], "_minimum")
+    assert star.get_xdata()[0] == 2.0 ** -2
