@@ -340,8 +340,9 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
                                              "value is an error"),
          out_: Optional[Path] = typer.Option(None, "--out", help="figure path (.png/.svg/.pdf); default RESULTS_DIR/"
                                              "<lr_curves|loss_steps|diagnostics_QUANTITY|regimes|lrwd>.png. --kind lr "
-                                             "and lrwd also write a second figure beside it: NAME_transfer / "
-                                             "NAME_lrwd_curves (lr_curves -> transfer, lrwd -> lrwd_curves)"),
+                                             "(with two or more scales) and lrwd also write a second figure beside it: "
+                                             "NAME_transfer / NAME_lrwd_curves (lr_curves -> transfer, lrwd -> "
+                                             "lrwd_curves)"),
          series: List[str] = typer.Option([], "--series", help="draw only this series (repeat for more; default all)"),
          scales: List[int] = typer.Option([], "--scales", metavar="SCALE", help="draw only this width or depth "
                                           "(repeat for more; default all); the transfer view uses the smallest as base"),
@@ -387,8 +388,13 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     m = metric
     # every figure is drawn before any is written: an error leaves the old figures intact
     if kind == "lr":
-        figures = [plots.lr_curves(runs, metric=m, axis=a, style=style),
-                   plots.transfer_plot(runs, metric=m, axis=a, ci=ci, tolerance=tolerance, style=style)]
+        figures = [plots.lr_curves(runs, metric=m, axis=a, style=style)]
+        single = plots.single_scale(runs, a)
+        if single is None:
+            figures.append(plots.transfer_plot(runs, metric=m, axis=a, ci=ci, tolerance=tolerance, style=style))
+        else:
+            err.print(f"one {single}: no transfer view (it needs two or more); drew the loss-vs-LR curves only",
+                      markup=False, highlight=False)
     elif kind == "curves":
         figures = [plots.training_curves(runs, curves, color_by=color_by, metric=m, axis=a, scale=scale, lr=lr,
                                          style=style)]

@@ -115,6 +115,14 @@ def _plot_axes(runs: pd.DataFrame, axis: str | None) -> list[str]:
     return axes
 
 
+def single_scale(runs: pd.DataFrame, axis: str | None = None) -> str | None:
+    """``"width=32"`` when the runs have a single scale along ``axis`` (default the varying one;
+    no transfer view to draw), else None."""
+    ax_name = _plot_axes(runs, axis)[0]
+    values = runs[ax_name].dropna().unique()
+    return f"{ax_name}={values[0]}" if len(values) == 1 else None
+
+
 def _pow2_formatter():
     """Tick labels 2^k for an axis whose values are log2 of a rate."""
     return FuncFormatter(lambda v, _pos: f"$2^{{{v:g}}}$")

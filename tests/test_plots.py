@@ -322,7 +322,6 @@ def test_plot_cli_degenerate_request_exits_2_and_writes_nothing(tmp_path):
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert {"lr_curves.png", "transfer.png"} <= set(before)
     for args, message in ((("--axis", "depth"), "--axis depth: every run has depth = 2"),
-                          (("--scales", "32"), "the transfer view needs two or more widths"),
                           (("--series", "adma"), "(did you mean 'adam'?)"),
                           (("--kind", "curvs"), "--kind 'curvs': allowed: lr, curves, diagnostics, regimes, lrwd "
                                                 "(did you mean 'curves'?)"),
@@ -330,6 +329,10 @@ def test_plot_cli_degenerate_request_exits_2_and_writes_nothing(tmp_path):
         r = invoke("plot", tmp_path, *args)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (args, r.output)
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, args
+    # one scale asked for: the loss-vs-LR curves alone, and it says why
+    r = invoke("plot", tmp_path, "--scales", "32", "--out", tmp_path / "one.png")
+    assert r.exit_code == 0 and "one width=32: no transfer view" in r.output
+    assert (tmp_path / "one.png").exists() and not (tmp_path / "one_transfer.png").exists()
     r = invoke("plot", tmp_path, "--series", "adam", "--label", "adam=Adam (SP)", "--out", tmp_path / "a.svg")
     assert r.exit_code == 0 and (tmp_path / "a.svg").exists() and (tmp_path / "a_transfer.svg").exists()
     assert "Adam (SP)" in (tmp_path / "a.svg").read_text()
