@@ -35,8 +35,8 @@ from .train import RunResult, Training, _loss, resolve_device
 # Keys in which the cells of one bundle may differ; every other key is the bundle's shape.
 BUNDLE_FREE = ("lr", "seed", "weight_decay", "elr", "series", "run_id", "code_fingerprint")
 MAX_BUNDLE = 12          # cells per bundle: bigger bundles gain little and balance workers worse
-PROBE_STEPS = 6          # timed steps per way in the auto probe (after 2 warm steps)
-PROBE_CELLS = 6          # bundle size the probe times
+PROBE_STEPS = 10         # timed steps per way in the auto probe (after 2 warm steps)
+PROBE_CELLS = 8          # bundle size the probe times
 PAYS_BELOW = 0.85        # batched per-cell step time / alone, below which batching is used
 
 
@@ -243,8 +243,11 @@ def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
     timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps)."""
     key = bundle_key(values)
     if key not in _PAYS:
-        alone = _step_seconds([values], device)
-        together = _step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
+        try:
+            alone = _step_seconds([values], device)
+            together = _step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
+        except Exception:   # a cell that cannot train: it trains alone, where its error is its own
+            together, alone = math.inf, 0.0
         _PAYS[key] = together < PAYS_BELOW * alone
     return _PAYS[key]
 

@@ -5,7 +5,9 @@ and returns a ``RunResult`` with one summary row (every config field plus the me
 provenance) and the logged curve. Divergence is data: a non-finite loss or update, or a loss
 above ``diverge_factor`` × the first loss, stops the run with status "diverged" and the step.
 
-The sweep, its workers and ``tune`` all train through ``execute``. It sets torch's thread
+``Training`` is one run in progress (its build, divergence checks, logging, evaluation and
+row); ``execute`` drives one alone, ``lrtransfer.batched.execute_bundle`` several together.
+The sweep's workers train through those two, ``tune`` through ``execute``. ``Training`` sets torch's thread
 count from the config (``threads``): float reductions split across threads sum in another
 order, so the same cell on 1 and 2 threads gives different losses.
 """

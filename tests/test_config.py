@@ -95,3 +95,13 @@ def test_shipped_experiments_parse():
         swept = {k for k in ("elr", "weight_decay") if len({c.values[k] for c in e.cells()}) > 1}
         assert e.cells() and (e.scale_axes() or swept), f
         assert all(math.isfinite(c.values["lr"]) for c in e.cells())
+
+
+def test_other_tools_names_for_a_key_are_suggested():
+    """`learning_rate` is no misspelling of `lr`, but it is what a user of another tool types."""
+    from lrtransfer.sweep.config import ConfigError, experiment_from_dict
+    raw = {"data": {"dataset": "mnist1d", "samples": 600}, "model": {"arch": "mlp"}}
+    for given, meant in (("learning_rate", "lr"), ("num_steps", "steps"), ("hidden_size", "width")):
+        section = "model" if meant == "width" else "train"
+        with pytest.raises(ConfigError, match=rf"{section}\.{given}: unknown key \(did you mean '{meant}'\?\)"):
+            experiment_from_dict({**raw, section: {**raw.get(section, {}), given: 1}}, "t")

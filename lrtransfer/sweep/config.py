@@ -57,9 +57,26 @@ class RunConfig:
         return f"{v['series']} width={v['width']} depth={v['depth']} lr=2^{math.log2(v['lr']):.2f} seed={v['seed']}"
 
 
+# What other tools call our keys (torch, HF Trainer, nanoGPT, optax): spelling is not the only
+# way to miss a name, and difflib does not see that `learning_rate` means `lr`.
+SYNONYMS = {"learning_rate": "lr", "learningrate": "lr", "eta": "lr", "wd": "weight_decay",
+            "decay": "weight_decay", "num_steps": "steps", "max_steps": "steps", "iters": "steps",
+            "iterations": "steps", "max_iters": "steps", "bs": "batch_size", "batch": "batch_size",
+            "opt": "optimizer", "optim": "optimizer", "n_layer": "depth", "n_layers": "depth",
+            "num_layers": "depth", "layers": "depth", "blocks": "depth", "hidden": "width",
+            "hidden_size": "width", "hidden_dim": "width", "d_model": "width", "n_embd": "width",
+            "channels": "width", "n_head": "heads", "num_heads": "heads", "warmup_steps": "warmup",
+            "scheduler": "schedule", "lr_schedule": "schedule", "b1": "beta1", "b2": "beta2",
+            "epsilon": "eps", "seeds_list": "seed", "precision": "dtype", "parametrization": "param"}
+
+
 def nearest(name: str, allowed) -> str:
-    """`` (did you mean X?)`` for the closest allowed name, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.6)
+    """`` (did you mean X?)`` for the allowed name ``name`` is another tool's word for, or the
+    closest spelling, or an empty string."""
+    allowed = [str(a) for a in allowed]
+    if SYNONYMS.get(str(name).lower()) in allowed:
+        return f" (did you mean {SYNONYMS[str(name).lower()]!r}?)"
+    close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
