@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/jobs_speedup.py
 	$(PY) benchmarks/grid_vs_naive.py
 	$(PY) benchmarks/batched_speedup.py --compile
+	$(PY) benchmarks/sweep_times.py --batch auto off
 	$(PY) benchmarks/step_efficiency.py
 	$(PY) benchmarks/diagnostics_cost.py
 	$(PY) benchmarks/transfer_quickstart.py

@@ -307,9 +307,12 @@ def _second_path(target: Path, stem: str, suffix: str) -> Path:
     return target.with_name(name).with_suffix(target.suffix)
 
 
-def _labels(pairs: list[str]) -> dict:
-    """``--label series=Name`` options as {series: Name}."""
-    labels = {}
+def _labels(pairs: list[str], results_dir: Path | None = None) -> dict:
+    """Display names of series: the experiment's own (``label = "…"`` in a series table, as
+    the results directory recorded it), then ``--label series=Name`` options over them."""
+    from .store import ResultStore
+    recorded = ResultStore(results_dir).experiment() if results_dir is not None else None
+    labels = dict((recorded or {}).get("labels") or {})
     for text in pairs:
         name, sep, label = text.partition("=")
         if not sep or not name.strip() or not label.strip():
@@ -384,7 +387,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     target = plots.check_out(out_ or results_dir / f"{DEFAULT_FIGURE[kind].format(quantity=quantity)}.png")
     a = axis.value if axis else None
     runs = plots.select(runs, series=series, scales=scales, axis=a)
-    style = plots.Style(labels=_labels(label), logy=logy)
+    style = plots.Style(labels=_labels(label, results_dir), logy=logy)
     m = metric
     # every figure is drawn before any is written: an error leaves the old figures intact
     if kind == "lr":

@@ -308,9 +308,9 @@ BENCHMARKS = RESULTS / "benchmarks"
 
 
 def speed_section() -> str:
-    """Estimates against measured sweep times (reference.json), batched against one-by-one
-    steps (benchmarks/batched_speedup.py) and the suite against a hand-written sweep
-    (benchmarks/grid_vs_naive.py), all from files under results/."""
+    """Estimates against measured sweep times (reference.json, benchmarks/sweep_times.py),
+    batched against one-by-one steps (benchmarks/batched_speedup.py) and the suite against a
+    hand-written sweep (benchmarks/grid_vs_naive.py), all from files under results/."""
     lines = ["| experiment | runs | --jobs | `--dry-run` estimate | took | estimate error |", "|---|---|---|---|---|---|"]
     for path in experiment_files():
         ref = RESULTS / path.stem / "reference.json"
@@ -321,6 +321,16 @@ def speed_section() -> str:
         lines.append(f"| `{path.stem}` | {meta['cells']} | {meta['jobs']} | {est:.0f} s | {took:.0f} s | "
                      f"{100 * (est - took) / took:+.0f}% |")
     lines.append("")
+    sweeps = BENCHMARKS / "sweep_times.json"
+    if sweeps.exists():
+        rows = json.loads(sweeps.read_text())["rows"]
+        lines += ["Whole sweeps timed one after another in one run of `python benchmarks/sweep_times.py` "
+                  "(fresh directories; the estimate is the dry run's, just before):", "",
+                  "| experiment | --jobs | batch_cells | runs (bundled) | estimate | took | estimate error |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| `{r['experiment']}` | {r['jobs']} | {r['batch_cells']} | {r['runs']} ({r['bundled_runs']}) | "
+                  f"{r['estimate_seconds']:.0f} s | {r['wall_seconds']:.0f} s | {100 * r['error']:+.0f}% |" for r in rows]
+        lines.append("")
     bench = BENCHMARKS / "batched_speedup.json"
     if bench.exists():
         b = json.loads(bench.read_text())
@@ -359,6 +369,30 @@ def render(readme: str) -> str:
     return readme
 
 
+# The README's `lrtransfer compare` example: the quickstart beside the conditioning experiment,
+# whose `adam` series repeats the quickstart's Adam cells (shift 0 by construction) and adds
+# conditioned Adam beside the quickstart's normed Adam.
+COMPARED = ("quickstart", CONDITION)
+
+
+def comparison() -> None:
+    """results/compare/: the overlaid curves (PNG, SVG) and the markdown table of COMPARED."""
+    from lrtransfer import compare
+    dirs = [RESULTS / name for name in COMPARED]
+    if not all((d / "runs.parquet").exists() for d in dirs):
+        return
+    runs_by_dir = compare.load(dirs)
+    scales, verdicts = compare.compare(runs_by_dir, ci=CI, tolerance=TOLERANCE)
+    out = RESULTS / "compare"
+    out.mkdir(exist_ok=True)
+    fig = plots.compare_curves(runs_by_dir)
+    for ext in ("png", "svg"):
+        plots.save(fig, out / f"{'_vs_'.join(COMPARED)}.{ext}")
+    text = compare.render_comparison(scales, verdicts, "markdown", ci=CI)
+    command = f"lrtransfer compare {' '.join(f'results/{n}' for n in COMPARED)}"
+    atomic_write(out / "COMPARE.md", lambda tmp: Path(tmp).write_text(f"`{command}`\n\n{text}"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiments", nargs="*", help="experiment names (default: every shipped one)")
@@ -376,6 +410,7 @@ def main(argv=None) -> int:
             print(f"== {path.stem}", flush=True)
             sweep(path)
             figures_and_report(path.stem)
+        comparison()
     new = render(current)
     if new != current:
         atomic_write(README, lambda tmp: Path(tmp).write_text(new))

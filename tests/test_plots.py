@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lrtransfer import plots
-from lrtransfer.errors import UserError
+from lrtransfer.errors import ConfigError, UserError
 
 
 def runs(widths=(32, 128, 512), series=("adam", "normed"), diverge=True, seeds=(0,), depths=(2,)):
@@ -347,3 +347,25 @@ def test_test_acc_star_sits_on_the_maximum():
     assert star.get_xdata()[0] == 2.0 ** -5 and star.get_ydata()[0] == pytest.approx(0.9)
     (star,) = marks(plots.lr_curves(r).axes[0], "_minimum")
     assert star.get_xdata()[0] == 2.0 ** -2
+
+
+def test_a_series_label_in_the_experiment_file_names_it_in_figures(tmp_path):
+    """`label = "…"` in a series table: recorded with the experiment, shown by plot, not a run key."""
+    from conftest import invoke
+    from lrtransfer.store import write_json, write_table
+    from lrtransfer.sweep import experiment_from_dict
+    raw = {"data": {"dataset": "mnist1d", "samples": 600}, "model": {"arch": "mlp"},
+           "grid": {"width": [32, 512]}, "series": {"adam": {"label": "Adam, plain", "lr": 0.01}, "normed": {"lr": 0.1}}}
+    exp = experiment_from_dict(raw, "labelled")
+    plain = experiment_from_dict({**raw, "series": {"adam": {"lr": 0.01}, "normed": {"lr": 0.1}}}, "labelled")
+    assert exp.labels == {"adam": "Adam, plain"} and [c.run_id for c in exp.cells()] == [c.run_id for c in plain.cells()]
+    write_table(runs(), tmp_path / "runs.parquet")
+    write_json(exp.to_dict(), tmp_path / "experiment.json")
+    r = invoke("plot", tmp_path, "--out", tmp_path / "f.svg")
+    assert r.exit_code == 0, r.output
+    assert "Adam, plain" in (tmp_path / "f.svg").read_text()
+    r = invoke("plot", tmp_path, "--label", "adam=Adam (SP)", "--out", tmp_path / "g.svg")   # the option wins
+    text = (tmp_path / "g.svg").read_text()
+    assert "Adam (SP)" in text and "Adam, plain" not in text
+    with pytest.raises(ConfigError, match="series.adam.label: must be a non-empty string"):
+        experiment_from_dict({**raw, "series": {"adam": {"label": 3, "lr": 0.01}}}, "bad")

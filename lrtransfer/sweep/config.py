@@ -90,6 +90,7 @@ class Experiment:
     series: dict = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    labels: dict = field(default_factory=dict)   # series -> display name (``label = "…"`` in its table)
 
     @cached_property
     def fingerprints(self) -> dict:
@@ -147,7 +148,8 @@ class Experiment:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "data": self.data, "model": self.model,
-                "train": self.train, "grid": self.grid, "series": self.series, "source": self.source}
+                "train": self.train, "grid": self.grid, "series": self.series, "source": self.source,
+                "labels": self.labels}
 
     def identity(self) -> dict:
         """What makes two sweeps the same experiment (one results directory): its name, its
@@ -352,13 +354,20 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
         if "seed" in grid or any("seed" in (o or {}) for o in raw.get("series", {}).values() if isinstance(o, dict)):
             raise ConfigError("seeds: give either seeds = N or a seed list in [grid], not both")
         grid["seed"] = list(range(seeds))
-    series = {}
+    series, labels = {}, {}
     for label, overrides in raw.get("series", {}).items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"series.{label}: must be a table of overrides, got {overrides!r}")
+        overrides = dict(overrides)
+        if "label" in overrides:   # how figures name the series; not a run key (run ids ignore it)
+            shown = overrides.pop("label")
+            if not isinstance(shown, str) or not shown.strip():
+                raise ConfigError(f"series.{label}.label: must be a non-empty string (the name figures show), "
+                                  f"got {shown!r}")
+            labels[label] = shown.strip()
         series[label] = check_grid(overrides, f"series.{label}")
     exp = Experiment(name=name, data=data, model=model, train=train, grid=grid, series=series,
-                     description=str(raw.get("description", "")), source=source)
+                     description=str(raw.get("description", "")), source=source, labels=labels)
     for v in exp._resolved():  # cross-key checks on every resolved cell
         if v["warmup"] >= v["steps"] and v["warmup"] > 0:
             raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {v['series']})")
