@@ -659,7 +659,7 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
     ``REGIME_COLORS``), the seed mean (line ``seed mean``), the chance loss (dotted, ``_chance``)
     and the regime boundaries of ``dynamics.regime_boundaries`` (dashed ``_to_chaotic`` /
     ``_to_diverge`` at the seeds' mean log2, a span ``_to_*_spread`` over their min–max). Runs
-    with no final loss (diverged) are ✕ at the top edge (``_diverged``). One panel per series
+    with no final loss (diverged) are ✕ in a strip above the data (``_diverged``). One panel per series
     (a row per width/depth where those vary)."""
     from . import dynamics
     out = check_out(out)
@@ -689,8 +689,9 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
                 if not ok.empty:
                     ax.scatter(ok["_x"], np.minimum(ok["_y"], yhi), color=color, s=20, zorder=4, label=regime)
                 gone = pts[~np.isfinite(pts["_y"])]
-                if not gone.empty:
-                    ax.scatter(gone["_x"], [yhi] * len(gone), color=color, label="_diverged", **DIVERGED_END)
+                if not gone.empty:   # in the strip beyond the data (axes-fraction y), not on the spine
+                    ax.scatter(gone["_x"], [_strip_y(0, 1, False)] * len(gone), color=color, label="_diverged",
+                               transform=ax.get_xaxis_transform(), **{**DIVERGED_END, "clip_on": True})
             mean = sel[np.isfinite(sel["_y"])].groupby("_x")["_y"].mean()
             if len(mean):
                 ax.plot(mean.index, np.minimum(mean.to_numpy(), yhi), "-", color="gray", lw=1.2, zorder=3,
@@ -708,7 +709,7 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
                     ax.axvspan(2.0 ** row[f"{bname}_log2_min"], 2.0 ** row[f"{bname}_log2_max"], color=color,
                                alpha=0.12, lw=0, label=f"_{bname}_spread")
             ax.set_xscale("log", base=2)
-            ax.set_ylim(ylo, yhi)
+            _frame_y(ax, ylo, yhi, False, False)
             ax.set_title(f"{_style(style).name(name)}{_group_label(keys, gval)}")
             ax.grid(alpha=0.3)
             if sel.empty:

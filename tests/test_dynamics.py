@@ -301,13 +301,15 @@ def test_regime_plot_points_colours_boundaries(tmp_path):
     assert not [p for p in ax.patches if p.get_label() == "_to_diverge_spread"]  # both seeds agree
 
 
-def test_regime_plot_marks_diverged_runs_at_the_top():
+def test_regime_plot_marks_diverged_runs_in_the_strip_above_the_data():
     runs, curves, diags = tables(sweep_spec(), status={(0, 0): "diverged", (0, 1): "diverged"})
     fig = plots.regime_plot(runs, dynamics.regimes(runs, curves, diags))
     ax = fig.axes[0]
     (cross,) = labelled(ax, "_diverged")
     assert len(cross.get_offsets()) == 2
-    assert cross.get_offsets()[0][1] == pytest.approx(ax.get_ylim()[1])
+    # axes-fraction height inside the strip beyond the data, below the top spine
+    assert cross.get_offsets()[0][1] == pytest.approx(plots._strip_y(0, 1, False))
+    assert plots.DATA_FRACTION < cross.get_offsets()[0][1] < 1
 
 
 def test_lrwd_heatmap_cells_diverged_and_diagonals(tmp_path):
