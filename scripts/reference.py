@@ -4,6 +4,7 @@
     python scripts/reference.py quickstart      # only these experiments
     python scripts/reference.py --readme        # only regenerate the README sections from results/
     python scripts/reference.py --check         # exit 1 if the README and results/ disagree
+    python scripts/reference.py --estimate      # also record each sweep's --dry-run estimate
 
 Each results/<experiment>/ keeps what is committed: runs.parquet and curves.parquet (the
 merged tables, curves at the experiment's log_every), lr_curves and transfer figures as PNG
@@ -65,22 +66,22 @@ def experiment_files(names=()) -> list[Path]:
     return [files[n] for n in chosen]
 
 
-def sweep(path: Path) -> None:
-    """Run what is not current of one experiment into results/<name>/ and time it."""
+def sweep(path: Path, estimate: bool = False) -> None:
+    """Run what is not current of one experiment into results/<name>/ and time it; with
+    ``estimate``, first what `sweep --dry-run` says it will take, to set beside what it took."""
     from lrtransfer.sweep import load_experiment, plan, run_sweep
     exp = load_experiment(path)
     root = RESULTS / exp.name
     todo = plan(exp, root, estimate=False).todo
     if todo:
-        # what `sweep --dry-run` would have said, to set beside what the sweep then took
-        estimated = plan(exp, root, device="cpu", estimate=True).estimate_seconds
+        estimated = plan(exp, root, device="cpu", estimate=True).estimate_seconds if estimate else None
         started = time.perf_counter()
         result = run_sweep(exp, root, device="cpu")
         if len(result.failed):
             raise SystemExit(f"{exp.name}: {len(result.failed)} runs failed; see lrtransfer status {root} --errors")
         meta = {"experiment": exp.name, "cells": len(exp.cells()), "ran": todo,
                 "wall_seconds": round(time.perf_counter() - started, 1),
-                "estimated_seconds": round(estimated, 1),
+                "estimated_seconds": None if estimated is None else round(estimated, 1),
                 "jobs": result.jobs, "host_cores": result.cores, "device": "cpu",
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "python": platform.python_version()}
@@ -311,16 +312,19 @@ def speed_section() -> str:
     """Estimates against measured sweep times (reference.json, benchmarks/sweep_times.py),
     batched against one-by-one steps (benchmarks/batched_speedup.py) and the suite against a
     hand-written sweep (benchmarks/grid_vs_naive.py), all from files under results/."""
-    lines = ["| experiment | runs | --jobs | `--dry-run` estimate | took | estimate error |", "|---|---|---|---|---|---|"]
+    estimated = []
     for path in experiment_files():
         ref = RESULTS / path.stem / "reference.json"
         meta = json.loads(ref.read_text()) if ref.exists() else {}
         if meta.get("estimated_seconds") is None or meta.get("ran") != meta.get("cells"):
             continue
         est, took = meta["estimated_seconds"], meta["wall_seconds"]
-        lines.append(f"| `{path.stem}` | {meta['cells']} | {meta['jobs']} | {est:.0f} s | {took:.0f} s | "
-                     f"{100 * (est - took) / took:+.0f}% |")
-    lines.append("")
+        estimated.append(f"| `{path.stem}` | {meta['cells']} | {meta['jobs']} | {est:.0f} s | {took:.0f} s | "
+                         f"{100 * (est - took) / took:+.0f}% |")
+    lines = []
+    if estimated:   # `make reference` run with --estimate
+        lines = ["| experiment | runs | --jobs | `--dry-run` estimate | took | estimate error |",
+                 "|---|---|---|---|---|---|", *estimated, ""]
     sweeps = BENCHMARKS / "sweep_times.json"
     if sweeps.exists():
         rows = json.loads(sweeps.read_text())["rows"]
@@ -398,6 +402,7 @@ def main(argv=None) -> int:
     ap.add_argument("experiments", nargs="*", help="experiment names (default: every shipped one)")
     ap.add_argument("--readme", action="store_true", help="only regenerate the README sections")
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md and results/ disagree")
+    ap.add_argument("--estimate", action="store_true", help="record each sweep's --dry-run estimate beside its time")
     args = ap.parse_args(argv)
     current = README.read_text()
     if args.check:
@@ -408,7 +413,7 @@ def main(argv=None) -> int:
     if not args.readme:
         for path in experiment_files(args.experiments):
             print(f"== {path.stem}", flush=True)
-            sweep(path)
+            sweep(path, estimate=args.estimate)
             figures_and_report(path.stem)
         comparison()
     new = render(current)
