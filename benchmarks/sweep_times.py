@@ -9,11 +9,12 @@ auto where both ran.
 Writes ``results/benchmarks/sweep_times.json`` (the README's speed section is made from it).
 
 Usage: python benchmarks/sweep_times.py [--experiments quickstart resnet_width_cifar10]
-           [--jobs 1 2] [--batch auto off] [--out PATH]
+           [--jobs 1 2] [--batch auto off] [--out PATH] [--append]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,7 +49,9 @@ def main():
     p.add_argument("--jobs", nargs="+", type=int, default=[2, 1])
     p.add_argument("--batch", nargs="+", default=["auto"], choices=["auto", "on", "off"])
     p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "sweep_times.json")
+    p.add_argument("--append", action="store_true", help="add these sweeps' rows to those already in --out")
     args = p.parse_args()
+    earlier = json.loads(args.out.read_text())["rows"] if args.append and args.out.exists() else []
     rows = []
     for name in args.experiments:
         for jobs in args.jobs:
@@ -64,7 +67,8 @@ def main():
             if "auto" in walls and "off" in walls:
                 print(f"{name} --jobs {jobs}: batch_cells off / auto = {walls['off'] / walls['auto']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json({"rows": rows, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, args.out)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json({"rows": earlier + [{**r, "measured_at": stamp} for r in rows]}, args.out)
     print(f"wrote {args.out}")
 
 
