@@ -587,3 +587,17 @@ def test_cli_metric_test_acc_picks_the_maximum(tmp_path):
     assert [row["opt_log2_lr"] for row in json.loads(r.stdout)["transfer"]] == [-6, -6, -6]
     r = invoke("report", tmp_path, "--metric", "test_acc", "--n-boot", "50")
     assert r.exit_code == 0 and "grid maximum of the seed-mean test_acc" in r.stdout
+
+
+def test_how_a_run_executed_never_splits_a_scale():
+    """Cells of one scale trained in bundles of different sizes, alone, or compiled are one
+    group: batch_cells, compile, bundle_size and compiled say how a run ran, not what it is."""
+    runs = table({32: -3, 128: -4}, {32: 0.0, 128: 0.0}, GRID)
+    plain = transfer_table(runs)
+    k = np.arange(len(runs))
+    mixed = runs.assign(bundle_size=np.where(k % 3 == 0, 11, 10), compiled=k % 2 == 0,
+                        batch_cells=np.where(k % 5 == 0, "off", "auto"), compile=k % 2 == 0)
+    t = transfer_table(mixed)
+    assert len(t) == len(plain) == 2
+    assert t["opt_log2_lr_fit"].tolist() == pytest.approx(plain["opt_log2_lr_fit"].tolist())
+    assert not {"bundle_size", "compiled", "batch_cells", "compile"} & set(group_keys(mixed, "width"))
