@@ -91,7 +91,6 @@ def main():
         for c in report["compile"]:
             print(f"compile, quickstart width {c['width']}: eager {c['eager_ms']} ms/step, compiled "
                   f"{c['compiled_ms']} ms/step -> {c['ratio']}x after a {c['compile_seconds']} s compile")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out)
     print(f"wrote {args.out}")
 

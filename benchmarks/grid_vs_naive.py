@@ -115,7 +115,6 @@ def main():
               "parallel": args.parallel, "seeds": args.seeds, "suite_seconds": round(suite, 1),
               "by_hand_seconds": round(naive, 1), "ratio": round(naive / suite, 2), "torch": torch.__version__,
               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, args.out)
     print(f"wrote {args.out}")
 

@@ -66,7 +66,6 @@ def main():
             walls = {r["batch_cells"]: r["wall_seconds"] for r in rows if r["experiment"] == name and r["jobs"] == jobs}
             if "auto" in walls and "off" in walls:
                 print(f"{name} --jobs {jobs}: batch_cells off / auto = {walls['off'] / walls['auto']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json({"rows": earlier + [{**r, "measured_at": stamp} for r in rows]}, args.out)
     print(f"wrote {args.out}")

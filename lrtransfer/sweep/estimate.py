@@ -129,11 +129,9 @@ def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, f
     The cells are grouped into the bundles the sweep would train together
     (``batched.plan_bundles``, the same decision); a bundle is one job for one worker. Each shape is measured on its cell with the smallest LR: a cell
     that diverges would stop early and make its shape look cheap."""
-    jobs_of = [[k] for k in range(len(cells))]
     bundled = plan_bundles(cells, device)
-    if bundled:
-        inside = {k for b in bundled for k in b}
-        jobs_of = bundled + [[k] for k in range(len(cells)) if k not in inside]
+    inside = {k for b in bundled for k in b}
+    jobs_of = bundled + [[k] for k in range(len(cells)) if k not in inside]
     smallest: dict = {}
     for values in cells:
         key = shape_key(values)
