@@ -76,8 +76,8 @@ def main():
     for name in EXPERIMENTS:
         for values in shapes(name):
             execute({**values, "steps": 2, "code_fingerprint": None}, "cpu")   # data loaded, kernels warm
-            alone = batched._step_seconds([values], "cpu")
-            together = batched._step_seconds([{**values, "seed": s} for s in range(args.cells)], "cpu") / args.cells
+            alone = batched.step_seconds([values], "cpu")
+            together = batched.step_seconds([{**values, "seed": s} for s in range(args.cells)], "cpu") / args.cells
             row = {"experiment": name, "arch": values["arch"], "series": values["series"], "width": values["width"],
                    "alone_ms": round(1e3 * alone, 3), "together_ms_per_cell": round(1e3 * together, 3),
                    "speedup": round(alone / together, 2)}

@@ -38,6 +38,12 @@ MAX_BUNDLE = 12          # cells per bundle: bigger bundles gain little and bala
 PROBE_STEPS = 10         # timed steps per way in the auto probe (after 2 warm steps)
 PROBE_CELLS = 8          # bundle size the probe times
 PAYS_BELOW = 0.85        # batched per-cell step time / alone, below which batching is used
+# A lone step this long is arithmetic, not per-step overhead: what batching amortises (Python,
+# dispatch, small kernels) is 1-3 ms a step on this project's CPUs, so it cannot save the
+# 15% PAYS_BELOW asks for, and the bundled probe, 8 cells of such steps, is not run at all.
+# Measured on 2 CPU cores: width-512 ResMLP steps of 17-23 ms, 1.13-1.24x slower batched;
+# width 128, 3-6 ms, 0.66-0.77x.
+PROBE_LONGEST_STEP = 0.008
 
 
 def bundle_key(values: dict) -> str:
@@ -240,24 +246,28 @@ _PAYS: dict[str, bool] = {}
 
 def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
     """Whether training cells shaped like ``values`` together beats one after another here:
-    timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps)."""
+    timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps);
+    a lone step over ``PROBE_LONGEST_STEP`` seconds decides "no" without the bundled half."""
     key = bundle_key(values)
     if key not in _PAYS:
         try:
-            alone = _step_seconds([values], device)
-            together = _step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
+            alone = step_seconds([values], device)
+            together = math.inf
+            if alone <= PROBE_LONGEST_STEP:
+                together = step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
         except Exception:   # a cell that cannot train: it trains alone, where its error is its own
             together, alone = math.inf, 0.0
         _PAYS[key] = together < PAYS_BELOW * alone
     return _PAYS[key]
 
 
-def _step_seconds(cells: list[dict], device) -> float:
+def step_seconds(cells: list[dict], device) -> float:
     """Seconds per step of ``cells`` trained together (alone for one), warm, the shorter of two.
-    The probe's LRs are scaled down so that no probe cell diverges and stops early."""
+    The probe's LRs are scaled down so that no probe cell diverges and stops early, and its
+    final evaluation is of one example (it is not timed, but it would cost as much as the steps)."""
     from .train import execute
-    probe = [{**v, "steps": 2 + PROBE_STEPS, "diagnostics": False, "log_condition": False,
-              "code_fingerprint": None, "lr": v["lr"] * 1e-3, "elr": v.get("elr", 0.0) * 1e-3} for v in cells]
+    probe = [{**v, "steps": 2 + PROBE_STEPS, "diagnostics": False, "log_condition": False, "code_fingerprint": None,
+              "eval_examples": 1, "lr": v["lr"] * 1e-3, "elr": v.get("elr", 0.0) * 1e-3} for v in cells]
     times = []
     for _ in range(2):
         marks: dict[int, float] = {}

@@ -226,10 +226,18 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
            grace: float = typer.Option(60.0, help="seconds without a heartbeat before a running cell counts as lost"),
            max_runs: Optional[int] = typer.Option(None, help="stop after this many runs"),
            parent_pid: Optional[int] = typer.Option(None, hidden=True),
+           wait_for_go: bool = typer.Option(False, "--wait-for-go", hidden=True),
            quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)):
     """Claim and run cells of a study until none are left. Start as many as you like, anywhere."""
+    from . import batched  # noqa: F401  the training stack (torch: seconds), before any wait
     from .store import ResultStore
     from .sweep import Queue, open_storage, work
+    if wait_for_go:   # started by a sweep before it enqueued the cells (sweep.run_sweep)
+        try:
+            if sys.stdin.readline().strip() != "go":
+                raise typer.Exit(0)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
     url = _storage(storage)
     if url is None and results is None:
         raise UserError("worker: give --storage URL (or LRTRANSFER_STORAGE) or --results DIR holding the journal")

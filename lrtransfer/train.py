@@ -275,7 +275,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     device = resolve_device(device) if isinstance(device, str) else device
     run = Training(values, device)
     model, opt, diagnostics = run.model, run.opt, run.diagnostics
-    loss_of = compiled_loss(model) if values.get("compile") else _loss
+    loss_of = compiled_loss() if values.get("compile") else _loss
     for step in range(run.steps):
         x, y = run.sample()
         with run.precision():
@@ -300,7 +300,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     return run.result(compiled=bool(values.get("compile")))
 
 
-def compiled_loss(model):
+def compiled_loss():
     """``_loss`` through ``torch.compile``: the forward and the backward AOTAutograd derives
     from it. The update stays eager: its divergence check reads the host every step.
 

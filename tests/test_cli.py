@@ -1,5 +1,8 @@
 """The suite end to end through the real CLI: sweep -> parquet -> plot / report, and bad input."""
 import json
+import os
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -194,6 +197,30 @@ def test_missing_dataset_fails_before_any_run(tmp_path, monkeypatch):
     r = invoke("sweep", exp, "--results", tmp_path / "r")
     assert r.exit_code == 2 and "/nonexistent/book.txt" in r.output
     assert not (tmp_path / "r" / "runs").exists()
+
+
+def _waiting_workers() -> list[str]:
+    """Command lines of this process's children that are sweep workers waiting for their go."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                cmd = (stat.parent / "cmdline").read_text().replace("\0", " ")
+                if "--wait-for-go" in cmd:
+                    found.append(cmd)
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def test_sweep_that_fails_before_running_leaves_no_workers(tmp_path):
+    # local workers start while the sweep checks and enqueues; a failed check sends them home
+    exp = tmp_path / "e.toml"
+    exp.write_text(TINY.replace('dataset = "mnist1d"\nsamples = 600', 'dataset = "text"\npath = "/nonexistent/book.txt"'))
+    r = invoke("sweep", exp, "--results", tmp_path / "r", "--jobs", "2")
+    assert r.exit_code == 2 and "/nonexistent/book.txt" in r.output
+    assert _waiting_workers() == []
+    assert not (tmp_path / "r").exists()
 
 
 def test_plot_and_report_bad_input(swept, tmp_path):

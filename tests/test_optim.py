@@ -29,6 +29,28 @@ def test_adam_betas_zero_eps_zero_is_exactly_sign_descent():
                 torch.equal(a.weight.detach(), w - 0.125 * torch.sign(g))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_direction_is_the_textbook_formula(dtype):
+    # the rule's fused path (one kernel per tensor) against Adam written out in float64, over
+    # steps where the bias corrections matter, with a zero-gradient entry and mixed shapes
+    rule = Adam(betas=(0.9, 0.99), eps=1e-8)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (3,), (4, 2, 3)]
+    m = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+    v = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+    for t in range(1, 9):
+        grads = [torch.randn(s, generator=g, dtype=torch.float64) * 10.0 ** -k for k, s in enumerate(shapes)]
+        grads[0][0, 0] = 0.0
+        got = rule.direction([x.to(dtype) for x in grads])
+        for k, x in enumerate(grads):
+            m[k] = 0.9 * m[k] + 0.1 * x
+            v[k] = 0.99 * v[k] + 0.01 * x * x
+            want = (m[k] / (1 - 0.9 ** t)) / ((v[k] / (1 - 0.99 ** t)).sqrt() + 1e-8)
+            tol = 1e-6 if dtype == torch.float32 else 1e-12
+            assert torch.allclose(got[k].double(), want, rtol=tol, atol=tol * float(want.abs().max()))
+        assert got[0][0, 0] == 0   # never a gradient there: no step there
+
+
 def test_sgd_momentum_direction():
     rule = SGD(momentum=0.9)
     g1, g2 = [torch.tensor([1.0, -2.0])], [torch.tensor([0.5, 0.5])]

@@ -207,7 +207,16 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
     def notice(message: str) -> None:
         console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
-    queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device, rerun, notice)
+    # Local workers start before the cells are enqueued: importing torch and the training code
+    # takes each a few seconds, which overlap the checks and the batching probe here; they
+    # wait for a "go" on stdin (none if prepare fails: they exit without touching anything).
+    root = results_dir_for(experiment, results_dir)
+    procs = _start_local_workers(experiment.name, root, jobs, device, storage, grace) if jobs > 1 else []
+    try:
+        queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device, rerun, notice)
+    except BaseException:
+        _release(procs, go=False)
+        raise
     cells = experiment.cells()
     ids = {c.run_id for c in cells}
     already = len(ids & store.finished_ids()) if not rerun else 0
@@ -241,7 +250,10 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
                 if jobs == 1:
                     work(queue, store, device, grace=grace, on_start=on_start, on_finish=on_finish)
                 else:
-                    _run_local_workers(queue, store, jobs, device, storage, grace, bar, task, finished_now)
+                    procs = procs or _start_local_workers(queue.name, store.root, jobs, device, storage, grace)
+                    _release(procs, go=True)
+                    _run_local_workers(procs, queue, jobs, bar, task, finished_now)
+                    procs = []
                 # Cells still running belong to other workers (another machine, or the orphaned
                 # workers of a killed sweep): wait for them, or for them to be declared lost.
                 queue.reap(grace)
@@ -254,6 +266,7 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
                     time.sleep(1.0)
             bar.update(task, completed=finished_now(), description="done")
     except KeyboardInterrupt:
+        _release(procs, go=False)
         queue.reap(grace)  # cells of this host's workers that are gone go back to waiting at once
         waiting = len({t.user_attrs.get("run_id") for t in queue.trials(states=(TrialState.WAITING,))} & ids)
         done = len(ids & store.finished_ids())
@@ -269,12 +282,29 @@ def worker_command(study: str, results_dir: Path, device: str, grace: float) -> 
             "--device", device, "--grace", str(grace), "--parent-pid", str(os.getpid()), "--quiet"]
 
 
-def _run_local_workers(queue, store, jobs, device, storage, grace, bar, task, finished_now) -> None:
+def _start_local_workers(study: str, root: Path, jobs: int, device: str, storage, grace) -> list[subprocess.Popen]:
+    """``jobs`` worker processes, importing while they wait for ``_release``."""
     env = dict(os.environ)
     if storage:
         env[STORAGE_ENV] = storage  # not on the command line, where `ps` would show a password
-    cmd = worker_command(queue.name, store.root, device, grace)
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(jobs)]
+    cmd = worker_command(study, root, device, grace) + ["--wait-for-go"]
+    return [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, text=True) for _ in range(jobs)]
+
+
+def _release(procs: list[subprocess.Popen], go: bool) -> None:
+    """Let waiting workers start claiming cells (``go``), or tell them to exit and wait for them."""
+    for p in procs:
+        try:
+            p.stdin.write("go\n" if go else "")
+            p.stdin.close()
+        except (BrokenPipeError, OSError):   # a worker that already died: _run_local_workers reports it
+            pass
+    if not go:
+        for p in procs:
+            p.wait()
+
+
+def _run_local_workers(procs, queue, jobs, bar, task, finished_now) -> None:
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(0.5)
