@@ -41,9 +41,9 @@ PAYS_BELOW = 0.85        # batched per-cell step time / alone, below which batch
 # A lone step this long is arithmetic, not per-step overhead: what batching amortises (Python,
 # dispatch, small kernels) is 1-3 ms a step on this project's CPUs, so it cannot save the
 # 15% PAYS_BELOW asks for, and the bundled probe, 8 cells of such steps, is not run at all.
-# Measured on 2 CPU cores: width-512 ResMLP steps of 17-23 ms, 1.13-1.24x slower batched;
-# width 128, 3-6 ms, 0.66-0.77x.
-PROBE_LONGEST_STEP = 0.008
+# Measured on 2 CPU cores: width-512 ResMLP steps of 17-23 ms, 0.9-1.24x as long per cell
+# batched; width 128, 3-8 ms, 0.6-0.8x.
+PROBE_LONGEST_STEP = 0.012
 
 
 def bundle_key(values: dict) -> str:
@@ -241,7 +241,26 @@ def plan_bundles(cells: list[dict], device: str | torch.device = "cpu") -> list[
     return bundles
 
 
+def longest_first(cells: list[dict], bundles: list[list[int]]) -> list[list[int]]:
+    """Every cell's index once, as jobs (a bundle, or a cell alone), longest first.
+
+    A job's length is its cells' probed step time (``batching_pays``: bundled or alone) times
+    their steps; jobs of shapes the probe did not time come first, in grid order. Workers that
+    take jobs in this order finish together: the longest job handed out last would leave the
+    other workers idle while it runs (``estimate.makespan`` assumes the same order)."""
+    inside = {k for b in bundles for k in b}
+    jobs = list(bundles) + [[k] for k in range(len(cells)) if k not in inside]
+
+    def seconds(job: list[int]) -> float:
+        values = cells[job[0]]
+        alone, together = _STEP_SECONDS.get(bundle_key(values), (math.inf, math.inf))
+        per_cell = together if len(job) > 1 and math.isfinite(together) else alone
+        return per_cell * len(job) * values["steps"]
+    return sorted(sorted(jobs), key=seconds, reverse=True)
+
+
 _PAYS: dict[str, bool] = {}
+_STEP_SECONDS: dict[str, tuple[float, float]] = {}   # shape -> probed (alone, bundled per cell)
 
 
 def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
@@ -258,14 +277,21 @@ def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
         except Exception:   # a cell that cannot train: it trains alone, where its error is its own
             together, alone = math.inf, 0.0
         _PAYS[key] = together < PAYS_BELOW * alone
+        _STEP_SECONDS[key] = (alone, together) if alone > 0 else (math.inf, math.inf)
     return _PAYS[key]
 
 
 def step_seconds(cells: list[dict], device) -> float:
     """Seconds per step of ``cells`` trained together (alone for one), warm, the shorter of two.
     The probe's LRs are scaled down so that no probe cell diverges and stops early, and its
-    final evaluation is of one example (it is not timed, but it would cost as much as the steps)."""
+    final evaluation is of one example (it is not timed, but it would cost as much as the steps).
+
+    On a CPU the seconds are this process's CPU time, not wall time: the probe runs while the
+    sweep's workers start up (and anything else) on the same cores, and CPU time does not count
+    the moments the probe waits for a core, which would land on one half of the comparison."""
     from .train import execute
+    device = resolve_device(device) if isinstance(device, str) else device
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     probe = [{**v, "steps": 2 + PROBE_STEPS, "diagnostics": False, "log_condition": False, "code_fingerprint": None,
               "eval_examples": 1, "lr": v["lr"] * 1e-3, "elr": v.get("elr", 0.0) * 1e-3} for v in cells]
     times = []
@@ -273,7 +299,7 @@ def step_seconds(cells: list[dict], device) -> float:
         marks: dict[int, float] = {}
 
         def on_step(step, steps):
-            marks[step] = time.perf_counter()
+            marks[step] = clock()
         if len(probe) == 1:
             execute(probe[0], device, on_step=on_step)
         else:

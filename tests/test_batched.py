@@ -140,3 +140,28 @@ def test_bf16_autocast_trains_near_float32_and_batches(tmp_path, update):
     np.testing.assert_allclose(b, a, rtol=2e-2)         # bfloat16 keeps 8 bits of mantissa
     together = execute_bundle(mixed, "cpu")[0]
     np.testing.assert_allclose(together.curves["train_loss"].to_numpy(float), b, rtol=2e-2)
+
+
+def test_jobs_are_handed_out_longest_first(monkeypatch):
+    # probed step times make the order: the untimed shape first, then the wide cells alone
+    # (5 ms × 10 steps each), the narrow bundle last (3 cells × 0.2 ms × 10 steps)
+    from lrtransfer import batched
+    narrow = [{"width": 8, "lr": lr, "steps": 10} for lr in (0.1, 0.2, 0.3)]
+    wide = [{"width": 64, "lr": lr, "steps": 10} for lr in (0.1, 0.2)]
+    untimed = [{"width": 16, "lr": 0.1, "steps": 10}]
+    cells = narrow + wide + untimed
+    monkeypatch.setattr(batched, "_STEP_SECONDS", {bundle_key(narrow[0]): (1e-3, 2e-4),
+                                                   bundle_key(wide[0]): (5e-3, math.inf)})
+    assert batched.longest_first(cells, [[0, 1, 2]]) == [[5], [3], [4], [0, 1, 2]]
+
+
+def test_cells_are_enqueued_in_the_planned_order(tmp_path):
+    from lrtransfer.sweep.queue import Queue, open_storage
+    raw = {"data": {"dataset": "mnist1d", "samples": 600}, "model": {"arch": "mlp", "depth": 1}, "train": TRAIN,
+           "grid": {"width": [8, 16]}, "series": {"adam": {"lr": [0.01, 0.1]}}}
+    exp = experiment_from_dict(raw, "order")
+    cells = exp.cells()
+    queue = Queue(open_storage(None, tmp_path), "order")
+    queue.enqueue(cells, set(), bundles=lambda values: [[3], [0, 2]])   # cell 1 was left out: it comes last
+    waiting = [t.user_attrs["run_id"] for t in queue.trials()]
+    assert waiting == [cells[k].run_id for k in (3, 0, 2, 1)]

@@ -143,7 +143,9 @@ class Queue:
                 bundles=None) -> int:
         """Enqueue every cell that is neither finished (unless ``rerun``) nor already waiting or
         running. ``bundles(values list) -> list of index lists`` groups the new cells into the
-        bundles that train together (``batched.plan_bundles``); without it each trains alone."""
+        bundles that train together (``batched.plan_bundles``; lists of one: a cell alone);
+        cells are enqueued, and so claimed, in the order of these lists (then any others in
+        grid order); without it each trains alone, in grid order."""
         active = {t.user_attrs.get("run_id") for t in self.trials(states=(TrialState.WAITING, TrialState.RUNNING))}
         todo, seen = [], set()
         for cell in cells:
@@ -153,12 +155,14 @@ class Queue:
             todo.append(cell)
             seen.add(rid)
         membership: dict[str, tuple[str, bool]] = {}
-        for group in (bundles([c.values for c in todo]) if bundles and todo else []):
+        groups = bundles([c.values for c in todo]) if bundles and todo else []
+        for group in groups:
             if len(group) > 1:
                 ids = [todo[k].run_id for k in group]
                 name = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
                 membership.update({rid: (name, n == 0) for n, rid in enumerate(ids)})
-        for cell in todo:
+        order = list(dict.fromkeys([k for group in groups for k in group] + list(range(len(todo)))))
+        for cell in (todo[k] for k in order):
             bundle, lead = membership.get(cell.run_id, (None, False))
             self.push(cell.run_id, cell.values, attempt=0, retries=retries, rerun=rerun, bundle=bundle, lead=lead)
         return len(todo)
