@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from .optim import Diverged
-from .optim.stacked import StackedPlain, stackable
+from .optim.stacked import StackedNormalized, StackedPlain, normalize_stackable, stackable
 from .train import RunResult, Training, _loss, resolve_device
 
 # Keys in which the cells of one bundle may differ; every other key is the bundle's shape.
@@ -109,6 +109,16 @@ class _Bound:
         return functional_call(self.model, self.weights, (x,))
 
 
+def stacked_update(opts: list, params: list[torch.Tensor]):
+    """The one update for all cells of a bundle (``StackedPlain`` or ``StackedNormalized``),
+    or None where each cell's own optimizer steps its slice."""
+    if all(stackable(o) for o in opts):
+        return StackedPlain(opts, params)
+    if all(normalize_stackable(o) for o in opts):
+        return StackedNormalized(opts, params)
+    return None
+
+
 def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_step=None) -> list[RunResult]:
     """Train ``cells`` (same ``bundle_key``) together; one ``RunResult`` per cell, in order."""
     device = resolve_device(device) if isinstance(device, str) else device
@@ -120,7 +130,7 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     started = time.perf_counter()
     runs = [Training(v, device) for v in cells]
     stack = _Stack(runs)
-    fused = StackedPlain([r.opt for r in runs], stack.params) if all(stackable(r.opt) for r in runs) else None
+    fused = stacked_update([r.opt for r in runs], stack.params)
     losses_of = _losses(runs[0].model, stack.names)
     steps = runs[0].steps
     for step in range(steps):

@@ -165,3 +165,19 @@ def test_cells_are_enqueued_in_the_planned_order(tmp_path):
     queue.enqueue(cells, set(), bundles=lambda values: [[3], [0, 2]])   # cell 1 was left out: it comes last
     waiting = [t.user_attrs["run_id"] for t in queue.trials()]
     assert waiting == [cells[k].run_id for k in (3, 0, 2, 1)]
+
+
+def test_normalized_mlp_bundles_step_as_one_stacked_update(tmp_path):
+    # the identity test above for mlp-normalize then checks StackedNormalized, not a fallback
+    import torch
+    from lrtransfer.batched import _Stack, stacked_update
+    from lrtransfer.optim.stacked import StackedNormalized, StackedPlain
+    from lrtransfer.train import Training
+    kinds = {}
+    for arch, update in (("mlp", "normalize"), ("mlp", "plain"), ("gpt", "normalize"), ("mlp", "dualize")):
+        where = tmp_path / f"{arch}-{update}"
+        where.mkdir()
+        runs = [Training(v, torch.device("cpu")) for v in _cells(where, arch, LRS[update], **UPDATES[update])]
+        kinds[arch, update] = type(stacked_update([r.opt for r in runs], _Stack(runs).params))
+    assert kinds == {("mlp", "normalize"): StackedNormalized, ("mlp", "plain"): StackedPlain,
+                     ("gpt", "normalize"): type(None), ("mlp", "dualize"): type(None)}

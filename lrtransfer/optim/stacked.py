@@ -6,9 +6,10 @@ the rule on the stacked gradients and their steps one broadcast multiply: the pe
 is paid once, not once per cell. Each cell keeps its own ``Optimizer`` for everything else
 (its LR, schedule and step count), so a cell's LR at step t is exactly what it would be alone.
 
-Rules that are not elementwise (Muon's Newton–Schulz on hidden matrices), normalized and
-dualized steps and the sphere constraint are left to each cell's own optimizer
-(``lrtransfer.batched``).
+Normalized steps of such rules on Linear atoms are stacked too (``StackedNormalized``: the
+norms are estimated for all cells in one batch per atom). Rules that are not elementwise
+(Muon's Newton–Schulz on hidden matrices), dualized steps, other atoms (Conv2D, Embed) and the
+sphere constraint are left to each cell's own optimizer (``lrtransfer.batched``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import copy
 
 import torch
 
+from ..modular.atoms import Linear
+from ..modular.spectral import block_power_step, top_subspace
 from .optimizer import Optimizer
 
 ELEMENTWISE_RULES = ("sgd", "adam", "sign")
@@ -70,6 +73,127 @@ class StackedPlain:
         self.opts = [self.opts[i] for i in index]
         self.params = list(params)
         rows = torch.tensor(index, device=params[0].device)
+        for name, state in vars(self.rule).items():
+            if isinstance(state, list) and state and all(isinstance(t, torch.Tensor) for t in state):
+                setattr(self.rule, name, [t.index_select(0, rows) for t in state])
+
+
+def normalize_stackable(opt: Optimizer) -> bool:
+    """Whether ``opt``'s steps can be taken by ``StackedNormalized``: normalized steps of an
+    elementwise rule on tracked (not SVD) norms, every atom a Linear of float32 or float64
+    weights (a bfloat16 weight's scale would round differently from the cell's own step)."""
+    return (opt.update == "normalize" and not opt.exact and opt.sphere is None
+            and opt.rule.name in ELEMENTWISE_RULES and all(type(a) is Linear for a in opt.atoms)
+            and all(a.weight.dtype in (torch.float32, torch.float64) for a in opt.atoms))
+
+
+class StackedNormalized:
+    """The normalized steps of ``opts`` (one per cell, all ``normalize_stackable`` and of one
+    shape) on stacked ``params``: per cell exactly ``Module.normalize``'s arithmetic.
+
+    Cell i's update of atom k is rescaled to its share of the cell's LR over the tracked
+    spectral norm, on the cell's own tracking block, cold or warm as the cell alone would be
+    (``atoms._Tracked``): cold cells take the exact cold start, warm ones one block power
+    step, batched over the cells; the alignments of all cells and atoms are read back with one
+    host sync, and the cell-atoms below ``align_floor`` are refined, as alone. The blocks live
+    here, stacked (cells, r, cols) per atom, not in the cells' atoms.
+    """
+
+    def __init__(self, opts: list[Optimizer], params: list[torch.Tensor]):
+        if not opts or not all(normalize_stackable(o) for o in opts):
+            raise ValueError("StackedNormalized: every optimizer must take tracked normalized steps on Linear atoms")
+        first = opts[0]
+        if any(o.rule.name != first.rule.name for o in opts):
+            raise ValueError("StackedNormalized: the cells' rules must agree")
+        self.opts, self.params = list(opts), list(params)
+        self.rule = copy.deepcopy(first.rule)
+        self.atoms = first.atoms          # the cells' atoms agree in everything but their weights
+        self.blocks = [torch.stack([o.atoms[k]._power_q for o in opts]) for k in range(len(self.atoms))]
+        self.warm = [[o.atoms[k]._power_warm for o in opts] for k in range(len(self.atoms))]
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Apply every cell's normalized update; return the (cells,) finite mask (``StackedPlain.step``)."""
+        directions = self.rule.direction(grads)
+        finite = torch.stack([torch.linalg.vector_norm(d.flatten(1), dim=1) for d in directions]).isfinite().all(0)
+        lrs = [o.current_lr() for o in self.opts]
+        shares = [o.model.targets(lr) for o, lr in zip(self.opts, lrs)]   # cell i, atom k: shares[i][k]
+        sigmas = self._norms(directions)
+        steps = []
+        for k, (d, sigma) in enumerate(zip(directions, sigmas)):
+            share = torch.tensor([s[k] for s in shares], dtype=d.dtype, device=d.device)
+            scale = torch.where(sigma > 0, sigma.reciprocal(), 0.0) * share   # a zero update stays zero
+            steps.append(d * scale.reshape(-1, 1, 1))
+        for o, lr in zip(self.opts, lrs):
+            if o.weight_decay:   # each cell's atoms point into the stack: this decays its slices
+                o.model.regularize(lr * o.weight_decay)
+        torch._foreach_sub_(self.params, steps)
+        for o in self.opts:
+            o.t += 1
+        return finite
+
+    def _norms(self, directions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each atom's tracked spectral norm per cell, (cells,), as ``atoms.spectral_estimates``."""
+        sigmas, checks = [], []
+        for k, (atom, d) in enumerate(zip(self.atoms, directions)):
+            m = atom._matrices(d)                                   # (cells, rows, cols)
+            sigma = torch.empty(m.shape[0], dtype=d.dtype, device=m.device)
+            warm = [i for i, w in enumerate(self.warm[k]) if w]
+            cold = [i for i, w in enumerate(self.warm[k]) if not w]
+            if warm:
+                rows = torch.tensor(warm, device=m.device)
+                mw = m if len(warm) == m.shape[0] else m.index_select(0, rows)
+                qw = self.blocks[k] if len(warm) == m.shape[0] else self.blocks[k].index_select(0, rows)
+                s, align, q = block_power_step(mw, qw)
+                self._put(k, warm, q)
+                sigma[warm] = s.to(sigma.dtype)
+                checks.append((k, warm, align))
+            for i in cold:
+                sigma[i] = self._cold_start(k, i, m[i])
+            sigmas.append(sigma)
+        if checks:
+            flat = torch.cat([a.reshape(-1).float() for _, _, a in checks]).tolist()   # the one host sync
+            start = 0
+            for k, cells, align in checks:
+                low = [i for i, a in zip(cells, flat[start:start + len(cells)]) if a < self.atoms[k].align_floor]
+                start += len(cells)
+                if low:   # NaN is not < floor, as alone
+                    rows = torch.tensor(low, device=directions[k].device)
+                    m = self.atoms[k]._matrices(directions[k]).index_select(0, rows)
+                    q = self.blocks[k].index_select(0, rows)
+                    for _ in range(self.atoms[k].extra_steps):
+                        s, _, q = block_power_step(m, q)
+                    self._put(k, low, q)
+                    sigmas[k][low] = s.to(sigmas[k].dtype)
+        return sigmas
+
+    def _put(self, k: int, cells: list[int], q: torch.Tensor) -> None:
+        if len(cells) == self.blocks[k].shape[0]:
+            self.blocks[k] = q.to(self.blocks[k].dtype)
+        else:
+            self.blocks[k] = self.blocks[k].clone()
+            self.blocks[k][cells] = q.to(self.blocks[k].dtype)
+
+    def _cold_start(self, k: int, i: int, m: torch.Tensor) -> torch.Tensor:
+        """``_Tracked._cold_start`` for cell i's atom k: exact σ₁ and block; cold stays cold on
+        a zero or non-finite update."""
+        mf = m if m.dtype in (torch.float32, torch.float64) else m.float()
+        if not bool(torch.isfinite(mf).all()):
+            return torch.tensor(float("nan"), dtype=mf.dtype)
+        sigma, q = top_subspace(mf, self.blocks[k].shape[-2])
+        if bool(sigma > 0):
+            self._put(k, [i], q.unsqueeze(0))
+            self.warm[k][i] = True
+            return sigma
+        return torch.tensor(float("nan"), dtype=mf.dtype)
+
+    def keep(self, index: list[int], params: list[torch.Tensor]) -> None:
+        """Go on with the cells at ``index`` only, whose weights are now ``params``."""
+        self.opts = [self.opts[i] for i in index]
+        self.params = list(params)
+        rows = torch.tensor(index, device=params[0].device)
+        self.blocks = [b.index_select(0, rows) for b in self.blocks]
+        self.warm = [[w[i] for i in index] for w in self.warm]
         for name, state in vars(self.rule).items():
             if isinstance(state, list) and state and all(isinstance(t, torch.Tensor) for t in state):
                 setattr(self.rule, name, [t.index_select(0, rows) for t in state])
