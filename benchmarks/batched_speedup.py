@@ -1,7 +1,8 @@
 """Cells trained together against one after another, per architecture and width; and compile.
 
 For every shape of the first series of three shipped experiments (the quickstart's ResMLP on
-MNIST-1D, the ResCNN on CIFAR-10, the GPT on Tiny Shakespeare) it times, warm and in this one
+MNIST-1D, both its series, plain and normalized Adam; the ResCNN on CIFAR-10, the GPT on Tiny
+Shakespeare) it times, warm and in this one
 invocation, a training step of one cell alone and of a bundle of ``--cells`` cells trained
 together (``lrtransfer.batched``), and prints alone / (together per cell): above 1 batching
 wins. The sweep's ``batch_cells = "auto"`` makes the same comparison (``batching_pays``, fewer
@@ -37,16 +38,17 @@ from lrtransfer.train import execute  # noqa: E402
 EXPERIMENTS = ("quickstart", "resnet_width_cifar10", "gpt_width_shakespeare")
 
 
-def shapes(name: str) -> list[dict]:
-    """One cell per width of the experiment's first series (its smallest LR)."""
+def shapes(name: str, every_series: bool = False) -> list[dict]:
+    """One cell per width of the experiment's first series (of every series with
+    ``every_series``), each at its smallest LR."""
     exp = load_experiment(ROOT / "experiments" / f"{name}.toml")
     cells = [c.values for c in exp.cells()]
     first = cells[0]["series"]
-    by_width: dict = {}
+    by_shape: dict = {}
     for v in cells:
-        if v["series"] == first and v["seed"] == 0:
-            by_width.setdefault(v["width"], v)
-    return [by_width[w] for w in sorted(by_width)]
+        if (every_series or v["series"] == first) and v["seed"] == 0:
+            by_shape.setdefault((v["series"], v["width"]), v)
+    return [by_shape[k] for k in sorted(by_shape, key=lambda k: (k[0] != first, k))]
 
 
 def compile_ratio(values: dict, steps: int = 60, warm: int = 20) -> dict:
@@ -74,7 +76,7 @@ def main():
     args = p.parse_args()
     rows = []
     for name in EXPERIMENTS:
-        for values in shapes(name):
+        for values in shapes(name, every_series=name == "quickstart"):
             execute({**values, "steps": 2, "code_fingerprint": None}, "cpu")   # data loaded, kernels warm
             alone = batched.step_seconds([values], "cpu")
             together = batched.step_seconds([{**values, "seed": s} for s in range(args.cells)], "cpu") / args.cells

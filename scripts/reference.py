@@ -340,9 +340,9 @@ def speed_section() -> str:
         b = json.loads(bench.read_text())
         lines += [f"A training step of one cell alone against {b['cells']} cells trained together (per cell), "
                   "warm, in one run of `python benchmarks/batched_speedup.py --compile`:", "",
-                  "| experiment | arch | width | alone ms/step | together ms/step per cell | speed-up |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| `{r['experiment']}` | {r['arch']} | {r['width']} | {r['alone_ms']:.2f} | "
+                  "| experiment | series | arch | width | alone ms/step | together ms/step per cell | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| `{r['experiment']}` | {r.get('series', '')} | {r['arch']} | {r['width']} | {r['alone_ms']:.2f} | "
                   f"{r['together_ms_per_cell']:.2f} | {r['speedup']:.2f}× |" for r in b["rows"]]
         if b.get("compile"):
             lines += ["", "`compile = true` on the quickstart's plain Adam step: " + "; ".join(
