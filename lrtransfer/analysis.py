@@ -111,6 +111,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .provenance import EXECUTION_KEYS
 
 
 
@@ -148,9 +149,9 @@ METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds",
             "elr", "lr_applied",
             # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group
             "sphere_radius", "chance_loss",
-            # how a run executed (batched with others or alone, compiled): not what it computes
-            # (provenance.EXECUTION_KEYS), and cells of one scale differ in it
-            "batch_cells", "compile", "bundle_size", "compiled"}
+            # how a run executed (batched with others or alone, compiled): not what it computes,
+            # and cells of one scale differ in it
+            *EXECUTION_KEYS, "bundle_size", "compiled"}
 METADATA_PREFIXES = ("final_", "first_")
 METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time", "_fingerprint")
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..store import ResultStore
-from ..batched import execute_bundle, plan_bundles
+from ..batched import execute_bundle, longest_first, plan_bundles
 from ..train import execute
 
 # Keys that change a run's numbers but not the work of a step: cells differing only in these
@@ -129,9 +129,7 @@ def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, f
     The cells are grouped into the bundles the sweep would train together
     (``batched.plan_bundles``, the same decision); a bundle is one job for one worker. Each shape is measured on its cell with the smallest LR: a cell
     that diverges would stop early and make its shape look cheap."""
-    bundled = plan_bundles(cells, device)
-    inside = {k for b in bundled for k in b}
-    jobs_of = bundled + [[k] for k in range(len(cells)) if k not in inside]
+    jobs_of = longest_first(cells, plan_bundles(cells, device))   # every cell once: a bundle or alone
     smallest: dict = {}
     for values in cells:
         key = shape_key(values)
