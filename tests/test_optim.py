@@ -51,6 +51,34 @@ def test_adam_direction_is_the_textbook_formula(dtype):
         assert got[0][0, 0] == 0   # never a gradient there: no step there
 
 
+def test_plain_adam_step_is_the_textbook_step():
+    # the plain step applied in the fused kernel (Adam.apply) against the AdamW step written out
+    # in float64: per-atom LR multipliers (two distinct, as μP's), decoupled decay, a schedule
+    torch.manual_seed(0)
+    m = build("mlp", 6, 1, input_dim=5, output_dim=3).double()
+    opt = Optimizer(m, Adam(betas=(0.9, 0.99), eps=1e-8), lr=0.05, weight_decay=0.1,
+                    schedule=Schedule("linear", steps=6))
+    opt.lr_mults = [1.0, 0.5, 0.5, 1.0][:len(opt.lr_mults)]
+    assert len(set(opt.lr_mults)) == 2
+    w = [a.weight.detach().clone() for a in m.atoms()]
+    mom = [torch.zeros_like(x) for x in w]
+    var = [torch.zeros_like(x) for x in w]
+    g = torch.Generator().manual_seed(1)
+    for t in range(1, 6):
+        grads = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in w]
+        for a, x in zip(m.atoms(), grads):
+            a.weight.grad = x.clone()
+        lr = opt.step()
+        assert lr == pytest.approx(0.05 * (1 - (t - 1) / 6))
+        for k, x in enumerate(grads):
+            mom[k] = 0.9 * mom[k] + 0.1 * x
+            var[k] = 0.99 * var[k] + 0.01 * x * x
+            lr_k = lr * opt.lr_mults[k]
+            direction = (mom[k] / (1 - 0.9 ** t)) / ((var[k] / (1 - 0.99 ** t)).sqrt() + 1e-8)
+            w[k] = w[k] * (1 - lr_k * 0.1) - lr_k * direction
+            assert torch.allclose(m.atoms()[k].weight, w[k], rtol=1e-12, atol=1e-12)
+
+
 def test_sgd_momentum_direction():
     rule = SGD(momentum=0.9)
     g1, g2 = [torch.tensor([1.0, -2.0])], [torch.tensor([0.5, 0.5])]
@@ -129,12 +157,13 @@ def test_weight_decay_plain_and_normalized():
         assert torch.allclose(a.weight, w * (1 - share) - step, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_non_finite_update_is_reported_not_applied(normalize):
+def test_non_finite_update_is_reported_not_applied(normalize, bad):
     m = build("mlp", 8, 1, input_dim=5, output_dim=3)
     opt = Optimizer(m, Adam(), lr=0.1, update="normalize" if normalize else "plain")
     _set_grads(m)
-    m.atoms()[2].weight.grad[0, 0] = float("nan")
+    m.atoms()[2].weight.grad[0, 0] = bad
     before = [a.weight.detach().clone() for a in m.atoms()]
     with pytest.raises(Diverged) as info:
         opt.step()

@@ -94,19 +94,15 @@ class _Tracked(Atom):
 
         Cold path only, so its host syncs (the finiteness and zero checks) cost nothing per step.
         """
-        mf = m if m.dtype in (torch.float32, torch.float64) else m.float()
-        if not bool(torch.isfinite(mf).all()):
-            return torch.full(mf.shape[:-2], float("nan"), device=mf.device)
-        sigma, q = top_subspace(mf, self._power_q.shape[-2])
-        if bool((sigma > 0).all()):
+        sigma, q = cold_start(m, self._power_q.shape[-2])
+        if q is not None:
             self._power_q = q.to(self._power_q.dtype)
             self._power_warm = True
-        return torch.where(sigma > 0, sigma, float("nan"))
+        return sigma
 
     def _refine(self, m: torch.Tensor) -> torch.Tensor:
         """``extra_steps`` more block steps on ``m`` (no host sync); returns the last sigma."""
-        for _ in range(self.extra_steps):
-            sigma, _, self._power_q = block_power_step(m, self._power_q)
+        sigma, self._power_q = refine(m, self._power_q, self.extra_steps)
         return sigma
 
     def tracked_sigma(self, u: torch.Tensor) -> torch.Tensor:
@@ -150,6 +146,26 @@ class _Tracked(Atom):
         """The steepest-descent step of size ``target`` under this atom's norm: every matrix
         orthogonalized (Newton–Schulz ``ns``, see newton_schulz.py), times ``target``."""
         return self._unslice(orthogonalize(self._slices(u), ns, steps)) * target
+
+
+def cold_start(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A tracking block's exact start on matrices ``m`` (…, rows, cols): σ₁ of each (NaN where
+    zero or non-finite) and the rank-``rank`` block to go on from, or None when any matrix is
+    zero or non-finite (the block stays cold). Host syncs: two, on the cold path only."""
+    mf = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    if not bool(torch.isfinite(mf).all()):
+        return torch.full(mf.shape[:-2], float("nan"), device=mf.device), None
+    sigma, q = top_subspace(mf, rank)
+    if bool((sigma > 0).all()):
+        return sigma, q
+    return torch.where(sigma > 0, sigma, float("nan")), None
+
+
+def refine(m: torch.Tensor, q: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` (≥ 1) more block power steps of block ``q`` on ``m``: the last σ and the block."""
+    for _ in range(steps):
+        sigma, _, q = block_power_step(m, q)
+    return sigma, q
 
 
 def spectral_estimates(atoms, updates) -> list[torch.Tensor]:
@@ -240,7 +256,10 @@ class Linear(_Tracked):
         self._reset_tracking((), min(self.d_out, self.d_in))
 
     def forward(self, x):
-        return F.linear(x, self.effective_weight()) * self.scale
+        y = F.linear(x, self.effective_weight())
+        # a square matrix's scale is exactly 1: skipping the multiply skips an autograd node
+        # and two passes over the activations, and changes no bit
+        return y if self.scale == 1.0 else y * self.scale
 
     def _slices(self, w):
         return w

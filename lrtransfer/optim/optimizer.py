@@ -10,7 +10,9 @@
   For both, weight decay goes through ``model.regularize`` (split like the target).
 
 The optimizer calls exactly ``Module.normalize`` / ``Module.dualize``: the maps live with the
-atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``.
+atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``. (Plain Adam
+steps, eps > 0, are applied by torch's fused kernel straight from the gradients, which are
+checked instead: for Adam a finite gradient means a finite direction.)
 
 ``constraint = "sphere"`` (plain steps only) trains on the sphere of constraint.py: the
 non-scale-invariant atoms are frozen and the scale-invariant ones are projected back to their
@@ -78,8 +80,16 @@ class Optimizer:
     def step(self) -> float:
         """Apply one update from the current gradients; return the LR used."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        directions = self.rule.direction(grads)
         lr = self.current_lr()
+        if self.update == "plain" and hasattr(self.rule, "apply") and self.rule.fuses(grads):
+            # Adam with eps > 0: a finite gradient gives a finite direction (|m̂| is bounded by
+            # the gradients seen, sqrt(v̂) + eps by eps from below), so the check reads the
+            # gradients, and the step is applied in the kernel that computes it
+            self._check_finite(torch._foreach_norm(grads))
+            self.rule.apply(self.params, grads, [lr * m for m in self.lr_mults], self.weight_decay)
+            self._after_step()
+            return lr
+        directions = self.rule.direction(grads)
         self._check_finite(torch._foreach_norm(directions))
         if self.update == "plain":
             self._plain_step(directions, lr)
@@ -91,10 +101,13 @@ class Optimizer:
             if self.weight_decay:
                 self.model.regularize(lr * self.weight_decay)
             torch._foreach_sub_(self.params, steps)
+        self._after_step()
+        return lr
+
+    def _after_step(self) -> None:
         if self.sphere is not None:
             self.sphere.project()
         self.t += 1
-        return lr
 
     def _plain_step(self, directions, lr) -> None:
         if all(m == 1.0 for m in self.lr_mults):  # one fused call for the common case

@@ -99,6 +99,33 @@ class Adam:
                            amsgrad=False, maximize=False)
         return self.out
 
+    def fuses(self, grads: list[torch.Tensor]) -> bool:
+        """Whether a plain step from ``grads`` can be ``apply``'d in the fused kernel."""
+        return self.eps > 0 and _fusable(grads)
+
+    def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], lrs: list[float],
+              weight_decay: float = 0.0) -> None:
+        """The plain step itself, straight onto the weights: w ← w·(1 − lr_k·wd) − lr_k·m̂/(sqrt(v̂) + eps),
+        per weight k, in one pass of the fused (decoupled-decay) Adam kernel per LR.
+
+        The same arithmetic as ``direction`` followed by the optimizer's own plain step, up to
+        float rounding (tests/test_optim.py), without the direction buffer: no pass to clear it,
+        none to write it and none to read it back, on each weight-sized tensor.
+        """
+        if self.m is None:
+            self.m = [torch.zeros_like(g) for g in grads]
+            self.v = [torch.zeros_like(g) for g in grads]
+        self.t += 1
+        step = torch.tensor(float(self.t), dtype=torch.float32, device=grads[0].device)
+        groups: dict[float, list[int]] = {}
+        for k, lr in enumerate(lrs):
+            groups.setdefault(lr, []).append(k)
+        for lr, ks in groups.items():   # one call per distinct LR (μP's layers have a few)
+            torch._fused_adamw_([params[k] for k in ks], [grads[k] for k in ks], [self.m[k] for k in ks],
+                                [self.v[k] for k in ks], [], [step] * len(ks), lr=lr, beta1=self.b1,
+                                beta2=self.b2, weight_decay=weight_decay, eps=self.eps, amsgrad=False,
+                                maximize=False)
+
     def state_dict(self) -> dict:
         return {"t": self.t, "m": self.m, "v": self.v}
 

@@ -17,8 +17,8 @@ import copy
 
 import torch
 
-from ..modular.atoms import Linear
-from ..modular.spectral import block_power_step, top_subspace
+from ..modular.atoms import Linear, cold_start, refine
+from ..modular.spectral import block_power_step
 from .optimizer import Optimizer
 
 ELEMENTWISE_RULES = ("sgd", "adam", "sign")
@@ -29,7 +29,35 @@ def stackable(opt: Optimizer) -> bool:
     return opt.update == "plain" and opt.sphere is None and opt.rule.name in ELEMENTWISE_RULES
 
 
-class StackedPlain:
+class _Stacked:
+    """What the stacked updates share: the cells' optimizers, the stacked weights, one copy of
+    the cells' rule (its state stacked too, created on the first step), the finite mask."""
+
+    def __init__(self, opts: list[Optimizer], params: list[torch.Tensor]):
+        self.opts, self.params = list(opts), list(params)
+        self.rule = copy.deepcopy(opts[0].rule)   # fresh: its state is created on the first step
+
+    @staticmethod
+    def _finite(directions: list[torch.Tensor]) -> torch.Tensor:
+        """(cells,) bool, the solo check per cell: the norm of each atom's direction is finite
+        (an overflowing norm counts)."""
+        return torch.stack([torch.linalg.vector_norm(d.flatten(1), dim=1) for d in directions]).isfinite().all(0)
+
+    def _stepped(self) -> None:
+        for o in self.opts:
+            o.t += 1
+
+    def keep(self, index: list[int], params: list[torch.Tensor]) -> None:
+        """Go on with the cells at ``index`` only, whose weights are now ``params``."""
+        self.opts = [self.opts[i] for i in index]
+        self.params = list(params)
+        rows = torch.tensor(index, device=params[0].device)
+        for name, state in vars(self.rule).items():
+            if isinstance(state, list) and state and all(isinstance(t, torch.Tensor) for t in state):
+                setattr(self.rule, name, [t.index_select(0, rows) for t in state])
+
+
+class StackedPlain(_Stacked):
     """The plain steps of ``opts`` (one per cell, all ``stackable`` and of one shape) on
     ``params``: one (cells, …) tensor per atom, cell i's slice its weight."""
 
@@ -39,8 +67,7 @@ class StackedPlain:
         first = opts[0]
         if any(o.rule.name != first.rule.name or o.lr_mults != first.lr_mults for o in opts):
             raise ValueError("StackedPlain: the cells' rules and per-atom LR multipliers must agree")
-        self.opts, self.params = list(opts), list(params)
-        self.rule = copy.deepcopy(first.rule)   # fresh: its state is created on the first step
+        super().__init__(opts, params)
         self.lr_mults = first.lr_mults
 
     def _per_cell(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
@@ -55,8 +82,7 @@ class StackedPlain:
         False where the cell's direction was not finite (that cell must be dropped: its weights
         were stepped all the same)."""
         directions = self.rule.direction(grads)
-        # the solo check: the norm of each atom's direction is finite (an overflowing norm counts)
-        finite = torch.stack([torch.linalg.vector_norm(d.flatten(1), dim=1) for d in directions]).isfinite().all(0)
+        finite = self._finite(directions)
         lrs = [o.current_lr() for o in self.opts]
         decays = [o.weight_decay for o in self.opts]
         for p, d, m in zip(self.params, directions, self.lr_mults):
@@ -64,18 +90,8 @@ class StackedPlain:
             if any(decays):
                 p.mul_((1 - scale * self._per_cell(decays, p)).to(p.dtype))
             p.sub_(d * scale.to(p.dtype))
-        for o in self.opts:
-            o.t += 1
+        self._stepped()
         return finite
-
-    def keep(self, index: list[int], params: list[torch.Tensor]) -> None:
-        """Go on with the cells at ``index`` only, whose weights are now ``params``."""
-        self.opts = [self.opts[i] for i in index]
-        self.params = list(params)
-        rows = torch.tensor(index, device=params[0].device)
-        for name, state in vars(self.rule).items():
-            if isinstance(state, list) and state and all(isinstance(t, torch.Tensor) for t in state):
-                setattr(self.rule, name, [t.index_select(0, rows) for t in state])
 
 
 def normalize_stackable(opt: Optimizer) -> bool:
@@ -87,7 +103,7 @@ def normalize_stackable(opt: Optimizer) -> bool:
             and all(a.weight.dtype in (torch.float32, torch.float64) for a in opt.atoms))
 
 
-class StackedNormalized:
+class StackedNormalized(_Stacked):
     """The normalized steps of ``opts`` (one per cell, all ``normalize_stackable`` and of one
     shape) on stacked ``params``: per cell exactly ``Module.normalize``'s arithmetic.
 
@@ -105,8 +121,7 @@ class StackedNormalized:
         first = opts[0]
         if any(o.rule.name != first.rule.name for o in opts):
             raise ValueError("StackedNormalized: the cells' rules must agree")
-        self.opts, self.params = list(opts), list(params)
-        self.rule = copy.deepcopy(first.rule)
+        super().__init__(opts, params)
         self.atoms = first.atoms          # the cells' atoms agree in everything but their weights
         self.blocks = [torch.stack([o.atoms[k]._power_q for o in opts]) for k in range(len(self.atoms))]
         self.warm = [[o.atoms[k]._power_warm for o in opts] for k in range(len(self.atoms))]
@@ -115,7 +130,7 @@ class StackedNormalized:
     def step(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Apply every cell's normalized update; return the (cells,) finite mask (``StackedPlain.step``)."""
         directions = self.rule.direction(grads)
-        finite = torch.stack([torch.linalg.vector_norm(d.flatten(1), dim=1) for d in directions]).isfinite().all(0)
+        finite = self._finite(directions)
         lrs = [o.current_lr() for o in self.opts]
         shares = [o.model.targets(lr) for o, lr in zip(self.opts, lrs)]   # cell i, atom k: shares[i][k]
         sigmas = self._norms(directions)
@@ -128,8 +143,7 @@ class StackedNormalized:
             if o.weight_decay:   # each cell's atoms point into the stack: this decays its slices
                 o.model.regularize(lr * o.weight_decay)
         torch._foreach_sub_(self.params, steps)
-        for o in self.opts:
-            o.t += 1
+        self._stepped()
         return finite
 
     def _norms(self, directions: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -160,9 +174,7 @@ class StackedNormalized:
                 if low:   # NaN is not < floor, as alone
                     rows = torch.tensor(low, device=directions[k].device)
                     m = self.atoms[k]._matrices(directions[k]).index_select(0, rows)
-                    q = self.blocks[k].index_select(0, rows)
-                    for _ in range(self.atoms[k].extra_steps):
-                        s, _, q = block_power_step(m, q)
+                    s, q = refine(m, self.blocks[k].index_select(0, rows), self.atoms[k].extra_steps)
                     self._put(k, low, q)
                     sigmas[k][low] = s.to(sigmas[k].dtype)
         return sigmas
@@ -177,23 +189,14 @@ class StackedNormalized:
     def _cold_start(self, k: int, i: int, m: torch.Tensor) -> torch.Tensor:
         """``_Tracked._cold_start`` for cell i's atom k: exact σ₁ and block; cold stays cold on
         a zero or non-finite update."""
-        mf = m if m.dtype in (torch.float32, torch.float64) else m.float()
-        if not bool(torch.isfinite(mf).all()):
-            return torch.tensor(float("nan"), dtype=mf.dtype)
-        sigma, q = top_subspace(mf, self.blocks[k].shape[-2])
-        if bool(sigma > 0):
+        sigma, q = cold_start(m, self.blocks[k].shape[-2])
+        if q is not None:
             self._put(k, [i], q.unsqueeze(0))
             self.warm[k][i] = True
-            return sigma
-        return torch.tensor(float("nan"), dtype=mf.dtype)
+        return sigma
 
     def keep(self, index: list[int], params: list[torch.Tensor]) -> None:
-        """Go on with the cells at ``index`` only, whose weights are now ``params``."""
-        self.opts = [self.opts[i] for i in index]
-        self.params = list(params)
+        super().keep(index, params)
         rows = torch.tensor(index, device=params[0].device)
         self.blocks = [b.index_select(0, rows) for b in self.blocks]
         self.warm = [[w[i] for i in index] for w in self.warm]
-        for name, state in vars(self.rule).items():
-            if isinstance(state, list) and state and all(isinstance(t, torch.Tensor) for t in state):
-                setattr(self.rule, name, [t.index_select(0, rows) for t in state])

@@ -1,6 +1,7 @@
 """A worker: claim cells from the queue and run them until none are left."""
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -45,6 +46,26 @@ def failed_row(values: dict, error: str) -> dict:
             "final_test_acc": math.nan, "wall_seconds": math.nan}
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks for reuse (fixed mmap and trim thresholds); return
+    whether it took. Speed only, no number changes.
+
+    Each training step frees its gradients and allocates new ones. glibc's adaptive mmap
+    threshold serves large blocks from fresh mappings and trims the heap, so a reallocated
+    weight-sized block comes back as new pages that fault on first touch: 130–170 faults, about
+    0.5 ms of system time, per step of the quickstart's width-512 MLP (a 17 ms step). Blocks up
+    to 32 MiB (glibc's largest threshold) now stay in the heap, and freed memory is kept for
+    the worker's later cells.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 def drained(queue: Queue) -> bool:
     """No cell waits and none runs: the sweep is over (until someone enqueues more)."""
     return not queue.trials(states=(TrialState.WAITING, TrialState.RUNNING))
@@ -64,6 +85,7 @@ def work(queue: Queue, store: ResultStore, device: str = "auto", max_runs: int |
     On KeyboardInterrupt the cells in hand go back to the queue (waiting) before it propagates.
     """
     resolve_device(device)  # a bad --device fails here, before a cell is claimed and recorded failed
+    keep_freed_memory()
     ran = 0
     store.root.mkdir(parents=True, exist_ok=True)
     while max_runs is None or ran < max_runs:
