@@ -123,13 +123,20 @@ def wall_seconds(durations: list[float], jobs: int, threads: int, cores: int) ->
     return makespan([d * slowdown for d in durations], jobs) + WORKER_START_SECONDS
 
 
+def planned_jobs(cells: list[dict], device) -> list[list[int]]:
+    """The jobs a sweep hands out for ``cells`` (run values), in the order workers claim them:
+    every cell's index once, as a bundle (``batched.plan_bundles``) or alone, longest first
+    (``batched.longest_first``). ``sweep.prepare`` enqueues these and ``estimate`` times these."""
+    return longest_first(cells, plan_bundles(cells, device))
+
+
 def estimate(cells: list[dict], device, jobs: int, cores: int) -> tuple[float, float, int]:
     """(wall seconds with ``jobs`` workers, compute seconds, shapes measured) for ``cells`` (run values).
 
     The cells are grouped into the bundles the sweep would train together
     (``batched.plan_bundles``, the same decision); a bundle is one job for one worker. Each shape is measured on its cell with the smallest LR: a cell
     that diverges would stop early and make its shape look cheap."""
-    jobs_of = longest_first(cells, plan_bundles(cells, device))   # every cell once: a bundle or alone
+    jobs_of = planned_jobs(cells, device)
     smallest: dict = {}
     for values in cells:
         key = shape_key(values)

@@ -28,7 +28,7 @@ from ..store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
-from ..batched import longest_first, plan_bundles
+from .estimate import planned_jobs
 from ..train import dataset_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
@@ -182,7 +182,7 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
         on_notice(f"moved {stale} runs made with other training code or data to {root / 'stale'}; their cells run again")
     queue.reap(grace)
     n = queue.enqueue(cells, store.finished_ids(), retries=retries, rerun=rerun,
-                      bundles=lambda todo: longest_first(todo, plan_bundles(todo, resolve_device(device))))
+                      bundles=lambda todo: planned_jobs(todo, resolve_device(device)))
     return queue, store, n
 
 

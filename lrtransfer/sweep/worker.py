@@ -58,7 +58,8 @@ def keep_freed_memory() -> bool:
     weight-sized block comes back as new pages that fault on first touch: 130–170 faults, about
     0.5 ms of system time, per step of the quickstart's width-512 MLP (a 17 ms step). Blocks up
     to 32 MiB (glibc's largest threshold) now stay in the heap, and freed memory is kept for
-    the worker's later cells.
+    the worker's later cells. It holds for the whole calling process: with ``--jobs 1`` (or
+    ``run_sweep(jobs=1)`` in a notebook) that is the sweep's own.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
