@@ -269,7 +269,6 @@ def longest_first(cells: list[dict], bundles: list[list[int]]) -> list[list[int]
     return sorted(sorted(jobs), key=seconds, reverse=True)
 
 
-_PAYS: dict[str, bool] = {}
 _STEP_SECONDS: dict[str, tuple[float, float]] = {}   # shape -> probed (alone, bundled per cell)
 
 
@@ -278,17 +277,17 @@ def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
     timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps);
     a lone step over ``PROBE_LONGEST_STEP`` seconds decides "no" without the bundled half."""
     key = bundle_key(values)
-    if key not in _PAYS:
+    if key not in _STEP_SECONDS:
         try:
             alone = step_seconds([values], device)
             together = math.inf
             if alone <= PROBE_LONGEST_STEP:
                 together = step_seconds([{**values, "seed": s} for s in range(PROBE_CELLS)], device) / PROBE_CELLS
         except Exception:   # a cell that cannot train: it trains alone, where its error is its own
-            together, alone = math.inf, 0.0
-        _PAYS[key] = together < PAYS_BELOW * alone
-        _STEP_SECONDS[key] = (alone, together) if alone > 0 else (math.inf, math.inf)
-    return _PAYS[key]
+            alone = together = math.inf
+        _STEP_SECONDS[key] = (alone, together)
+    alone, together = _STEP_SECONDS[key]
+    return together < PAYS_BELOW * alone   # inf < inf is False: an untimed bundle does not pay
 
 
 def step_seconds(cells: list[dict], device) -> float:

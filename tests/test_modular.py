@@ -149,6 +149,24 @@ def test_linear_normalized_update_top_singular_value():
     assert rel(s[0], 0.7) < 1e-5
 
 
+def test_normalize_scales_are_each_share_over_each_norm():
+    # what an optimizer applies in one pass (w − scale·u): share / SVD norm for a Linear,
+    # per kernel position for a Conv2D, per row for an Embed (0 on a zero row)
+    lin, conv, emb = Linear(12, 7), Conv2D(6, 4, 3), Embed(9, 5)
+    u_lin, u_conv, u_emb = torch.randn(12, 7), torch.randn(6, 4, 3, 3), torch.randn(9, 5)
+    u_emb[3] = 0
+    (s,) = lin.normalize_scales([u_lin], 0.7, exact=True)
+    assert rel(s, 0.7 / SVD(u_lin)) < 1e-6
+    (s,) = conv.normalize_scales([u_conv], 0.5, exact=True)
+    want = 0.5 / SVD(u_conv.permute(2, 3, 0, 1))
+    assert torch.allclose(torch.broadcast_to(s, u_conv.shape)[0, 0], want, rtol=1e-6)
+    (s,) = emb.normalize_scales([u_emb], 0.3)
+    assert s.shape == (9, 1) and s[3] == 0
+    assert torch.allclose(s.squeeze(1)[[0, 8]], 0.3 / u_emb[[0, 8]].norm(dim=1), rtol=1e-6)
+    for atom, u in ((lin, u_lin), (conv, u_conv), (emb, u_emb)):   # normalize is exactly u · scale
+        assert torch.equal(atom.normalize([u], 0.4, exact=True)[0], u * atom.normalize_scales([u], 0.4, exact=True)[0])
+
+
 def test_embed_rows_normalized_zero_rows_stay_zero():
     emb = Embed(10, 6)
     u = torch.randn(10, 6)

@@ -134,13 +134,13 @@ class _Tracked(Atom):
     def estimate_norms(atoms, updates):
         return spectral_estimates(atoms, updates)
 
-    def normalize_update(self, u, target, exact=False, norms=None):
-        """``u`` with every matrix rescaled to spectral norm ``target`` (zero ones stay zero).
+    def normalize_scale(self, u, target, exact=False, norms=None):
+        """target / ‖matrix‖₂ for every matrix of ``u`` (0 for a zero one), shaped to broadcast.
 
-        ``norms``: the matrices' spectral norms when already known (``Module.normalize``
+        ``norms``: the matrices' spectral norms when already known (``Module.normalize_scales``
         estimates all atoms' together)."""
         norms = self.spectral_norms(u, exact=exact) if norms is None else norms
-        return u * (_inverse(norms) * target).reshape(self._scale_shape)
+        return (_inverse(norms) * target).reshape(self._scale_shape)
 
     def dualize_update(self, u, target, ns="quintic", steps=None):
         """The steepest-descent step of size ``target`` under this atom's norm: every matrix
@@ -302,9 +302,9 @@ class Embed(Atom):
     def atom_norm(self, w, exact=True):
         return torch.linalg.vector_norm(w.float(), dim=1).max()
 
-    def normalize_update(self, u, target, exact=False, norms=None):
-        """Every row rescaled to ℓ2 norm ``target`` (absent tokens' zero rows stay zero)."""
-        return u * (_inverse(torch.linalg.vector_norm(u.float(), dim=1, keepdim=True)) * target)
+    def normalize_scale(self, u, target, exact=False, norms=None):
+        """target / ‖row‖₂ for every row of ``u`` (absent tokens' zero rows stay zero), (vocab, 1)."""
+        return _inverse(torch.linalg.vector_norm(u.float(), dim=1, keepdim=True)) * target
 
     def dualize_update(self, u, target, ns="quintic", steps=None):
         """The dual of the max-row-ℓ2 norm is row-wise: the same map as ``normalize``."""

@@ -117,12 +117,20 @@ class Module(nn.Module):
         """Return new tensors: ``updates`` rescaled so that their modular norm is ``target``.
 
         The target is split once (``targets``) and each atom rescales its update to its share
-        (``Atom.normalize_update``): every atom's update ends with atom norm equal to its share, zero
+        (``Atom.normalize_scale``): every atom's update ends with atom norm equal to its share, zero
         updates stay zero, the inputs are not modified. With ``exact=False`` spectral norms
         are tracked per atom (exact on a cold atom, then a warm block power step: a lower
         bound, within 1.02 of the SVD norm on the quickstart, see
         benchmarks/normalize_accuracy.py), all atoms' estimates read back with one host
         sync; ``exact=True`` uses SVDs.
+        """
+        return [u * s for u, s in zip(updates, self.normalize_scales(updates, target, exact=exact))]
+
+    def normalize_scales(self, updates: Seq[torch.Tensor], target: float, exact: bool = False) -> list[torch.Tensor]:
+        """What ``normalize`` multiplies each update by: atom k's scale, a tensor that broadcasts
+        against its update (a scalar, one per kernel slice, one per row). An optimizer applies
+        w − scale·u from these in one pass over each weight, where the rescaled tensors would
+        take two (write them, then subtract them). Advances the tracking exactly as ``normalize``.
         """
         self._check_aligned(updates, "normalize")
         atoms, shares = self.atoms(), self.targets(target)
@@ -135,7 +143,7 @@ class Module(nn.Module):
             for estimate, ks in groups.items():
                 for k, n in zip(ks, estimate([atoms[k] for k in ks], [updates[k] for k in ks])):
                     norms[k] = n
-        return [atom.normalize_update(u, share, exact=exact, norms=n)
+        return [atom.normalize_scale(u, share, exact=exact, norms=n)
                 for atom, u, share, n in zip(atoms, updates, shares, norms)]
 
     def dualize(self, updates: Seq[torch.Tensor], target: float, ns: str = "quintic",
@@ -294,8 +302,13 @@ class Atom(Module):
         return self.dualize_update(u, target, ns=ns, steps=steps)
 
     def normalize_update(self, u: torch.Tensor, target: float, exact: bool = False, norms=None) -> torch.Tensor:
-        """The atom's normalize map on one tensor. ``norms``: the norm(s) the atom would
-        compute, when the caller (``Module.normalize``) already estimated them."""
+        """The atom's normalize map on one tensor: ``u`` times ``normalize_scale``."""
+        return u * self.normalize_scale(u, target, exact=exact, norms=norms)
+
+    def normalize_scale(self, u: torch.Tensor, target: float, exact: bool = False, norms=None) -> torch.Tensor:
+        """The multiplier, broadcastable against ``u``, that rescales ``u`` to atom norm
+        ``target`` (0 where u is 0). ``norms``: the norm(s) the atom would compute, when the
+        caller (``Module.normalize_scales``) already estimated them."""
         raise NotImplementedError
 
     def dualize_update(self, u: torch.Tensor, target: float, ns: str = "quintic",

@@ -3,14 +3,15 @@
 * ``plain``: step = lr · direction per atom, times the atom's ``lr_mult`` (a parametrization's
   per-layer LR, e.g. μP) and the rule's own multiplier (Muon's Adam group); AdamW-style
   decoupled decay, weight *= 1 − lr_k·wd.
-* ``normalize``: the directions go through ``model.normalize(directions, lr)`` — each atom's
-  rescaled to its share of ``lr`` — so the step has modular norm ``lr``.
+* ``normalize``: the directions are rescaled as ``model.normalize(directions, lr)`` rescales
+  them — each atom's to its share of ``lr`` — so the step has modular norm ``lr`` (applied
+  from ``model.normalize_scales``: w − scale·d in one pass per weight).
 * ``dualize``: the directions go through ``model.dualize(directions, lr, ns, ns_steps)`` —
   the steepest-descent step of modular norm ``lr`` (SCIENCE.md §2).
   For both, weight decay goes through ``model.regularize`` (split like the target).
 
-The optimizer calls exactly ``Module.normalize`` / ``Module.dualize``: the maps live with the
-atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``. (Plain Adam
+The optimizer calls exactly ``Module.normalize_scales`` / ``Module.dualize``: the maps live
+with the atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``. (Plain Adam
 steps, eps > 0, are applied by torch's fused kernel straight from the gradients, which are
 checked instead: for Adam a finite gradient means a finite direction.)
 
@@ -68,6 +69,7 @@ class Optimizer:
         if self.sphere is not None:  # the paper's setup: only the scale-invariant weights train
             self.lr_mults = [0.0 if frozen else m for m, frozen in zip(self.lr_mults, self.sphere.frozen)]
         self.t = 0
+        self._applies: bool | None = None   # whether the rule applies plain steps itself; set on the first step
 
     def current_lr(self) -> float:
         return self.lr * self.schedule(self.t)
@@ -81,23 +83,28 @@ class Optimizer:
         """Apply one update from the current gradients; return the LR used."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         lr = self.current_lr()
-        if self.update == "plain" and hasattr(self.rule, "apply") and self.rule.fuses(grads):
+        if self._applies is None:   # the gradients' dtype, device and layout are the weights': fixed
+            self._applies = self.update == "plain" and hasattr(self.rule, "apply") and self.rule.fuses(grads)
+        if self._applies:
             # Adam with eps > 0: a finite gradient gives a finite direction (|m̂| is bounded by
             # the gradients seen, sqrt(v̂) + eps by eps from below), so the check reads the
             # gradients, and the step is applied in the kernel that computes it
             self._check_finite(torch._foreach_norm(grads))
-            self.rule.apply(self.params, grads, [lr * m for m in self.lr_mults], self.weight_decay)
+            self.rule.apply(self.params, grads, lr, self.lr_mults, self.weight_decay)
             self._after_step()
             return lr
         directions = self.rule.direction(grads)
         self._check_finite(torch._foreach_norm(directions))
         if self.update == "plain":
             self._plain_step(directions, lr)
+        elif self.update == "normalize":
+            scales = self.model.normalize_scales(directions, lr, exact=self.exact)
+            if self.weight_decay:
+                self.model.regularize(lr * self.weight_decay)
+            for p, d, scale in zip(self.params, directions, scales):
+                p.addcmul_(d, scale, value=-1)   # w − scale·d in one pass: what normalize(...) then a subtraction do in two
         else:
-            if self.update == "normalize":
-                steps = self.model.normalize(directions, lr, exact=self.exact)
-            else:
-                steps = self.model.dualize(directions, lr, ns=self.ns, steps=self.ns_steps)
+            steps = self.model.dualize(directions, lr, ns=self.ns, steps=self.ns_steps)
             if self.weight_decay:
                 self.model.regularize(lr * self.weight_decay)
             torch._foreach_sub_(self.params, steps)

@@ -44,9 +44,11 @@ class Adam:
     fused Adam kernel over each tensor, writing the direction into a buffer this rule keeps:
     the elementwise ops of the textbook form read and write each weight-sized tensor about
     ten times, and at width 512 on a CPU those passes (memory-bound) cost as much as a third
-    of the step. The kernel steps a "parameter" by −lr·m̂/(sqrt(v̂) + eps); starting that
-    parameter at 0 with lr = −1 leaves exactly the direction in it (the same arithmetic as the
-    textbook form up to float rounding: tests/test_optim.py).
+    of the step. The kernel steps a "parameter" p to p·(1 − lr·wd) − lr·m̂/(sqrt(v̂) + eps);
+    with lr = −1 and wd = −1 the first term is p·0 = 0 and the buffer is left holding exactly
+    the direction, whatever it held before (the same arithmetic as the textbook form up to
+    float rounding: tests/test_optim.py). A buffer that held a non-finite direction is never
+    stepped again: the optimizer stops the run, a bundle drops the cell.
     """
 
     name = "adam"
@@ -62,14 +64,26 @@ class Adam:
         self.m: list[torch.Tensor] | None = None
         self.v: list[torch.Tensor] | None = None
         self.out: list[torch.Tensor] | None = None   # the fused path's direction buffers
+        self._groups_of, self._groups = None, []       # apply's weights by LR multiplier
 
-    def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _advance(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """One more step: the moments (zero) on the first, t += 1; returns t as the tensor
+        the fused kernel reads (for the bias corrections)."""
         if self.m is None:
             self.m = [torch.zeros_like(g) for g in grads]
             self.v = [torch.zeros_like(g) for g in grads]
         self.t += 1
-        if self.eps > 0 and _fusable(grads):
-            return self._fused_direction(grads)
+        return torch.tensor(float(self.t), dtype=torch.float32, device=grads[0].device)
+
+    def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        step = self._advance(grads)
+        if self.fuses(grads):
+            if self.out is None:   # zeros, not empty: uninitialized memory may hold NaN, and NaN·0 is NaN
+                self.out = [torch.zeros_like(g) for g in grads]
+            torch._fused_adamw_(self.out, grads, self.m, self.v, [], [step] * len(grads), lr=-1.0,
+                                beta1=self.b1, beta2=self.b2, weight_decay=-1.0, eps=self.eps,
+                                amsgrad=False, maximize=False)   # out·0 + direction (class doc)
+            return self.out
         torch._foreach_lerp_(self.m, grads, 1 - self.b1)
         torch._foreach_mul_(self.v, self.b2)
         torch._foreach_addcmul_(self.v, grads, grads, 1 - self.b2)
@@ -87,42 +101,30 @@ class Adam:
             out = [torch.where(d == 0, torch.zeros_like(o), o) for o, d in zip(out, denom)]
         return out
 
-    def _fused_direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.out is None:
-            self.out = [torch.zeros_like(g) for g in grads]
-        else:
-            torch._foreach_zero_(self.out)
-        # the kernel reads the step count (for the bias corrections) from a tensor per weight
-        step = torch.tensor(float(self.t), dtype=torch.float32, device=grads[0].device)
-        torch._fused_adam_(self.out, grads, self.m, self.v, [], [step] * len(grads), lr=-1.0,
-                           beta1=self.b1, beta2=self.b2, weight_decay=0.0, eps=self.eps,
-                           amsgrad=False, maximize=False)
-        return self.out
-
     def fuses(self, grads: list[torch.Tensor]) -> bool:
         """Whether a plain step from ``grads`` can be ``apply``'d in the fused kernel."""
         return self.eps > 0 and _fusable(grads)
 
-    def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], lrs: list[float],
+    def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, lr_mults: list[float],
               weight_decay: float = 0.0) -> None:
         """The plain step itself, straight onto the weights: w ← w·(1 − lr_k·wd) − lr_k·m̂/(sqrt(v̂) + eps),
-        per weight k, in one pass of the fused (decoupled-decay) Adam kernel per LR.
+        lr_k = lr·lr_mults[k] per weight k, in one pass of the fused (decoupled-decay) Adam
+        kernel per distinct multiplier (μP's layers have a few).
 
         The same arithmetic as ``direction`` followed by the optimizer's own plain step, up to
-        float rounding (tests/test_optim.py), without the direction buffer: no pass to clear it,
-        none to write it and none to read it back, on each weight-sized tensor.
+        float rounding (tests/test_optim.py), without the direction buffer: no pass to write
+        it and none to read it back, on each weight-sized tensor.
         """
-        if self.m is None:
-            self.m = [torch.zeros_like(g) for g in grads]
-            self.v = [torch.zeros_like(g) for g in grads]
-        self.t += 1
-        step = torch.tensor(float(self.t), dtype=torch.float32, device=grads[0].device)
-        groups: dict[float, list[int]] = {}
-        for k, lr in enumerate(lrs):
-            groups.setdefault(lr, []).append(k)
-        for lr, ks in groups.items():   # one call per distinct LR (μP's layers have a few)
+        step = self._advance(grads)
+        key = tuple(lr_mults)
+        if key != self._groups_of:   # the multipliers are fixed: grouped once, not every step
+            groups: dict[float, list[int]] = {}
+            for k, m in enumerate(lr_mults):
+                groups.setdefault(m, []).append(k)
+            self._groups_of, self._groups = key, list(groups.items())
+        for m, ks in self._groups:
             torch._fused_adamw_([params[k] for k in ks], [grads[k] for k in ks], [self.m[k] for k in ks],
-                                [self.v[k] for k in ks], [], [step] * len(ks), lr=lr, beta1=self.b1,
+                                [self.v[k] for k in ks], [], [step] * len(ks), lr=lr * m, beta1=self.b1,
                                 beta2=self.b2, weight_decay=weight_decay, eps=self.eps, amsgrad=False,
                                 maximize=False)
 

@@ -125,6 +125,7 @@ class StackedNormalized(_Stacked):
         self.atoms = first.atoms          # the cells' atoms agree in everything but their weights
         self.blocks = [torch.stack([o.atoms[k]._power_q for o in opts]) for k in range(len(self.atoms))]
         self.warm = [[o.atoms[k]._power_warm for o in opts] for k in range(len(self.atoms))]
+        self.unit_shares = torch.tensor([o.model.targets(1.0) for o in opts], dtype=torch.float64)   # (cells, atoms)
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -132,17 +133,20 @@ class StackedNormalized(_Stacked):
         directions = self.rule.direction(grads)
         finite = self._finite(directions)
         lrs = [o.current_lr() for o in self.opts]
-        shares = [o.model.targets(lr) for o, lr in zip(self.opts, lrs)]   # cell i, atom k: shares[i][k]
+        # cell i's share of atom k: targets are linear in the LR, so lr_i · targets(1)[k]
+        # (tests/test_batched.py: the same steps as alone to 1e-5)
+        shares = torch.tensor(lrs, dtype=torch.float64).unsqueeze(1) * self.unit_shares   # (cells, atoms)
         sigmas = self._norms(directions)
-        steps = []
+        scales = []
         for k, (d, sigma) in enumerate(zip(directions, sigmas)):
-            share = torch.tensor([s[k] for s in shares], dtype=d.dtype, device=d.device)
+            share = shares[:, k].to(device=d.device, dtype=d.dtype)
             scale = torch.where(sigma > 0, sigma.reciprocal(), 0.0) * share   # a zero update stays zero
-            steps.append(d * scale.reshape(-1, 1, 1))
+            scales.append(scale.reshape(-1, 1, 1))
         for o, lr in zip(self.opts, lrs):
             if o.weight_decay:   # each cell's atoms point into the stack: this decays its slices
                 o.model.regularize(lr * o.weight_decay)
-        torch._foreach_sub_(self.params, steps)
+        for p, d, scale in zip(self.params, directions, scales):
+            p.addcmul_(d, scale, value=-1)   # w − scale·d in one pass, as the optimizer alone
         self._stepped()
         return finite
 
@@ -200,3 +204,4 @@ class StackedNormalized(_Stacked):
         rows = torch.tensor(index, device=params[0].device)
         self.blocks = [b.index_select(0, rows) for b in self.blocks]
         self.warm = [[w[i] for i in index] for w in self.warm]
+        self.unit_shares = self.unit_shares[index]
