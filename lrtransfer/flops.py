@@ -1,12 +1,18 @@
 """Training compute in FLOPs, counted by torch (``torch.utils.flop_counter.FlopCounterMode``).
 
-A run's training FLOPs = the steps it trained × the FLOPs of one of its training steps:
-forward, cross-entropy, backward and the optimizer step of the run's own model, data shape,
-batch size and optimizer, counted on one batch. FlopCounterMode counts the matrix products
-(mm, addmm, bmm, convolutions, attention), two FLOPs per multiply-add; elementwise work
-(activations, norms, Adam's moments) is not counted. Unlike wall time this does not depend on
-the machine, its load or how many runs share it, and it is the same for every LR and seed.
-The evaluation at the end of a run is not training and is not counted.
+A training step's FLOPs: forward, cross-entropy, backward and the optimizer step of the run's
+own model, data shape, batch size and optimizer, counted on one batch. FlopCounterMode counts
+the matrix products (mm, addmm, bmm, convolutions, attention), two FLOPs per multiply-add;
+elementwise work (activations, norms, Adam's moments) and eigendecompositions are not counted.
+
+The first step and the later ones differ: a normalized step's first update starts each
+tracking block from the Gram matrix WᵀW of every update (cols² · rows multiply-adds per
+matrix), and every later one takes one block power step (~4 · rows · cols · r). So a run's
+training FLOPs = the first step's + (steps trained − 1) × a later step's (the second, counted
+after the first). A later step's refinements (more block steps where a block is poorly
+aligned) are counted as they happen on that step. Unlike wall time this does not depend on
+the machine, its load or how many runs share it, and it is the same for every LR and seed up
+to those refinements. The evaluation at the end of a run is not training and is not counted.
 """
 from __future__ import annotations
 
@@ -34,14 +40,18 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     return int(counter.get_total_flops())
 
 
-def run_step_flops(values: dict, device: str = "cpu") -> int:
-    """FLOPs of one training step of the run ``values`` describes, on a batch of its data."""
+def run_step_flops(values: dict, device: str = "cpu") -> tuple[int, int]:
+    """FLOPs of the first and of a later (the second) training step of the run ``values``
+    describes, on batches of its data."""
     from .train import dataset_for, model_for, optimizer_for
     device = torch.device(device)
     ds = dataset_for(values, device)
-    model = model_for(values, ds).to(device)
-    x, y = ds.sample("train", values["batch_size"], torch.Generator().manual_seed(0))
-    return step_flops(model, x, y, optimizer_for(values, model))
+    with torch.random.fork_rng(devices=[]):   # the run's own weights, the caller's random stream untouched
+        torch.manual_seed(values.get("seed", 0))
+        model = model_for(values, ds).to(device)
+    optimizer = optimizer_for(values, model)
+    batches = torch.Generator().manual_seed(values.get("seed", 0))
+    return tuple(step_flops(model, *ds.sample("train", values["batch_size"], batches), optimizer) for _ in range(2))
 
 
 def steps_trained(row: dict) -> int:
@@ -58,15 +68,24 @@ class FlopCounter:
 
     def __init__(self, device: str = "cpu"):
         self.device = device
-        self._per_step: dict[str, int] = {}
+        self._counts: dict[str, tuple[int, int]] = {}
 
-    def per_step(self, values: dict) -> int:
+    def _first_and_later(self, values: dict) -> tuple[int, int]:
         from .analysis import is_metadata  # metrics, timing and provenance change no step either
         key = repr(sorted((k, repr(v)) for k, v in values.items() if k not in COST_FREE and not is_metadata(k)))
-        if key not in self._per_step:
-            self._per_step[key] = run_step_flops(values, self.device)
-        return self._per_step[key]
+        if key not in self._counts:
+            self._counts[key] = run_step_flops(values, self.device)
+        return self._counts[key]
+
+    def per_step(self, values: dict) -> int:
+        """FLOPs of one later (warm) training step of runs shaped like ``values``."""
+        return self._first_and_later(values)[1]
+
+    def steps(self, values: dict, n: int) -> int:
+        """FLOPs of the first ``n`` training steps of a run shaped like ``values``."""
+        first, later = self._first_and_later(values)
+        return first + (n - 1) * later if n > 0 else 0
 
     def run(self, row: dict) -> int:
         """Training FLOPs of one recorded run (its row holds its config)."""
-        return steps_trained(row) * self.per_step(row)
+        return self.steps(row, steps_trained(row))

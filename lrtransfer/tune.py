@@ -216,7 +216,7 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
                 result.tune_flops += flops.run(row)
                 # tuning here instead would cost `trials` runs at this scale's price
                 result.target_tuning_seconds += trials * float(row["wall_seconds"])
-                result.target_tuning_flops += trials * int(row["steps"]) * flops.per_step(row)
+                result.target_tuning_flops += trials * flops.steps(row, int(row["steps"]))
             grid_best = math.nan
             if not gmine.empty:
                 at = gmine[(gmine[axis] == scale) & (gmine["status"] == "done")]

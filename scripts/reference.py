@@ -310,7 +310,8 @@ BENCHMARKS = RESULTS / "benchmarks"
 
 def speed_section() -> str:
     """Estimates against measured sweep times (reference.json, benchmarks/sweep_times.py),
-    batched against one-by-one steps (benchmarks/batched_speedup.py) and the suite against a
+    batched against one-by-one steps (benchmarks/batched_speedup.py), a step against torch's
+    and the quickstart's compute floor (benchmarks/step_efficiency.py) and the suite against a
     hand-written sweep (benchmarks/grid_vs_naive.py), all from files under results/."""
     estimated = []
     for path in experiment_files():
@@ -348,6 +349,25 @@ def speed_section() -> str:
             lines += ["", "`compile = true` on the quickstart's plain Adam step: " + "; ".join(
                 f"width {c['width']} {c['eager_ms']:.2f} → {c['compiled_ms']:.2f} ms ({c['ratio']:.2f}×) after a "
                 f"{c['compile_seconds']:.0f} s compile" for c in b["compile"]) + "."]
+        lines.append("")
+    efficiency = BENCHMARKS / "step_efficiency.json"
+    if efficiency.exists():
+        e = json.loads(efficiency.read_text())
+        lines += ["One quickstart step (plain Adam, one thread) against the same shapes written as an `nn.Module` "
+                  "with `torch.optim.Adam(foreach=True)`, and each as a fraction of this machine's measured GEMM "
+                  "throughput, in one run of `python benchmarks/step_efficiency.py`:", "",
+                  "| width | suite ms/step | torch ms/step | suite/torch | GEMM GFLOP/s | suite efficiency | torch efficiency |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['width']} | {r['suite_ms']:.2f} | {r['torch_ms']:.2f} | {r['suite_over_torch']:.2f} | "
+                  f"{r['gemm_gflops']:.1f} | {100 * r['suite_efficiency']:.1f}% | {100 * r['torch_efficiency']:.1f}% |"
+                  for r in e["rows"]]
+        f = e.get("quickstart_floor")
+        if f:
+            lines += ["", f"The quickstart's {f['runs']} runs are {f['tflop']:.1f} TFLOP of matrix products (torch's "
+                      f"FlopCounterMode, forward, backward and update, times each run's steps): at the "
+                      f"{f['gemm_gflops']:.0f} GFLOP/s measured there, on all {f['cores']} cores at once, that "
+                      f"arithmetic alone takes {f['floor_seconds']:.0f} s; the reference sweep took "
+                      f"{f['sweep_seconds']:.0f} s, {f['sweep_over_floor']:.1f}× that floor."]
         lines.append("")
     naive = BENCHMARKS / "grid_vs_naive.json"
     if naive.exists():

@@ -70,11 +70,30 @@ def test_training_flops_match_a_hand_count_for_a_small_mlp(tmp_path):
     forward = 2 * 5 * (40 * 16 + 16 * 16 + 16 * 10)
     hand = forward + forward + 2 * 5 * (16 * 16 + 16 * 10)
     assert hand == 25280
-    assert run_step_flops(values) == hand
+    assert run_step_flops(values) == (hand, hand)   # plain Adam: every step alike
     counter = FlopCounter()
     assert counter.run({**values, "status": "done"}) == 7 * hand
     assert counter.run({**values, "status": "diverged", "diverged_at_step": 3.0}) == 3 * hand
     assert counter.per_step({**values, "lr": 0.5, "seed": 4, "wall_seconds": 9.0}) == hand   # same shape
+
+
+def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypatch):
+    from lrtransfer.flops import FlopCounter, run_step_flops
+    from lrtransfer.modular.atoms import _Tracked
+    monkeypatch.setattr(_Tracked, "align_floor", 0.0)   # no data-dependent refinement on the counted step
+    values = {**_mlp_values(tmp_path), "update": "normalize", "normalize": True}
+    forward = 2 * 5 * (40 * 16 + 16 * 16 + 16 * 10)
+    plain = forward + forward + 2 * 5 * (16 * 16 + 16 * 10)
+    # each atom's update as (rows, cols), cols the smaller side: input (40, 16), block (16, 16), head (16, 10)
+    shapes, r = [(40, 16), (16, 16), (16, 10)], 8
+    # first step: the cold start's Gram matrix MᵀM of each update
+    cold = sum(2 * cols * cols * rows for rows, cols in shapes)
+    # later steps: one block power step, B = M·Q, U = MᵀB, P = BᵀB, S = UᵀU, the next block T·U,
+    # and the Ritz step's two r×r×r products for WᵀSW and one for W·E
+    warm = sum(2 * rows * cols * r * 2 + 2 * r * r * rows + 2 * r * r * cols + 2 * r * r * cols
+               for rows, cols in shapes) + len(shapes) * 3 * 2 * r ** 3
+    assert run_step_flops(values) == (plain + cold, plain + warm)
+    assert FlopCounter().run({**values, "status": "done"}) == plain + cold + 6 * (plain + warm)
 
 
 def test_tune_output_is_rounded_with_regret_clipped_at_zero():
