@@ -348,7 +348,7 @@ def speed_section() -> str:
         if b.get("compile"):
             lines += ["", "`compile = true` on the quickstart's plain Adam step: " + "; ".join(
                 f"width {c['width']} {c['eager_ms']:.2f} → {c['compiled_ms']:.2f} ms ({c['ratio']:.2f}×) after a "
-                f"{c['compile_seconds']:.0f} s compile" for c in b["compile"]) + "."]
+                f"{c['compile_seconds']:.1f} s compile" for c in b["compile"]) + "."]
         lines.append("")
     efficiency = BENCHMARKS / "step_efficiency.json"
     if efficiency.exists():
@@ -365,7 +365,7 @@ def speed_section() -> str:
         if f:
             lines += ["", f"The quickstart's {f['runs']} runs are {f['tflop']:.1f} TFLOP of matrix products (torch's "
                       f"FlopCounterMode, forward, backward and update, times each run's steps): at the "
-                      f"{f['gemm_gflops']:.0f} GFLOP/s measured there, on all {f['cores']} cores at once, that "
+                      f"{f['gemm_gflops']:.0f} GFLOP/s measured there on each of this machine's {f['cores']} cores, all busy, that "
                       f"arithmetic alone takes {f['floor_seconds']:.0f} s; the reference sweep took "
                       f"{f['sweep_seconds']:.0f} s, {f['sweep_over_floor']:.1f}× that floor."]
         lines.append("")
