@@ -7,7 +7,7 @@ elementwise work (activations, norms, Adam's moments) and eigendecompositions ar
 
 The first step and the later ones differ: a normalized step's first update starts each
 tracking block from the Gram matrix WᵀW of every update (cols² · rows multiply-adds per
-matrix), and every later one takes one block power step (~4 · rows · cols · r). So a run's
+matrix), and every later one takes one block power step (~2 · rows · cols · r). So a run's
 training FLOPs = the first step's + (steps trained − 1) × a later step's (the second, counted
 after the first). A later step's refinements (more block steps where a block is poorly
 aligned) are counted as they happen on that step. Unlike wall time this does not depend on
