@@ -6,7 +6,7 @@ the matrix products (mm, addmm, bmm, convolutions, attention), two FLOPs per mul
 elementwise work (activations, norms, Adam's moments) and eigendecompositions are not counted.
 
 The first step and the later ones differ: a normalized step's first update starts each
-tracking block from the Gram matrix WᵀW of every update (cols² · rows multiply-adds per
+tracking block from the Gram matrix MᵀM of every update M (cols² · rows multiply-adds per
 matrix), and every later one takes one block power step (~2 · rows · cols · r). So a run's
 training FLOPs = the first step's + (steps trained − 1) × a later step's (the second, counted
 after the first). A later step's refinements (more block steps where a block is poorly
