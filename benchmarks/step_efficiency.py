@@ -13,21 +13,21 @@ width, times (medians over interleaved repeats, one run, one thread):
   4 per multiply-add: 6 · batch · weights) over (step time × throughput).
 
 Then the quickstart's **compute floor**: the matrix-product FLOPs of every run recorded in
-``results/quickstart/runs.parquet`` (``lrtransfer.flops``: torch's FlopCounterMode over one step
-of each run shape, forward, backward and update, times the steps the run trained), over this
-machine's cores times the GEMM throughput measured here at the widest shape, against the
+``results/quickstart/runs.parquet`` (``lrtransfer.flops.FlopCounter``: torch's FlopCounterMode
+over the first and a later step of each run shape, forward, backward and update, the first once
+and the later one for every other step the run trained), over the cores this process may use
+times the GEMM throughput measured here at the widest shape, against the
 sweep's wall time in ``results/quickstart/reference.json``: how much of the sweep is
 arithmetic that no scheduling can remove.
 
 Writes ``results/benchmarks/step_efficiency.json`` (the README's speed section is made from it).
 
-Usage: python benchmarks/step_efficiency.py [--widths 32,128,512] [--repeats 200]
+Usage: python benchmarks/step_efficiency.py [--widths 32,128,512] [--repeats 200] [--out PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -48,6 +48,7 @@ from lrtransfer.flops import FlopCounter  # noqa: E402
 from lrtransfer.models import build  # noqa: E402
 from lrtransfer.optim import make_optimizer  # noqa: E402
 from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.sweep.sweep import available_cores  # noqa: E402
 
 QUICKSTART = ROOT / "results" / "quickstart"
 
@@ -106,7 +107,7 @@ def quickstart_floor(peak: float) -> dict | None:
     rows = pd.read_parquet(runs).to_dict("records")
     counter = FlopCounter("cpu")
     flops = sum(counter.run(r) for r in rows)
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     took = json.loads(meta.read_text())["wall_seconds"]
     floor = flops / (cores * peak)
     return {"runs": len(rows), "tflop": round(flops / 1e12, 3), "cores": cores, "gemm_gflops": round(peak / 1e9, 1),
@@ -117,12 +118,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="32,128,512")
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "step_efficiency.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     x, y = torch.randn(BATCH, INPUTS), torch.randint(0, CLASSES, (BATCH,))
     print(f"{'width':>6} {'suite ms':>9} {'torch ms':>9} {'suite/torch':>12} {'GEMM GFLOP/s':>13} "
           f"{'suite eff.':>11} {'torch eff.':>11}")
-    rows = []
+    rows, peaks = [], {}
     for w in (int(v) for v in args.widths.split(",")):
         torch.manual_seed(0)
         suite_model = build("mlp", w, BLOCKS, input_dim=INPUTS, output_dim=CLASSES, block_depth=LAYERS)
@@ -138,20 +140,21 @@ def main() -> None:
         s, t = statistics.median(s_ms), statistics.median(t_ms)
         weights = sum(p.numel() for p in ref_model.parameters())
         flops = 6 * BATCH * weights
-        peak = matmul_flops(w, args.repeats)
-        rows.append({"width": w, "suite_ms": round(s, 3), "torch_ms": round(t, 3), "suite_over_torch": round(s / t, 2),
-                     "gemm_gflops": round(peak / 1e9, 1), "suite_efficiency": round(flops / (s / 1e3) / peak, 3),
-                     "torch_efficiency": round(flops / (t / 1e3) / peak, 3)})
-        print(f"{w:>6} {s:>9.3f} {t:>9.3f} {s / t:>12.2f} {peak / 1e9:>13.1f} "
-              f"{flops / (s / 1e3) / peak:>10.1%} {flops / (t / 1e3) / peak:>10.1%}")
-    floor = quickstart_floor(peak)   # at the widest width's GEMM rate: where the quickstart's FLOPs are
+        peaks[w] = peak = matmul_flops(w, args.repeats)
+        row = {"width": w, "suite_ms": round(s, 3), "torch_ms": round(t, 3), "suite_over_torch": round(s / t, 2),
+               "gemm_gflops": round(peak / 1e9, 1), "suite_efficiency": round(flops / (s / 1e3) / peak, 3),
+               "torch_efficiency": round(flops / (t / 1e3) / peak, 3)}
+        rows.append(row)
+        print(f"{w:>6} {s:>9.3f} {t:>9.3f} {row['suite_over_torch']:>12.2f} {row['gemm_gflops']:>13.1f} "
+              f"{row['suite_efficiency']:>10.1%} {row['torch_efficiency']:>10.1%}")
+    floor = quickstart_floor(peaks[max(peaks)])   # the widest shape's GEMM rate: where the quickstart's FLOPs are
     if floor is not None:
         print(f"quickstart: {floor['runs']} runs, {floor['tflop']:.2f} TFLOP of matrix products; at "
               f"{floor['gemm_gflops']:.1f} GFLOP/s on each of {floor['cores']} cores that is {floor['floor_seconds']:.0f} s; "
               f"the sweep took {floor['sweep_seconds']:.0f} s ({floor['sweep_over_floor']:.2f}× the floor)")
     write_json({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
                 "torch": torch.__version__, "threads": 1, "batch": BATCH, "rows": rows, "quickstart_floor": floor},
-               ROOT / "results" / "benchmarks" / "step_efficiency.json")
+               args.out)
 
 
 if __name__ == "__main__":

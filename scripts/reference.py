@@ -364,7 +364,7 @@ def speed_section() -> str:
         f = e.get("quickstart_floor")
         if f:
             lines += ["", f"The quickstart's {f['runs']} runs are {f['tflop']:.1f} TFLOP of matrix products (torch's "
-                      f"FlopCounterMode, forward, backward and update, times each run's steps): at the "
+                      f"FlopCounterMode over each run's first step and, for the rest, a later one; forward, backward and update): at the "
                       f"{f['gemm_gflops']:.0f} GFLOP/s measured there on each of this machine's {f['cores']} cores, all busy, that "
                       f"arithmetic alone takes {f['floor_seconds']:.0f} s; the reference sweep took "
                       f"{f['sweep_seconds']:.0f} s, {f['sweep_over_floor']:.1f}× that floor."]

@@ -81,7 +81,7 @@ def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypat
     from lrtransfer.flops import FlopCounter, run_step_flops
     from lrtransfer.modular.atoms import _Tracked
     monkeypatch.setattr(_Tracked, "align_floor", 0.0)   # no data-dependent refinement on the counted step
-    values = {**_mlp_values(tmp_path), "update": "normalize", "normalize": True}
+    values = {**_mlp_values(tmp_path), "update": "normalize"}
     forward = 2 * 5 * (40 * 16 + 16 * 16 + 16 * 10)
     plain = forward + forward + 2 * 5 * (16 * 16 + 16 * 10)
     # each atom's update as (rows, cols), cols the smaller side: input (40, 16), block (16, 16), head (16, 10)
