@@ -12,13 +12,20 @@ width, times (medians over interleaved repeats, one run, one thread):
   (FLOP/s), and from it the step's **efficiency**: the step's matmul FLOPs (forward 2, backward
   4 per multiply-add: 6 · batch · weights) over (step time × throughput).
 
-Then the quickstart's **compute floor**: the matrix-product FLOPs of every run recorded in
+Then the quickstart's **compute floors**. First, the matrix-product FLOPs of every run recorded in
 ``results/quickstart/runs.parquet`` (``lrtransfer.flops.FlopCounter``: torch's FlopCounterMode
 over the first and a later step of each run shape, forward, backward and update, the first once
 and the later one for every other step the run trained), over the cores this process may use
 times the GEMM throughput measured here at the widest shape, against the
 sweep's wall time in ``results/quickstart/reference.json``: how much of the sweep is
-arithmetic that no scheduling can remove.
+arithmetic that no scheduling can remove. Second, the same products at the speed they run
+*inside* the suite's own step (cold caches, a step's 16 MB working set at width 512): for each
+run shape of the runs the sweep trained alone (not bundled), ``train.execute`` of the shape's
+smallest-LR cell with diagnostics off, the seconds spent inside aten's matrix products timed
+op by op (``ProductClock``, a dispatch mode) over warm steps, beside the whole step's seconds
+timed without it; times each run's steps trained, over the cores: what those runs' products
+and whole steps alone take with every core busy, before the narrower bundled runs, the
+start-up and everything a sweep adds.
 
 Writes ``results/benchmarks/step_efficiency.json`` (the README's speed section is made from it).
 
@@ -44,11 +51,16 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from lrtransfer.flops import FlopCounter  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from lrtransfer.flops import FlopCounter, steps_trained  # noqa: E402
 from lrtransfer.models import build  # noqa: E402
 from lrtransfer.optim import make_optimizer  # noqa: E402
 from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.sweep.config import load_experiment  # noqa: E402
 from lrtransfer.sweep.sweep import available_cores  # noqa: E402
+from lrtransfer.sweep.worker import keep_freed_memory  # noqa: E402
+from lrtransfer.train import execute  # noqa: E402
 
 QUICKSTART = ROOT / "results" / "quickstart"
 
@@ -114,6 +126,71 @@ def quickstart_floor(peak: float) -> dict | None:
             "floor_seconds": round(floor, 1), "sweep_seconds": took, "sweep_over_floor": round(took / floor, 2)}
 
 
+_PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+             torch.ops.aten.baddbmm.default}
+
+
+class ProductClock(TorchDispatchMode):
+    """Seconds spent inside aten's matrix products (mm, bmm, addmm, baddbmm) while active,
+    each call timed on its own (a CPU op returns when done: no sync is needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in _PRODUCTS:
+            return func(*args, **(kwargs or {}))
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def step_seconds(values: dict, steps: int = 60, warm: int = 10) -> tuple[float, float, float]:
+    """(the first step's product seconds, a warm step's product seconds, a warm step's whole
+    seconds) of ``execute`` on ``values``, diagnostics off: the products op by op under
+    ``ProductClock``, the whole step in a second run without it (the clock's Python hop on
+    every op would count)."""
+    values = {**values, "steps": steps, "diagnostics": False, "eval_examples": 1, "code_fingerprint": None}
+    execute({**values, "steps": 3})   # data loaded, allocator and kernels warm
+    clock, products, walls = ProductClock(), {}, {}
+    with clock:
+        execute(values, on_step=lambda step, _: products.__setitem__(step, clock.seconds))
+    execute(values, on_step=lambda step, _: walls.__setitem__(step, time.perf_counter()))
+    return (products[1], (products[steps] - products[warm]) / (steps - warm),
+            (walls[steps] - walls[warm]) / (steps - warm))
+
+
+def in_step_floor() -> dict | None:
+    """The products and whole steps of the quickstart runs the reference sweep trained alone,
+    at the speed they run inside the suite's step (``step_seconds`` per run shape), summed
+    over each run's steps trained and divided over this machine's cores."""
+    runs, meta = QUICKSTART / "runs.parquet", QUICKSTART / "reference.json"
+    if not runs.exists() or not meta.exists():
+        return None
+    recorded = pd.read_parquet(runs)
+    alone = recorded[recorded["bundle_size"] == 1]
+    cells = {c.run_id: c.values for c in load_experiment(ROOT / "experiments" / "quickstart.toml").cells()}
+    rows, products, whole = [], 0.0, 0.0
+    for (series, width), group in alone.groupby(["series", "width"]):
+        smallest = group.sort_values("lr").iloc[0]
+        first, later, step = step_seconds(cells[smallest["run_id"]])
+        trained = [steps_trained(r) for r in group.to_dict("records")]
+        flops = FlopCounter("cpu").per_step(cells[smallest["run_id"]])
+        products += sum(first + (n - 1) * later for n in trained if n > 0)
+        whole += sum(n * step for n in trained)
+        rows.append({"series": series, "width": int(width), "runs": len(group), "product_ms": round(later * 1e3, 2),
+                     "step_ms": round(step * 1e3, 2), "product_share": round(later / step, 3),
+                     "in_step_gflops": round(flops / later / 1e9, 1)})
+        print(f"  {series} width {width}: products {later * 1e3:.2f} ms of a {step * 1e3:.2f} ms step "
+              f"({flops / later / 1e9:.1f} GFLOP/s inside the step), {len(group)} runs")
+    cores = available_cores()
+    return {"rows": rows, "runs": len(alone), "of_runs": len(recorded), "cores": cores,
+            "product_seconds": round(products / cores, 1), "step_seconds": round(whole / cores, 1),
+            "sweep_seconds": json.loads(meta.read_text())["wall_seconds"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="32,128,512")
@@ -152,8 +229,16 @@ def main() -> None:
         print(f"quickstart: {floor['runs']} runs, {floor['tflop']:.2f} TFLOP of matrix products; at "
               f"{floor['gemm_gflops']:.1f} GFLOP/s on each of {floor['cores']} cores that is {floor['floor_seconds']:.0f} s; "
               f"the sweep took {floor['sweep_seconds']:.0f} s ({floor['sweep_over_floor']:.2f}× the floor)")
+    print("quickstart runs trained alone, at the speed their steps run here:")
+    keep_freed_memory()   # as a sweep's worker runs them
+    inside = in_step_floor()
+    if inside is not None:
+        print(f"quickstart: the {inside['runs']} runs trained alone: their matrix products take "
+              f"{inside['product_seconds']:.0f} s and their whole steps {inside['step_seconds']:.0f} s on "
+              f"{inside['cores']} cores, all busy; the sweep of all {inside['of_runs']} took {inside['sweep_seconds']:.0f} s")
     write_json({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-                "torch": torch.__version__, "threads": 1, "batch": BATCH, "rows": rows, "quickstart_floor": floor},
+                "torch": torch.__version__, "threads": 1, "batch": BATCH, "rows": rows, "quickstart_floor": floor,
+                "quickstart_in_step": inside},
                args.out)
 
 

@@ -368,6 +368,16 @@ def speed_section() -> str:
                       f"{f['gemm_gflops']:.0f} GFLOP/s measured there on each of this machine's {f['cores']} cores, all busy, that "
                       f"arithmetic alone takes {f['floor_seconds']:.0f} s; the reference sweep took "
                       f"{f['sweep_seconds']:.0f} s, {f['sweep_over_floor']:.1f}× that floor."]
+        inside = e.get("quickstart_in_step")
+        if inside:
+            shapes = "; ".join(f"{r['series']} width {r['width']}, {r['product_ms']:.1f} ms of a {r['step_ms']:.1f} ms "
+                               f"step ({r['in_step_gflops']:.0f} GFLOP/s)" for r in inside["rows"])
+            lines += ["", f"Inside the suite's own step the products run slower than in that GEMM loop (cold caches: "
+                      f"each product timed as it runs in a warm step of `train.execute`, diagnostics off): {shapes}. "
+                      f"At that speed the {inside['runs']} of the {inside['of_runs']} runs that the sweep trained alone "
+                      f"(not bundled) need {inside['product_seconds']:.0f} s for their products and "
+                      f"{inside['step_seconds']:.0f} s for their whole steps on the {inside['cores']} cores, all busy, "
+                      f"before the other {inside['of_runs'] - inside['runs']} runs, the start-up and the evaluations."]
         lines.append("")
     naive = BENCHMARKS / "grid_vs_naive.json"
     if naive.exists():
