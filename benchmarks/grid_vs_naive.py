@@ -100,7 +100,7 @@ def main():
     cells = [c.values for c in exp.cells()]
 
     def suite() -> float:
-        batched._STEP_SECONDS.clear()   # each sweep probes afresh, as a new process would
+        batched.forget_probes()   # each sweep probes afresh, as a new process would
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             run_sweep(exp, Path(tmp) / "suite", jobs=args.parallel, device="cpu", progress=False)

@@ -272,6 +272,12 @@ def longest_first(cells: list[dict], bundles: list[list[int]]) -> list[list[int]
 _STEP_SECONDS: dict[str, tuple[float, float]] = {}   # shape -> probed (alone, bundled per cell)
 
 
+def forget_probes() -> None:
+    """Drop this process's probed step times: the next ``batching_pays`` of each shape times it
+    afresh, as a new process would (benchmarks that run several sweeps in one process)."""
+    _STEP_SECONDS.clear()
+
+
 def batching_pays(values: dict, device: str | torch.device = "cpu") -> bool:
     """Whether training cells shaped like ``values`` together beats one after another here:
     timed once per shape and process on ``PROBE_STEPS`` steps each way (after warm steps);

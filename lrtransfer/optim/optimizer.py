@@ -99,17 +99,20 @@ class Optimizer:
             self._plain_step(directions, lr)
         elif self.update == "normalize":
             scales = self.model.normalize_scales(directions, lr, exact=self.exact)
-            if self.weight_decay:
-                self.model.regularize(lr * self.weight_decay)
+            self._regularize(lr)
             for p, d, scale in zip(self.params, directions, scales):
                 p.addcmul_(d, scale, value=-1)   # w − scale·d in one pass: what normalize(...) then a subtraction do in two
         else:
             steps = self.model.dualize(directions, lr, ns=self.ns, steps=self.ns_steps)
-            if self.weight_decay:
-                self.model.regularize(lr * self.weight_decay)
+            self._regularize(lr)
             torch._foreach_sub_(self.params, steps)
         self._after_step()
         return lr
+
+    def _regularize(self, lr: float) -> None:
+        """Normalized and dualized steps' weight decay: ``model.regularize``, split like the target."""
+        if self.weight_decay:
+            self.model.regularize(lr * self.weight_decay)
 
     def _after_step(self) -> None:
         if self.sphere is not None:

@@ -64,20 +64,23 @@ class Adam:
         self.m: list[torch.Tensor] | None = None
         self.v: list[torch.Tensor] | None = None
         self.out: list[torch.Tensor] | None = None   # the fused path's direction buffers
-        self._groups_of, self._groups = None, []       # apply's weights by LR multiplier
+        self._groups_of, self._groups = None, []       # the lr_mults apply grouped, and the groups
 
-    def _advance(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """One more step: the moments (zero) on the first, t += 1; returns t as the tensor
-        the fused kernel reads (for the bias corrections)."""
+    def _advance(self, grads: list[torch.Tensor]) -> None:
+        """One more step: the moments (zero) on the first, then t += 1."""
         if self.m is None:
             self.m = [torch.zeros_like(g) for g in grads]
             self.v = [torch.zeros_like(g) for g in grads]
         self.t += 1
-        return torch.tensor(float(self.t), dtype=torch.float32, device=grads[0].device)
+
+    def _step_tensor(self, device: torch.device) -> torch.Tensor:
+        """t as the tensor the fused kernel reads (for its bias corrections)."""
+        return torch.tensor(float(self.t), dtype=torch.float32, device=device)
 
     def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        step = self._advance(grads)
+        self._advance(grads)
         if self.fuses(grads):
+            step = self._step_tensor(grads[0].device)
             if self.out is None:   # zeros, not empty: uninitialized memory may hold NaN, and NaN·0 is NaN
                 self.out = [torch.zeros_like(g) for g in grads]
             torch._fused_adamw_(self.out, grads, self.m, self.v, [], [step] * len(grads), lr=-1.0,
@@ -102,7 +105,8 @@ class Adam:
         return out
 
     def fuses(self, grads: list[torch.Tensor]) -> bool:
-        """Whether a plain step from ``grads`` can be ``apply``'d in the fused kernel."""
+        """Whether torch's fused kernel takes ``grads`` (eps > 0, ``_fusable`` tensors): then
+        ``direction`` computes the direction in it, and a plain step can be ``apply``'d in it."""
         return self.eps > 0 and _fusable(grads)
 
     def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, lr_mults: list[float],
@@ -115,13 +119,13 @@ class Adam:
         float rounding (tests/test_optim.py), without the direction buffer: no pass to write
         it and none to read it back, on each weight-sized tensor.
         """
-        step = self._advance(grads)
-        key = tuple(lr_mults)
-        if key != self._groups_of:   # the multipliers are fixed: grouped once, not every step
+        self._advance(grads)
+        step = self._step_tensor(grads[0].device)
+        if lr_mults != self._groups_of:   # the multipliers are fixed: grouped once, not every step
             groups: dict[float, list[int]] = {}
             for k, m in enumerate(lr_mults):
                 groups.setdefault(m, []).append(k)
-            self._groups_of, self._groups = key, list(groups.items())
+            self._groups_of, self._groups = list(lr_mults), list(groups.items())
         for m, ks in self._groups:
             torch._fused_adamw_([params[k] for k in ks], [grads[k] for k in ks], [self.m[k] for k in ks],
                                 [self.v[k] for k in ks], [], [step] * len(ks), lr=lr * m, beta1=self.b1,

@@ -135,12 +135,13 @@ class StackedNormalized(_Stacked):
         lrs = [o.current_lr() for o in self.opts]
         # cell i's share of atom k: targets are linear in the LR, so lr_i · targets(1)[k]
         # (tests/test_batched.py: the same steps as alone to 1e-5)
-        shares = torch.tensor(lrs, dtype=torch.float64).unsqueeze(1) * self.unit_shares   # (cells, atoms)
+        # (cells, atoms), on the directions' device and in their dtype (one for all atoms: stackable)
+        shares = (torch.tensor(lrs, dtype=torch.float64).unsqueeze(1) * self.unit_shares).to(
+            device=directions[0].device, dtype=directions[0].dtype)
         sigmas = self._norms(directions)
         scales = []
-        for k, (d, sigma) in enumerate(zip(directions, sigmas)):
-            share = shares[:, k].to(device=d.device, dtype=d.dtype)
-            scale = torch.where(sigma > 0, sigma.reciprocal(), 0.0) * share   # a zero update stays zero
+        for k, sigma in enumerate(sigmas):
+            scale = torch.where(sigma > 0, sigma.reciprocal(), 0.0) * shares[:, k]   # a zero update stays zero
             scales.append(scale.reshape(-1, 1, 1))
         for o, lr in zip(self.opts, lrs):
             if o.weight_decay:   # each cell's atoms point into the stack: this decays its slices
