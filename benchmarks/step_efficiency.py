@@ -171,13 +171,14 @@ def in_step_floor() -> dict | None:
         return None
     recorded = pd.read_parquet(runs)
     alone = recorded[recorded["bundle_size"] == 1]
-    cells = {c.run_id: c.values for c in load_experiment(ROOT / "experiments" / "quickstart.toml").cells()}
+    cells = [c.values for c in load_experiment(ROOT / "experiments" / "quickstart.toml").cells()]
     rows, products, whole = [], 0.0, 0.0
     for (series, width), group in alone.groupby(["series", "width"]):
-        smallest = group.sort_values("lr").iloc[0]
-        first, later, step = step_seconds(cells[smallest["run_id"]])
+        # the shape's smallest-LR cell (it trains every step) of the experiment as it is now
+        values = min((v for v in cells if v["series"] == series and v["width"] == width), key=lambda v: v["lr"])
+        first, later, step = step_seconds(values)
         trained = [steps_trained(r) for r in group.to_dict("records")]
-        flops = FlopCounter("cpu").per_step(cells[smallest["run_id"]])
+        flops = FlopCounter("cpu").per_step(values)
         products += sum(first + (n - 1) * later for n in trained if n > 0)
         whole += sum(n * step for n in trained)
         rows.append({"series": series, "width": int(width), "runs": len(group), "product_ms": round(later * 1e3, 2),
