@@ -110,19 +110,13 @@ def matmul_flops(w: int, repeats: int) -> float:
     return 2 * BATCH * w * w / (ms / 1e3)
 
 
-def quickstart_floor(peak: float) -> dict | None:
+def quickstart_floor(recorded: pd.DataFrame, took: float, counter: FlopCounter, peak: float) -> dict:
     """The committed quickstart's training matmul FLOPs and the seconds they need at ``peak``
     FLOP/s per core on every core of this machine, beside the seconds the sweep took."""
-    runs, meta = QUICKSTART / "runs.parquet", QUICKSTART / "reference.json"
-    if not runs.exists() or not meta.exists():
-        return None
-    rows = pd.read_parquet(runs).to_dict("records")
-    counter = FlopCounter("cpu")
-    flops = sum(counter.run(r) for r in rows)
+    flops = sum(counter.run(r) for r in recorded.to_dict("records"))
     cores = available_cores()
-    took = json.loads(meta.read_text())["wall_seconds"]
     floor = flops / (cores * peak)
-    return {"runs": len(rows), "tflop": round(flops / 1e12, 3), "cores": cores, "gemm_gflops": round(peak / 1e9, 1),
+    return {"runs": len(recorded), "tflop": round(flops / 1e12, 3), "cores": cores, "gemm_gflops": round(peak / 1e9, 1),
             "floor_seconds": round(floor, 1), "sweep_seconds": took, "sweep_over_floor": round(took / floor, 2)}
 
 
@@ -147,7 +141,7 @@ class ProductClock(TorchDispatchMode):
         return out
 
 
-def step_seconds(values: dict, steps: int = 60, warm: int = 10) -> tuple[float, float, float]:
+def product_and_step_seconds(values: dict, steps: int = 60, warm: int = 10) -> tuple[float, float, float]:
     """(the first step's product seconds, a warm step's product seconds, a warm step's whole
     seconds) of ``execute`` on ``values``, diagnostics off: the products op by op under
     ``ProductClock``, the whole step in a second run without it (the clock's Python hop on
@@ -162,23 +156,20 @@ def step_seconds(values: dict, steps: int = 60, warm: int = 10) -> tuple[float, 
             (walls[steps] - walls[warm]) / (steps - warm))
 
 
-def in_step_floor() -> dict | None:
+def in_step_floor(recorded: pd.DataFrame, took: float, counter: FlopCounter) -> dict:
     """The products and whole steps of the quickstart runs the reference sweep trained alone,
-    at the speed they run inside the suite's step (``step_seconds`` per run shape), summed
-    over each run's steps trained and divided over this machine's cores."""
-    runs, meta = QUICKSTART / "runs.parquet", QUICKSTART / "reference.json"
-    if not runs.exists() or not meta.exists():
-        return None
-    recorded = pd.read_parquet(runs)
+    at the speed they run inside the suite's step (``product_and_step_seconds`` per run shape),
+    summed over each run's steps trained (the first step's products once, as
+    ``FlopCounter.steps`` counts FLOPs) and divided over this machine's cores."""
     alone = recorded[recorded["bundle_size"] == 1]
     cells = [c.values for c in load_experiment(ROOT / "experiments" / "quickstart.toml").cells()]
     rows, products, whole = [], 0.0, 0.0
     for (series, width), group in alone.groupby(["series", "width"]):
         # the shape's smallest-LR cell (it trains every step) of the experiment as it is now
         values = min((v for v in cells if v["series"] == series and v["width"] == width), key=lambda v: v["lr"])
-        first, later, step = step_seconds(values)
+        first, later, step = product_and_step_seconds(values)
         trained = [steps_trained(r) for r in group.to_dict("records")]
-        flops = FlopCounter("cpu").per_step(values)
+        flops = counter.per_step(values)
         products += sum(first + (n - 1) * later for n in trained if n > 0)
         whole += sum(n * step for n in trained)
         rows.append({"series": series, "width": int(width), "runs": len(group), "product_ms": round(later * 1e3, 2),
@@ -189,7 +180,7 @@ def in_step_floor() -> dict | None:
     cores = available_cores()
     return {"rows": rows, "runs": len(alone), "of_runs": len(recorded), "cores": cores,
             "product_seconds": round(products / cores, 1), "step_seconds": round(whole / cores, 1),
-            "sweep_seconds": json.loads(meta.read_text())["wall_seconds"]}
+            "sweep_seconds": took}
 
 
 def main() -> None:
@@ -199,6 +190,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "step_efficiency.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()   # every step below is timed with the allocator a sweep's worker runs with
     x, y = torch.randn(BATCH, INPUTS), torch.randint(0, CLASSES, (BATCH,))
     print(f"{'width':>6} {'suite ms':>9} {'torch ms':>9} {'suite/torch':>12} {'GEMM GFLOP/s':>13} "
           f"{'suite eff.':>11} {'torch eff.':>11}")
@@ -225,15 +217,16 @@ def main() -> None:
         rows.append(row)
         print(f"{w:>6} {s:>9.3f} {t:>9.3f} {row['suite_over_torch']:>12.2f} {row['gemm_gflops']:>13.1f} "
               f"{row['suite_efficiency']:>10.1%} {row['torch_efficiency']:>10.1%}")
-    floor = quickstart_floor(peaks[max(peaks)])   # the widest shape's GEMM rate: where the quickstart's FLOPs are
-    if floor is not None:
+    floor = inside = None
+    runs, meta = QUICKSTART / "runs.parquet", QUICKSTART / "reference.json"
+    if runs.exists() and meta.exists():
+        recorded, took, counter = pd.read_parquet(runs), json.loads(meta.read_text())["wall_seconds"], FlopCounter("cpu")
+        floor = quickstart_floor(recorded, took, counter, peaks[max(peaks)])   # the widest shape's GEMM rate: where the FLOPs are
         print(f"quickstart: {floor['runs']} runs, {floor['tflop']:.2f} TFLOP of matrix products; at "
               f"{floor['gemm_gflops']:.1f} GFLOP/s on each of {floor['cores']} cores that is {floor['floor_seconds']:.0f} s; "
               f"the sweep took {floor['sweep_seconds']:.0f} s ({floor['sweep_over_floor']:.2f}× the floor)")
-    print("quickstart runs trained alone, at the speed their steps run here:")
-    keep_freed_memory()   # as a sweep's worker runs them
-    inside = in_step_floor()
-    if inside is not None:
+        print("quickstart runs trained alone, at the speed their steps run here:")
+        inside = in_step_floor(recorded, took, counter)
         print(f"quickstart: the {inside['runs']} runs trained alone: their matrix products take "
               f"{inside['product_seconds']:.0f} s and their whole steps {inside['step_seconds']:.0f} s on "
               f"{inside['cores']} cores, all busy; the sweep of all {inside['of_runs']} took {inside['sweep_seconds']:.0f} s")
