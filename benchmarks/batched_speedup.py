@@ -4,7 +4,7 @@ For every shape of the first series of three shipped experiments (the quickstart
 MNIST-1D, both its series, plain and normalized Adam; the ResCNN on CIFAR-10, the GPT on Tiny
 Shakespeare) it times, warm and in this one
 invocation, a training step of one cell alone and of a bundle of ``--cells`` cells trained
-together (``lrtransfer.batched``), and prints alone / (together per cell): above 1 batching
+together (``lrtransfer.run.batched``), and prints alone / (together per cell): above 1 batching
 wins. The sweep's ``batch_cells = "auto"`` makes the same comparison (``batching_pays``, fewer
 steps) and bundles where it is above 1 / 0.85.
 
@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lrtransfer import batched  # noqa: E402
-from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.run import batched  # noqa: E402
+from lrtransfer.results.store import write_json  # noqa: E402
 from lrtransfer.sweep import load_experiment  # noqa: E402
-from lrtransfer.train import execute  # noqa: E402
+from lrtransfer.run.train import execute  # noqa: E402
 
 EXPERIMENTS = ("quickstart", "resnet_width_cifar10", "gpt_width_shakespeare")
 

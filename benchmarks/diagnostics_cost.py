@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lrtransfer.diagnostics import Diagnostics
+from lrtransfer.run.diagnostics import Diagnostics
 from lrtransfer.models import build
 from lrtransfer.optim import make_optimizer
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lrtransfer import batched  # noqa: E402
-from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.run import batched  # noqa: E402
+from lrtransfer.results.store import write_json  # noqa: E402
 from lrtransfer.sweep import experiment_from_dict, run_sweep  # noqa: E402
 from lrtransfer.sweep.sweep import available_cores  # noqa: E402
 

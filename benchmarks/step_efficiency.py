@@ -13,7 +13,7 @@ width, times (medians over interleaved repeats, one run, one thread):
   4 per multiply-add: 6 · batch · weights) over (step time × throughput).
 
 Then the quickstart's **compute floors**. First, the matrix-product FLOPs of every run recorded in
-``results/quickstart/runs.parquet`` (``lrtransfer.flops.FlopCounter``: torch's FlopCounterMode
+``results/quickstart/runs.parquet`` (``lrtransfer.run.flops.FlopCounter``: torch's FlopCounterMode
 over the first and a later step of each run shape, forward, backward and update, the first once
 and the later one for every other step the run trained), over the cores this process may use
 times the GEMM throughput measured here at the widest shape, against the
@@ -53,14 +53,14 @@ import pandas as pd  # noqa: E402
 
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from lrtransfer.flops import FlopCounter, steps_trained  # noqa: E402
+from lrtransfer.run.flops import FlopCounter, steps_trained  # noqa: E402
 from lrtransfer.models import build  # noqa: E402
 from lrtransfer.optim import make_optimizer  # noqa: E402
-from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.results.store import write_json  # noqa: E402
 from lrtransfer.sweep.config import load_experiment  # noqa: E402
 from lrtransfer.sweep.sweep import available_cores  # noqa: E402
 from lrtransfer.sweep.worker import keep_freed_memory  # noqa: E402
-from lrtransfer.train import execute  # noqa: E402
+from lrtransfer.run.train import execute  # noqa: E402
 
 QUICKSTART = ROOT / "results" / "quickstart"
 

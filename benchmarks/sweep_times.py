@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrtransfer.store import write_json  # noqa: E402
+from lrtransfer.results.store import write_json  # noqa: E402
 from lrtransfer.sweep import load_experiment, plan, run_sweep  # noqa: E402
 
 

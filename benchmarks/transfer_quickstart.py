@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lrtransfer import analysis
+from lrtransfer.analysis import transfer as analysis
 from lrtransfer.sweep import load_experiment, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from lrtransfer import analysis, dynamics, plots  # noqa: E402
-from lrtransfer.store import ResultStore, atomic_write, load_diagnostics, load_results, write_json  # noqa: E402
+from lrtransfer.analysis import transfer as analysis, dynamics  # noqa: E402
+from lrtransfer.plots import figures as plots
+from lrtransfer.results.store import ResultStore, atomic_write, load_diagnostics, load_results, write_json  # noqa: E402
 
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "results"
@@ -301,7 +302,7 @@ def dynamics_section() -> str:
 
 
 def keys_section() -> str:
-    from lrtransfer import spec
+    from lrtransfer.run import spec
     return spec.markdown_table()
 
 
@@ -414,7 +415,7 @@ COMPARED = ("quickstart", CONDITION)
 
 def comparison() -> None:
     """results/compare/: the overlaid curves (PNG, SVG) and the markdown table of COMPARED."""
-    from lrtransfer import compare
+    from lrtransfer.analysis import compare
     dirs = [RESULTS / name for name in COMPARED]
     if not all((d / "runs.parquet").exists() for d in dirs):
         return

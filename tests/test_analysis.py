@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrtransfer.analysis import (VERDICT_COLUMNS, analyse, cells, drift_table, group_keys, optimum, report,
+from lrtransfer.analysis.transfer import (VERDICT_COLUMNS, analyse, cells, drift_table, group_keys, optimum, report,
                                  transfer_table, verdict_table)
 from lrtransfer.errors import UserError
 
@@ -576,7 +576,7 @@ def test_test_acc_is_maximized_optimum_regret_and_drift():
 
 def test_cli_metric_test_acc_picks_the_maximum(tmp_path):
     from conftest import invoke
-    from lrtransfer.store import write_table
+    from lrtransfer.results.store import write_table
     write_table(accuracy_table(), tmp_path / "runs.parquet")
     r = invoke("report", tmp_path, "--metric", "test_acc", "--format", "json", "--n-boot", "50")
     assert r.exit_code == 0, r.output

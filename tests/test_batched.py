@@ -1,4 +1,4 @@
-"""Cells trained together (lrtransfer.batched) give each cell what it gets alone.
+"""Cells trained together (lrtransfer.run.batched) give each cell what it gets alone.
 
 Batched matrix products sum in another order than one cell's, so the losses agree to float
 rounding, not bit for bit; on 20-step runs the gap is ~1e-8 relative and the tests hold it to
@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lrtransfer.batched import bundle_key, bundle_size, execute_bundle
-from lrtransfer.provenance import run_id
+from lrtransfer.run.batched import bundle_key, bundle_size, execute_bundle
+from lrtransfer.run.provenance import run_id
 from lrtransfer.sweep.config import experiment_from_dict
-from lrtransfer.train import execute
+from lrtransfer.run.train import execute
 
 RTOL = 1e-5
 TRAIN = {"steps": 20, "batch_size": 16, "log_every": 5, "final_k": 1, "eval_examples": 64}
@@ -145,7 +145,7 @@ def test_bf16_autocast_trains_near_float32_and_batches(tmp_path, update):
 def test_jobs_are_handed_out_longest_first(monkeypatch):
     # probed step times make the order: the untimed shape first, then the wide cells alone
     # (5 ms × 10 steps each), the narrow bundle last (3 cells × 0.2 ms × 10 steps)
-    from lrtransfer import batched
+    from lrtransfer.run import batched
     narrow = [{"width": 8, "lr": lr, "steps": 10} for lr in (0.1, 0.2, 0.3)]
     wide = [{"width": 64, "lr": lr, "steps": 10} for lr in (0.1, 0.2)]
     untimed = [{"width": 16, "lr": 0.1, "steps": 10}]
@@ -170,9 +170,9 @@ def test_cells_are_enqueued_in_the_planned_order(tmp_path):
 def test_normalized_mlp_bundles_step_as_one_stacked_update(tmp_path):
     # the identity test above for mlp-normalize then checks StackedNormalized, not a fallback
     import torch
-    from lrtransfer.batched import _Stack, stacked_update
+    from lrtransfer.run.batched import _Stack, stacked_update
     from lrtransfer.optim.stacked import StackedNormalized, StackedPlain
-    from lrtransfer.train import Training
+    from lrtransfer.run.train import Training
     kinds = {}
     for arch, update in (("mlp", "normalize"), ("mlp", "plain"), ("gpt", "normalize"), ("mlp", "dualize")):
         where = tmp_path / f"{arch}-{update}"

@@ -114,8 +114,8 @@ def test_plot_writes_png_and_svg(swept, tmp_path):
 
 
 def test_plot_one_curve_per_scale(swept):
-    from lrtransfer import plots
-    from lrtransfer.store import load_results
+    from lrtransfer.plots import figures as plots
+    from lrtransfer.results.store import load_results
     runs, _ = load_results(swept[1])
     fig = plots.lr_curves(runs)
     panels = [ax for ax in fig.axes if ax.get_lines()]
@@ -260,7 +260,7 @@ def test_version_and_short_help():
 
 
 def test_keys_lists_every_run_key_from_the_spec():
-    from lrtransfer import spec
+    from lrtransfer.run import spec
     r = invoke("keys", "--format", "json")
     assert r.exit_code == 0
     names = [k["name"] for k in json.loads(r.stdout)]
@@ -293,7 +293,7 @@ def test_every_commands_help_has_an_example_and_readable_metavars(wide):
 
 def test_help_shows_choices_from_the_code_and_describes_every_option(wide):
     from lrtransfer import choices
-    from lrtransfer.analysis import METRIC_SPECS
+    from lrtransfer.analysis.transfer import METRIC_SPECS
     text = lambda *args: " ".join(invoke(*args, "--help").stdout.split())  # noqa: E731
     assert choices.metavar(choices.STATUS_FORMATS) in text("status")
     assert choices.metavar(choices.PLOT_KINDS) in text("plot") and choices.metavar(METRIC_SPECS) in text("plot")

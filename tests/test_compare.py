@@ -5,8 +5,9 @@ import json
 import pytest
 
 from conftest import invoke
-from lrtransfer import compare, plots
-from lrtransfer.store import write_table
+from lrtransfer.analysis import compare
+from lrtransfer.plots import figures as plots
+from lrtransfer.results.store import write_table
 from test_analysis import GRID, table
 
 

@@ -1,4 +1,4 @@
-"""The coordinate check (lrtransfer.coordcheck): width-unstable parametrizations fail it,
+"""The coordinate check (lrtransfer.analysis.coordcheck): width-unstable parametrizations fail it,
 μP and the modular norm's normalized / dualized updates pass it; the CLI command around it.
 
 The MLP is trained 3 steps on one batch of 64 MNIST-1D examples at widths 64, 256, 1024 with
@@ -14,7 +14,7 @@ import math
 import pytest
 
 from conftest import invoke
-from lrtransfer.coordcheck import base_lr, coordcheck, fit_slope, figure, passes, render, to_markdown
+from lrtransfer.analysis.coordcheck import base_lr, coordcheck, fit_slope, figure, passes, render, to_markdown
 from lrtransfer.errors import ConfigError, UserError
 from lrtransfer.sweep import load_experiment
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_DATA_MODEL, invoke
-from lrtransfer import dynamics, plots
+from lrtransfer.analysis import dynamics
+from lrtransfer.plots import figures as plots
 from lrtransfer.errors import UserError
-from lrtransfer.store import write_table
+from lrtransfer.results.store import write_table
 
 CHANCE = math.log(10)
 STEPS = np.arange(10, 210, 10)   # 20 logged points; the default window is the last 5
@@ -492,8 +493,8 @@ def _fake_loss(values):
 def lrwd_experiment(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from lrtransfer import tune as tune_mod
-    from lrtransfer.provenance import run_id
+    from lrtransfer.sweep import tune as tune_mod
+    from lrtransfer.run.provenance import run_id
     from lrtransfer.sweep import load_experiment
 
     def execute(values, device):
@@ -516,7 +517,7 @@ def lrwd_experiment(tmp_path, monkeypatch):
 
 
 def test_tune_along_lrwd_searches_the_product_at_a_fixed_lr(lrwd_experiment):
-    from lrtransfer.tune import lrwd_tune_table, tune_lrwd
+    from lrtransfer.sweep.tune import lrwd_tune_table, tune_lrwd
     load, root = lrwd_experiment
     exp = load()
     # the 2-D grid's results, as a sweep would leave them: the best cells have lr·wd = 2^-12

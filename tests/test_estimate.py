@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lrtransfer import spec
+from lrtransfer.run import spec
 from lrtransfer.sweep import load_experiment, plan
 from lrtransfer.sweep.estimate import (PARALLEL_SLOWDOWN, WORKER_START_SECONDS, RunCost, makespan, measure,
                                        shape_key, wall_seconds)
@@ -67,7 +67,7 @@ def test_dry_run_estimates_wall_time_for_the_jobs_asked(tmp_path):
 
 def test_status_eta_uses_each_shapes_measured_wall_time():
     import pandas as pd
-    from lrtransfer.status import _eta
+    from lrtransfer.sweep.status import _eta
     base = {k.name: k.default for k in spec.KEYS}
     runs = pd.DataFrame([dict(base, series="s", width=32, lr=0.1, seed=0, status="done", wall_seconds=2.0),
                          dict(base, series="s", width=32, lr=0.2, seed=0, status="done", wall_seconds=4.0),

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import invoke
-from lrtransfer.store import write_table
+from lrtransfer.results.store import write_table
 
 SERIES, WIDTHS, LOG2_LRS, STEPS = ("adam", "normed"), (32, 128), (-6, -4), (10, 20, 30)
 

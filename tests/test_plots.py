@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrtransfer import plots
+from lrtransfer.plots import figures as plots
 from lrtransfer.errors import ConfigError, UserError
 
 
@@ -189,7 +189,7 @@ def test_transfer_plot_ci_bars_and_verdicts(tmp_path):
     assert curve_labels(left) == ["adam", "normed"]  # the curves keep their series labels
     assert (tmp_path / "t.svg").stat().st_size > 1000
     # the CI bars span the bootstrap CI of the fitted optimum
-    from lrtransfer.analysis import transfer_table
+    from lrtransfer.analysis.transfer import transfer_table
     t = transfer_table(r, ci=0.8)
     segments = bars[0].lines[2][0].get_segments()
     adam = t[t["series"] == "adam"]
@@ -315,7 +315,7 @@ def test_an_axis_with_one_value_is_refused():
 
 def test_plot_cli_degenerate_request_exits_2_and_writes_nothing(tmp_path):
     from conftest import invoke
-    from lrtransfer.store import write_table
+    from lrtransfer.results.store import write_table
     write_table(runs(), tmp_path / "runs.parquet")
     r = invoke("plot", tmp_path)
     assert r.exit_code == 0, r.output
@@ -352,7 +352,7 @@ def test_test_acc_star_sits_on_the_maximum():
 def test_a_series_label_in_the_experiment_file_names_it_in_figures(tmp_path):
     """`label = "…"` in a series table: recorded with the experiment, shown by plot, not a run key."""
     from conftest import invoke
-    from lrtransfer.store import write_json, write_table
+    from lrtransfer.results.store import write_json, write_table
     from lrtransfer.sweep import experiment_from_dict
     raw = {"data": {"dataset": "mnist1d", "samples": 600}, "model": {"arch": "mlp"},
            "grid": {"width": [32, 512]}, "series": {"adam": {"label": "Adam, plain", "lr": 0.01}, "normed": {"lr": 0.1}}}

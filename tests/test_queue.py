@@ -87,7 +87,7 @@ def test_four_workers_run_every_cell_exactly_once(tmp_path, backend, batch):
     complete = [t for t in queue.trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 24 and len({t.user_attrs["run_id"] for t in complete}) == 24
     assert len({json.loads(l)["pid"] for l in (tmp_path / "events.jsonl").read_text().splitlines()}) > 1
-    from lrtransfer.status import sweep_status  # status counts match the parquet tables
+    from lrtransfer.sweep.status import sweep_status  # status counts match the parquet tables
     st = sweep_status(None if storage else tmp_path, storage, name)
     counts = runs["status"].value_counts()
     assert st["totals"] == {"waiting": 0, "running": 0, "done": int(counts.get("done", 0)),

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lrtransfer.errors import UserError
-from lrtransfer.store import ResultStore, atomic_write, load_results, write_json, write_table
+from lrtransfer.results.store import ResultStore, atomic_write, load_results, write_json, write_table
 
 
 def curve(rid, n=3):

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from lrtransfer import spec
-from lrtransfer.diagnostics import Diagnostics
+from lrtransfer.run import spec
+from lrtransfer.run.diagnostics import Diagnostics
 from lrtransfer.models import build
 from lrtransfer.modular import Conv2D, Linear
 from lrtransfer.optim import Sphere, elr_for_lr, lr_for_elr, make_optimizer, sphere_radius
-from lrtransfer.store import ResultStore
-from lrtransfer.train import execute
+from lrtransfer.results.store import ResultStore
+from lrtransfer.run.train import execute
 
 MLP = dict(input_dim=40, output_dim=10)
 

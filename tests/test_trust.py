@@ -14,7 +14,7 @@ import pytest
 
 from conftest import invoke
 from lrtransfer.errors import ConfigError
-from lrtransfer.provenance import run_id
+from lrtransfer.run.provenance import run_id
 from lrtransfer.sweep import experiment_from_dict, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,14 +117,14 @@ def test_run_id_hashes_threads_data_and_code(tmp_path, monkeypatch):
 
 
 def test_code_fingerprint_covers_the_training_code_only():
-    from lrtransfer import provenance
-    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "train.py", "batched.py", "spec.py",
-                                           "diagnostics.py")
+    from lrtransfer.run import provenance
+    assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "run/train.py", "run/batched.py",
+                                           "run/spec.py", "run/diagnostics.py")
     assert all((provenance.PACKAGE_DIR / s).exists() for s in provenance.TRAINING_SOURCES)
 
 
 def test_a_run_records_threads_and_provenance_and_refuses_other_code(tmp_path):
-    from lrtransfer.train import execute
+    from lrtransfer.run.train import execute
     from lrtransfer.errors import UserError
     cell = experiment_from_dict(tomllib.loads(TINY), "tiny").cells()[0]
     row = execute(cell.values, "cpu").row
@@ -305,7 +305,7 @@ def test_user_text_in_messages_is_printed_literally(tmp_path):
 
 
 def test_plot_that_fails_writes_nothing(tmp_path, monkeypatch):
-    from lrtransfer import plots
+    from lrtransfer.plots import figures as plots
     from lrtransfer.errors import UserError
     exp = write(tmp_path)
     res = tmp_path / "res"
@@ -380,7 +380,7 @@ def test_loaded_data_does_not_depend_on_the_thread_count_of_whoever_loads_it():
     # The sweep's own process loads the data (to check it early) on torch's default threads;
     # standardization reduces over the data, so loading on 2 threads once gave other bits.
     import torch
-    from lrtransfer import train
+    from lrtransfer.run import train
     values = {"data.dataset": "mnist1d", "data.samples": 40000}  # big enough to split the mean
     before = torch.get_num_threads()
     try:

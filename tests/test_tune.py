@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lrtransfer.store import ResultStore
+from lrtransfer.results.store import ResultStore
 from lrtransfer.sweep import load_experiment, run_sweep
-from lrtransfer.tune import SearchParam, tune, tune_table
+from lrtransfer.sweep.tune import SearchParam, tune, tune_table
 from lrtransfer.errors import UserError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml"
@@ -62,7 +62,7 @@ def _mlp_values(tmp_path, width=16, batch=5):
 
 
 def test_training_flops_match_a_hand_count_for_a_small_mlp(tmp_path):
-    from lrtransfer.flops import FlopCounter, run_step_flops
+    from lrtransfer.run.flops import FlopCounter, run_step_flops
     values = _mlp_values(tmp_path)
     # ResMLP, one block of one Linear: 40 -> 16 (input), 16 -> 16 (block), 16 -> 10 (head); batch 5.
     # forward 2·B·Σ in·out; backward: the weight gradients cost the same again, the input
@@ -78,7 +78,7 @@ def test_training_flops_match_a_hand_count_for_a_small_mlp(tmp_path):
 
 
 def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypatch):
-    from lrtransfer.flops import FlopCounter, run_step_flops
+    from lrtransfer.run.flops import FlopCounter, run_step_flops
     from lrtransfer.modular.atoms import _Tracked
     monkeypatch.setattr(_Tracked, "align_floor", 0.0)   # no data-dependent refinement on the counted step
     values = {**_mlp_values(tmp_path), "update": "normalize"}
@@ -97,7 +97,7 @@ def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypat
 
 
 def test_tune_output_is_rounded_with_regret_clipped_at_zero():
-    from lrtransfer.tune import TuneResult, _regret, render_tune
+    from lrtransfer.sweep.tune import TuneResult, _regret, render_tune
     assert _regret(0.49, 0.5, "train_loss") == 0.0 and _regret(0.6, 0.5, "train_loss") == pytest.approx(0.1)
     assert _regret(0.8, 0.9, "test_acc") == pytest.approx(0.1) and _regret(0.95, 0.9, "test_acc") == 0.0
     r = TuneResult(series="adam", axis="width", base_scale=32, lr=2 ** -7.123456789, params={}, trials=8,

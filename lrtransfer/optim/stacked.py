@@ -9,7 +9,7 @@ is paid once, not once per cell. Each cell keeps its own ``Optimizer`` for every
 Normalized steps of such rules on Linear atoms are stacked too (``StackedNormalized``: the
 norms are estimated for all cells in one batch per atom). Rules that are not elementwise
 (Muon's Newton–Schulz on hidden matrices), dualized steps, other atoms (Conv2D, Embed) and the
-sphere constraint are left to each cell's own optimizer (``lrtransfer.batched``).
+sphere constraint are left to each cell's own optimizer (``lrtransfer.run.batched``).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every run is resolved to a flat, JSON-able dict (`RunConfig.values`): the dataset and its
 options under ``data.<key>``, the model and training keys by their bare names, the series
 label, and the data and code fingerprints. A run's id is a hash of that dict
-(``lrtransfer.provenance``), so a run is a pure function of its config, seed and thread count,
+(``lrtransfer.run.provenance``), so a run is a pure function of its config, seed and thread count,
 and results go stale when the data or the training code changes.
 
 ``seeds = N`` (top level) runs every cell with seeds 0 … N−1; a ``seed`` list in ``[grid]``
@@ -16,7 +16,6 @@ take TOML values: ``lr=0.01``, ``width=[32,64]``, ``series.adam.lr={log2=[-10,-4
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -25,10 +24,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, nearest
 from ..models import options as model_options
-from .. import spec
-from ..provenance import code_fingerprint, run_id
+from ..run import spec
+from ..run.provenance import code_fingerprint, run_id
 
 # Keys filled from the dataset, not by the user.
 DATA_DERIVED = {"input_dim", "output_dim", "in_channels", "vocab_size", "context"}
@@ -55,29 +54,6 @@ class RunConfig:
     def describe(self) -> str:
         v = self.values
         return f"{v['series']} width={v['width']} depth={v['depth']} lr=2^{math.log2(v['lr']):.2f} seed={v['seed']}"
-
-
-# What other tools call our keys (torch, HF Trainer, nanoGPT, optax): spelling is not the only
-# way to miss a name, and difflib does not see that `learning_rate` means `lr`.
-SYNONYMS = {"learning_rate": "lr", "learningrate": "lr", "eta": "lr", "wd": "weight_decay",
-            "decay": "weight_decay", "num_steps": "steps", "max_steps": "steps", "iters": "steps",
-            "iterations": "steps", "max_iters": "steps", "bs": "batch_size", "batch": "batch_size",
-            "opt": "optimizer", "optim": "optimizer", "n_layer": "depth", "n_layers": "depth",
-            "num_layers": "depth", "layers": "depth", "blocks": "depth", "hidden": "width",
-            "hidden_size": "width", "hidden_dim": "width", "d_model": "width", "n_embd": "width",
-            "channels": "width", "n_head": "heads", "num_heads": "heads", "warmup_steps": "warmup",
-            "scheduler": "schedule", "lr_schedule": "schedule", "b1": "beta1", "b2": "beta2",
-            "epsilon": "eps", "seeds_list": "seed", "precision": "dtype", "parametrization": "param"}
-
-
-def nearest(name: str, allowed) -> str:
-    """`` (did you mean X?)`` for the allowed name ``name`` is another tool's word for, or the
-    closest spelling, or an empty string."""
-    allowed = [str(a) for a in allowed]
-    if SYNONYMS.get(str(name).lower()) in allowed:
-        return f" (did you mean {SYNONYMS[str(name).lower()]!r}?)"
-    close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass

@@ -18,7 +18,7 @@ the wall time of --jobs 1 on 2 cores, i.e. 1.12× per run). Worker processes pay
 (``WORKER_START_SECONDS``, an import of torch) once. A diverging run stops early, so a grid
 with many diverging cells finishes sooner than estimated.
 
-Cells the sweep trains together (``lrtransfer.batched``) are estimated as it trains them: the
+Cells the sweep trains together (``lrtransfer.run.batched``) are estimated as it trains them: the
 bundles ``plan_bundles`` makes, each shape timed as a bundle of its largest size (a smaller
 bundle costs its share of that), each bundle handed to one worker.
 """
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..store import ResultStore
-from ..batched import execute_bundle, longest_first, plan_bundles
-from ..train import execute
+from ..results.store import ResultStore
+from ..run.batched import execute_bundle, longest_first, plan_bundles
+from ..run.train import execute
 
 # Keys that change a run's numbers but not the work of a step: cells differing only in these
 # share one measurement. `steps` is scaled, not measured.

@@ -9,7 +9,7 @@ Liveness: a running worker writes a heartbeat (a trial system attribute) every f
 seconds. A RUNNING trial whose worker is gone — its process is dead on this host, or its
 heartbeat is older than the grace period — is marked FAIL ("lost") and its cell enqueued
 again. A run that raises is marked FAIL with its error and re-enqueued up to ``retries``
-times. Cells that train together (``lrtransfer.batched``) are grouped into bundles when
+times. Cells that train together (``lrtransfer.run.batched``) are grouped into bundles when
 they are enqueued; a worker claims a bundle's cells one by one as above, so every cell still
 runs exactly once, and a dead worker's unreported cells are all declared lost. Storage: a journal file
 under the results directory by default (no server), or any

@@ -24,12 +24,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from ..errors import UserError
-from ..store import ResultStore, write_json
+from ..results.store import ResultStore, write_json
 from optuna.trial import TrialState
 
 from .config import Experiment, RunConfig
 from .estimate import planned_jobs
-from ..train import dataset_for, resolve_device
+from ..run.train import dataset_for, resolve_device
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
 

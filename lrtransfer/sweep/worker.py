@@ -14,10 +14,10 @@ import pandas as pd
 
 from optuna.trial import TrialState
 
-from ..provenance import run_id
-from ..store import FINISHED, ResultStore
-from ..batched import execute_bundle
-from ..train import execute, resolve_device
+from ..run.provenance import run_id
+from ..results.store import FINISHED, ResultStore
+from ..run.batched import execute_bundle
+from ..run.train import execute, resolve_device
 from .queue import GRACE_SECONDS, HEARTBEAT_SECONDS, Heartbeat, Queue
 
 

@@ -14,16 +14,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from . import render
-from .analysis import metric_spec, optimum
-from .choices import SAMPLERS
-from .errors import UserError
-from .flops import FlopCounter
-from .store import FINISHED, ResultStore
-from .sweep.config import Experiment, run_id
-from .sweep.queue import open_storage
-from .train import execute, resolve_device
-from .sweep.sweep import check_same_experiment, results_dir_for
+from ..report import render
+from ..analysis.transfer import metric_spec, optimum
+from ..choices import SAMPLERS
+from ..errors import UserError
+from ..run.flops import FlopCounter
+from ..results.store import FINISHED, ResultStore
+from .config import Experiment, run_id
+from .queue import open_storage
+from ..run.train import execute, resolve_device
+from .sweep import check_same_experiment, results_dir_for
 
 
 
@@ -231,7 +231,7 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
 
 def check_series(series: list[str] | None, labels: list[str]) -> None:
     """UserError naming a ``--series`` the experiment does not have, the nearest one and the rest."""
-    from .sweep.config import nearest
+    from ..errors import nearest
     for s in series or []:
         if s not in labels:
             raise UserError(f"--series {s!r}: not in the experiment{nearest(s, labels)}; series: {', '.join(labels)}")

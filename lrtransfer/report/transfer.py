@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import analysis
-from .errors import UserError
+from ..analysis import transfer as analysis
+from ..errors import UserError
 from .render import FORMATS, Column, interval, markdown_table, missing, num, pct, pow2, records, signed, to_json
 
 CSV_GROUP_COLUMNS = ("max_scale", "drift", "drift_ci_lo", "drift_ci_hi", "drift_octaves", "drift_octaves_fit",

@@ -6,7 +6,7 @@ provenance) and the logged curve. Divergence is data: a non-finite loss or updat
 above ``diverge_factor`` × the first loss, stops the run with status "diverged" and the step.
 
 ``Training`` is one run in progress (its build, divergence checks, logging, evaluation and
-row); ``execute`` drives one alone, ``lrtransfer.batched.execute_bundle`` several together.
+row); ``execute`` drives one alone, ``lrtransfer.run.batched.execute_bundle`` several together.
 The sweep's workers train through those two, ``tune`` through ``execute``. ``Training`` sets torch's thread
 count from the config (``threads``): float reductions split across threads sum in another
 order, so the same cell on 1 and 2 threads gives different losses.
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 import lrtransfer
 
-from .data import Dataset, load
+from ..data import Dataset, load
 from .diagnostics import Diagnostics
-from .models import build
-from .optim import Diverged, lr_for_elr, make_optimizer, sphere_radius
-from .errors import UserError
+from ..models import build
+from ..optim import Diverged, lr_for_elr, make_optimizer, sphere_radius
+from ..errors import UserError
 from .provenance import code_fingerprint, git_state, run_id
 from .spec import optimizer_options
 
@@ -102,7 +102,7 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
 
 def model_for(values: dict, ds: Dataset):
     """The run's model: its architecture options, the sizes the data fixes, its parametrization."""
-    from .models import options
+    from ..models import options
     derived = {"input_dim": math.prod(ds.input_shape), "output_dim": ds.num_classes,
                "in_channels": ds.input_shape[0], "vocab_size": ds.vocab_size, "context": ds.context}
     allowed = options(values["arch"])
@@ -153,7 +153,7 @@ def evaluate(model, ds: Dataset, examples: int, batch_size: int,
 class Training:
     """One run in progress: built exactly as ``execute`` builds it, stepped by a training loop.
 
-    ``execute`` drives one alone; ``lrtransfer.batched`` drives several whose weights live in
+    ``execute`` drives one alone; ``lrtransfer.run.batched`` drives several whose weights live in
     stacked tensors (``model``'s atoms point into them). Everything a run records besides
     the weights goes through here, so a cell's row and curve mean the same however it trained.
     """

@@ -110,8 +110,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .provenance import EXECUTION_KEYS
+from ..errors import UserError
+from ..run.provenance import EXECUTION_KEYS
 
 
 
@@ -176,7 +176,7 @@ def is_metadata(col: str) -> bool:
 def metric_spec(metric: str, runs: pd.DataFrame | None = None) -> Metric:
     """The declared metric behind a name; with ``runs``, checks its column is there."""
     if metric not in METRIC_SPECS:
-        from .sweep.config import nearest
+        from ..errors import nearest
         raise UserError(f"--metric {metric!r}: unknown metric{nearest(metric, METRIC_SPECS)}; "
                         f"allowed: {', '.join(METRIC_SPECS)}")
     spec = METRIC_SPECS[metric]
@@ -725,13 +725,13 @@ def drift_table(table: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- renderers
 
 # the formatting helpers and the report moved to render.py / report.py; these names stay for importers
-from .render import interval as _interval, json_value as _json_value, missing as _missing  # noqa: E402,F401
-from .render import num as _num, pct as _pct, pow2 as _pow2, records as _records, signed as _signed  # noqa: E402,F401
+from ..report.render import interval as _interval, json_value as _json_value, missing as _missing  # noqa: E402,F401
+from ..report.render import num as _num, pct as _pct, pow2 as _pow2, records as _records, signed as _signed  # noqa: E402,F401
 
 
 def summary_line(row: dict, extra: list[str] = (), metric: str = "train_loss") -> str:
     """One quotable sentence for a ``verdict_table`` row (``report.summary_line``)."""
-    from .report import summary_line as line
+    from ..report.transfer import summary_line as line
     return line(row, extra, metric)
 
 
@@ -739,7 +739,7 @@ def report(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = No
            min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> str:
     """The transfer report of ``runs`` in ``format`` (markdown | json | csv): ``analyse``'s
     numbers rendered by ``report.render`` (see that module)."""
-    from .report import check_format, render
+    from ..report.transfer import check_format, render
     check_format(format)
     table, summary = analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)
     return render(table, summary, format, metric, min_runs, ci, tolerance, n_boot, seed)

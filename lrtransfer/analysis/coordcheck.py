@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 QUANTITIES = ("output_rms", "output_update_rms", "delta_wx_rms")
 UPDATES = ("output_update_rms", "delta_wx_rms")  # 0 at step 0: not fitted there
@@ -134,8 +134,8 @@ def measure(values: dict, steps: int, device: torch.device) -> tuple[list[dict],
     Returns the records and a note if training stopped early (non-finite loss or update)."""
     from torch.func import functional_call
 
-    from .optim import Diverged
-    from .train import _DTYPES, _loss, dataset_for, model_for, optimizer_for
+    from ..optim import Diverged
+    from ..run.train import _DTYPES, _loss, dataset_for, model_for, optimizer_for
     values = dict(values, steps=steps, schedule="constant", warmup=0)
     torch.manual_seed(values["seed"])
     ds = dataset_for(values, device)
@@ -253,7 +253,7 @@ def coordcheck(experiment, steps: int = 5, lr: float | None = None, threshold: f
     the smallest width); a number: that LR for every series. ``on_width(series, width)`` is
     called before each width is trained.
     """
-    from .train import resolve_device
+    from ..run.train import resolve_device
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise UserError(f"--steps {steps!r}: must be a positive integer")
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):

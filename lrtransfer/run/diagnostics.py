@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .modular import Module
-from .modular.spectral import block_power_step, top_subspace
+from ..modular import Module
+from ..modular.spectral import block_power_step, top_subspace
 
 COLUMNS = ["run_id", "step", "atom", "name", "role", "scale_invariant", "weight_norm", "update_norm",
            "relative_update", "angle", "elr", "condition"]

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from . import choices
-from .analysis import AXES, METRIC_SPECS
-from .render import FORMATS
-from .errors import UserError
+from .. import choices
+from ..analysis.transfer import AXES, METRIC_SPECS
+from ..report.render import FORMATS
+from ..errors import UserError
 
 # what a repeatable option's value looks like, by option name (--help shows it instead of a type)
 LIST_METAVARS = {"--set": "KEY=VALUE", "--series": "NAME", "--param": "NAME=LOW:HIGH[:log]",
@@ -102,14 +102,14 @@ def _choice(option: str, value: str, allowed) -> str:
     allowed value and all of them."""
     allowed = list(allowed)
     if value not in allowed:
-        from .sweep.config import nearest
+        from ..errors import nearest
         raise UserError(f"{option} {value!r}: allowed: {', '.join(allowed)}{nearest(value, allowed)}")
     return value
 
 
 def _version(value: bool):
     if value:
-        from . import __version__
+        from .. import __version__
         out.print(f"lrtransfer {__version__}", markup=False, highlight=False)
         raise typer.Exit()
 
@@ -125,7 +125,7 @@ def user_errors(fn):
     Ctrl-C: one line saying where things stand, exit code 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .sweep.sweep import SweepInterrupted
+        from ..sweep.sweep import SweepInterrupted
         try:
             return fn(*args, **kwargs)
         except UserError as e:
@@ -153,7 +153,7 @@ Axis = Enum("Axis", {a: a for a in AXES}, type=str)
 
 
 def _storage(url: Optional[str]) -> Optional[str]:
-    from .sweep.queue import STORAGE_ENV
+    from ..sweep.queue import STORAGE_ENV
     return url or os.environ.get(STORAGE_ENV) or None
 
 
@@ -180,8 +180,8 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
     Exit codes: 0 all cells finished (done or diverged), 1 some runs failed (each distinct error
     is printed once), 2 bad input, 130 interrupted (claimed cells go back to the queue).
     """
-    from .sweep import load_experiment, plan, run_sweep
-    from .sweep.sweep import results_dir_for
+    from ..sweep import load_experiment, plan, run_sweep
+    from ..sweep.sweep import results_dir_for
     exp = load_experiment(experiment, set_)
     if dry_run:
         p = plan(exp, results, device, rerun=rerun, jobs=jobs)
@@ -208,7 +208,7 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
 @user_errors
 def keys(format: KeysFormat = typer.Option(KeysFormat.markdown, help="table as markdown, or JSON records")):
     """The run keys an experiment file takes: section, default, allowed values, meaning."""
-    from . import spec
+    from ..run import spec
     if format == KeysFormat.json:
         out.print_json(json.dumps(spec.as_records()))
     else:
@@ -229,9 +229,9 @@ def worker(study: str = typer.Option(..., help="study name (the experiment's nam
            wait_for_go: bool = typer.Option(False, "--wait-for-go", hidden=True),
            quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)):
     """Claim and run cells of a study until none are left. Start as many as you like, anywhere."""
-    from . import batched  # noqa: F401  the training stack (torch: seconds), before any wait
-    from .store import ResultStore
-    from .sweep import Queue, open_storage, work
+    from ..run import batched  # noqa: F401  the training stack (torch: seconds), before any wait
+    from ..results.store import ResultStore
+    from ..sweep import Queue, open_storage, work
     if wait_for_go:   # started by a sweep before it enqueued the cells (sweep.run_sweep)
         try:
             if sys.stdin.readline().strip() != "go":
@@ -274,7 +274,7 @@ def status(results_dir: Optional[Path] = typer.Argument(None, help="results dire
                                       help="a table, or everything as JSON"),
            errors: bool = typer.Option(False, "--errors", help="list each distinct error of the failed runs")):
     """Cells waiting / running / done / diverged / failed per series and scale, with an ETA."""
-    from .status import status_table, sweep_status
+    from ..sweep.status import status_table, sweep_status
     _choice("--format", format, choices.STATUS_FORMATS)
     st = sweep_status(results_dir, _storage(storage), study)
     if errors:
@@ -304,7 +304,7 @@ REGIME_HELP = {
 
 
 def _regime_options(window: float, chance: float, slope: float, angle: float) -> dict:
-    from .dynamics import check_regime_options
+    from ..analysis.dynamics import check_regime_options
     check_regime_options(window, chance, slope, angle)
     return {"window": window, "chance_fraction": chance, "slope": slope, "angle": angle}
 
@@ -318,7 +318,7 @@ def _second_path(target: Path, stem: str, suffix: str) -> Path:
 def _labels(pairs: list[str], results_dir: Path | None = None) -> dict:
     """Display names of series: the experiment's own (``label = "…"`` in a series table, as
     the results directory recorded it), then ``--label series=Name`` options over them."""
-    from .store import ResultStore
+    from ..results.store import ResultStore
     recorded = ResultStore(results_dir).experiment() if results_dir is not None else None
     labels = dict((recorded or {}).get("labels") or {})
     for text in pairs:
@@ -382,8 +382,9 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
     Every figure is drawn before any file is written: a request the data cannot answer (an axis
     with one value, an unknown series or scale) exits 2 and leaves the old figures as they were.
     """
-    from . import analysis, plots
-    from .store import load_diagnostics, load_results
+    from ..analysis import transfer as analysis
+    from ..plots import figures as plots
+    from ..results.store import load_diagnostics, load_results
     if steps:
         kind = "curves"
     _choice("--kind", kind, choices.PLOT_KINDS)
@@ -413,7 +414,7 @@ def plot(results_dir: Path = typer.Argument(..., help="results directory of a sw
         figures = [plots.diagnostics_plot(runs, load_diagnostics(results_dir), quantity=quantity, axis=a,
                                           scale=scale, lr=lr, style=style)]
     elif kind == "regimes":
-        from . import dynamics
+        from ..analysis import dynamics
         table = dynamics.regimes(runs, curves, load_diagnostics(results_dir), **thresholds)
         x = "elr" if (dynamics.effective_lr(runs) > 0).any() else "lr"
         figures = [plots.regime_plot(runs, table, x=x, metric=m, style=style)]
@@ -449,9 +450,9 @@ def report(results_dir: Path = typer.Argument(..., help="results directory of a 
     A "Regimes" section follows when the runs set an effective LR or train on the sphere, and an
     "lr·wd invariance" section when weight_decay takes two or more values (JSON: keys "regimes"
     and "lrwd")."""
-    from . import analysis, dynamics
+    from ..analysis import transfer as analysis, dynamics
     analysis.metric_spec(metric)
-    from .store import load_diagnostics, load_results
+    from ..results.store import load_diagnostics, load_results
     thresholds = _regime_options(regime_window, regime_chance, regime_slope, regime_angle)
     runs, curves = load_results(results_dir)
     text = analysis.report(runs, metric=metric, axis=axis.value if axis else None, format=format.value,
@@ -492,7 +493,8 @@ def compare(results_dirs: List[Path] = typer.Argument(..., help="two or more res
     """Did a change move the optimum? The transfer numbers of several results directories side by
     side: verdict and drift per series, the fitted optimal LR per scale with its shift from the
     first directory, and (with --out) their loss-vs-LR curves overlaid."""
-    from . import analysis, compare as comparison, plots
+    from ..analysis import transfer as analysis, compare as comparison
+    from ..plots import figures as plots
     analysis.metric_spec(metric)
     target = plots.check_out(out_) if out_ is not None else None
     runs_by_dir = comparison.load(results_dirs)
@@ -530,9 +532,9 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
                                             "lr, or the middle of its LR grid)")):
     """Search the LR at the smallest scale, run it at the larger ones, report regret and compute
     (or, with --along lrwd, search lr·wd at a fixed LR against the full lr x weight_decay grid)."""
-    from .sweep import load_experiment
-    from .analysis import metric_spec
-    from .tune import SearchParam, render_tune, tune as run_tune
+    from ..sweep import load_experiment
+    from ..analysis.transfer import metric_spec
+    from ..sweep.tune import SearchParam, render_tune, tune as run_tune
     _choice("--along", along, choices.ALONG)
     _choice("--sampler", sampler, choices.SAMPLERS)
     metric_spec(metric)
@@ -561,7 +563,7 @@ def _tune_progress(series: str, scale, row: dict) -> None:
 
 
 def _tune_lrwd(exp, series, trials, sampler, lr, axis, metric, results, storage, device, seed, format) -> None:
-    from .tune import render_lrwd, tune_lrwd
+    from ..sweep.tune import render_lrwd, tune_lrwd
     found = tune_lrwd(exp, series or None, trials=trials, sampler=sampler, lr=lr, axis=axis.value if axis else None,
                       metric=metric, results_dir=results, storage=_storage(storage), device=device, seed=seed,
                       on_run=_tune_progress)
@@ -586,7 +588,7 @@ def export(results_dir: Path = typer.Argument(..., help="results directory of a 
     """Every run of a results directory into TensorBoard or MLflow: its config as hyperparameters,
     its training curve as steps, its final metrics, status and run id (re-exporting to MLflow adds
     only new runs)."""
-    from .export import export as run_export
+    from ..results.export import export as run_export
     done = run_export(results_dir, to, uri=uri, experiment=experiment)
     out.print(f"{done.target}: {done.written} runs written to {done.where}"
               + (f" ({done.skipped} already there)" if done.skipped else ""), markup=False, highlight=False)
@@ -613,11 +615,11 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
     of its own step ΔW·x. A series passes when every |slope| <= --threshold (the logits and
     their change may shrink, not grow). Verdicts are data: the exit code is 0 whether series
     pass or fail (2 for bad input)."""
-    from . import coordcheck as cc_mod
-    from . import plots
+    from ..analysis import coordcheck as cc_mod
+    from ..plots import figures as plots
     cc_mod.check_format(format)
     target = plots.check_out(out_)
-    from .sweep import load_experiment
+    from ..sweep import load_experiment
     exp = load_experiment(experiment, set_)
     result = cc_mod.coordcheck(exp, steps=steps, lr=lr, threshold=threshold, series=series or None, device=device,
                                on_width=None if quiet else lambda s, w: err.print(f"{s}: width {w}", highlight=False,

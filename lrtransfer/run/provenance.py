@@ -22,11 +22,12 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 # The code a run's numbers depend on: the module algebra, the models, the update rules, the
 # data pipeline, the training loop and what it measures along the way.
-TRAINING_SOURCES = ("modular", "models", "optim", "data", "train.py", "batched.py", "spec.py", "diagnostics.py")
+TRAINING_SOURCES = ("modular", "models", "optim", "data", "run/train.py", "run/batched.py", "run/spec.py",
+                    "run/diagnostics.py")
 
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")

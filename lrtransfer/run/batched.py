@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from .optim import Diverged
-from .optim.stacked import StackedNormalized, StackedPlain, normalize_stackable, stackable
+from ..optim import Diverged
+from ..optim.stacked import StackedNormalized, StackedPlain, normalize_stackable, stackable
 from .train import RunResult, Training, _loss, resolve_device
 
 # Keys in which the cells of one bundle may differ; every other key is the bundle's shape.

@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import UserError
+from ..errors import UserError
 
 FINISHED = ("done", "diverged")   # statuses a sweep does not run again
 PER_RUN = ("curves", "diagnostics")  # the tables each run writes beside its summary row

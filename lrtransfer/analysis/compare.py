@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import analysis
-from .errors import UserError
-from .render import Column, interval, markdown_table, num, pct, plus, records, to_csv, to_json
-from .store import load_results
+from . import transfer as analysis
+from ..errors import UserError
+from ..report.render import Column, interval, markdown_table, num, pct, plus, records, to_csv, to_json
+from ..results.store import load_results
 
 SCALE_COLUMNS = ["results", "series", "axis", "scale", "opt_log2_lr_fit", "opt_log2_lr_fit_lo",
                  "opt_log2_lr_fit_hi", "shift", "best_loss", "n_seeds"]

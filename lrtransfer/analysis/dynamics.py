@@ -2,7 +2,7 @@
 sphere, and the lr·wd trajectory invariance of decoupled weight decay.
 
 Pure pandas/numpy (no torch); every function takes the tables ``load_results`` and
-``lrtransfer.store.load_diagnostics`` return, so it works the same in a notebook.
+``lrtransfer.results.store.load_diagnostics`` return, so it works the same in a notebook.
 
 Regimes (Kodryan et al. 2022): with scale-invariant weights kept on a sphere and a fixed
 effective LR (ELR = lr / ‖w‖²), training, as the ELR grows, *converges* (the loss keeps falling
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import _group_rng, _json_value, _num, _pct, _records, _signed
-from .errors import UserError
+from .transfer import _group_rng, _json_value, _num, _pct, _records, _signed
+from ..errors import UserError
 
 REGIMES = ("converge", "chaotic", "diverge")
 REGIME_COLUMNS = ("run_id", "regime", "late_loss", "late_slope", "late_angle", "chance_loss", "n_points")

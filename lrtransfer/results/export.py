@@ -37,9 +37,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import AXES, is_metadata
-from .choices import EXPORT_TARGETS
-from .errors import UserError
+from ..analysis.transfer import AXES, is_metadata
+from ..choices import EXPORT_TARGETS
+from ..errors import UserError
 from .store import load_results
 
 # what each target needs importable, and the extra that installs it
@@ -62,7 +62,7 @@ class Exported:
 def require(target: str):
     """The library ``target`` needs, imported; UserError naming its extra when it is missing."""
     if target not in EXPORT_TARGETS:
-        from .sweep.config import nearest
+        from ..errors import nearest
         raise UserError(f"--to {target!r}: allowed: {', '.join(EXPORT_TARGETS)}{nearest(target, EXPORT_TARGETS)}")
     try:
         return importlib.import_module(NEEDS[target])

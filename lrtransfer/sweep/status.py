@@ -10,10 +10,10 @@ from optuna.trial import TrialState
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UserError
-from .store import ResultStore
-from .sweep.queue import JOURNAL_NAME, Queue, open_storage, redact
-from .sweep.sweep import _fmt_seconds, distinct_errors
+from ..errors import UserError
+from ..results.store import ResultStore
+from .queue import JOURNAL_NAME, Queue, open_storage, redact
+from .sweep import _fmt_seconds, distinct_errors
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
 
@@ -39,7 +39,7 @@ def _eta(left: list[dict], runs, workers: int) -> str:
     (sweep/estimate.py) but from what this sweep measured: each cell costs the mean wall time of
     the finished runs of its shape (of all finished runs, for a shape not seen yet), and the
     cells go longest first to the least loaded worker."""
-    from .sweep.estimate import makespan, shape_key
+    from .estimate import makespan, shape_key
     if runs is None or runs.empty or "wall_seconds" not in runs:
         return "unknown (no finished run yet)"
     finished = runs[runs["status"].isin(["done", "diverged"]) & runs["wall_seconds"].map(
@@ -56,7 +56,7 @@ def _eta(left: list[dict], runs, workers: int) -> str:
 
 def _run_values(row: dict) -> dict:
     """The config part of a run row (a row also holds its metrics and provenance)."""
-    from .spec import BY_NAME
+    from ..run.spec import BY_NAME
     return {k: v for k, v in row.items() if k in BY_NAME or k.startswith("data.") or k in ("series",)}
 
 

@@ -22,11 +22,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, MaxNLocator, NullLocator
 
-from .analysis import (CELL_STATS, analyse, cells, group_columns, metric_column, metric_spec, resolve_axes,
+from ..analysis.transfer import (CELL_STATS, analyse, cells, group_columns, metric_column, metric_spec, resolve_axes,
                        scale_axes)
-from .choices import COLOR_BY, QUANTITIES
-from .errors import UserError
-from .store import atomic_write
+from ..choices import COLOR_BY, QUANTITIES
+from ..errors import UserError
+from ..results.store import atomic_write
 
 FORMATS = (".png", ".svg", ".pdf")
 # diverged / clipped markers sit in a strip of the axes beyond the data (axes-fraction y), never on the spine
@@ -91,7 +91,7 @@ def select(runs: pd.DataFrame, series=(), scales=(), axis: str | None = None) ->
         known = list(dict.fromkeys(runs["series"]))
         for s in series:
             if s not in known:
-                from .sweep.config import nearest
+                from ..errors import nearest
                 raise UserError(f"--series {s!r}: no such series here{nearest(s, known)}; series: {', '.join(known)}")
         runs = runs[runs["series"].isin(series)]
     if scales:
@@ -646,7 +646,7 @@ def curves_by_lrwd(runs: pd.DataFrame, curves: pd.DataFrame, metric: str = "trai
 
 def _panel_groups(runs: pd.DataFrame) -> tuple[list[str], list, list[str]]:
     """Series (columns), the values of varying width/depth (rows) and their names."""
-    from .dynamics import _scale_keys
+    from ..analysis.dynamics import _scale_keys
     keys = _scale_keys(runs)
     groups = list(dict.fromkeys(runs[keys].itertuples(index=False, name=None))) if keys else [()]
     return list(dict.fromkeys(runs["series"])), groups, keys
@@ -661,7 +661,7 @@ def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metri
     ``_to_diverge`` at the seeds' mean log2, a span ``_to_*_spread`` over their min–max). Runs
     with no final loss (diverged) are ✕ in a strip above the data (``_diverged``). One panel per series
     (a row per width/depth where those vary)."""
-    from . import dynamics
+    from ..analysis import dynamics
     out = check_out(out)
     col = metric_column(metric, runs)
     full = dynamics.with_dynamics_columns(runs)

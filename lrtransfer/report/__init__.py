@@ -1,0 +1,1 @@
+"""Renderers: the analyses' tables as markdown, JSON and CSV."""
