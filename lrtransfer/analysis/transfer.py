@@ -111,7 +111,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..run.provenance import EXECUTION_KEYS
+from ..run.provenance import is_metadata
 
 
 
@@ -141,19 +141,6 @@ METRICS = {name: m.column for name, m in METRIC_SPECS.items()}
 AXES = ("width", "depth")
 FORMATS = ("markdown", "json", "csv")  # the report's (render.FORMATS)
 VERDICTS = ("transfers", "drifts", "inconclusive")
-METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
-            "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
-            "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study",
-            "git_dirty", "torch_threads",
-            # the LR restated (elr = lr / ‖w‖², lr_applied = lr or elr·radius²): one per LR, never a group
-            "elr", "lr_applied",
-            # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group
-            "sphere_radius", "chance_loss",
-            # how a run executed (batched with others or alone, compiled): not what it computes,
-            # and cells of one scale differ in it
-            *EXECUTION_KEYS, "bundle_size", "compiled"}
-METADATA_PREFIXES = ("final_", "first_")
-METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time", "_fingerprint")
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")
 TRANSFER_COLUMNS = ("series", "axis", "scale", "opt_lr", "opt_log2_lr", "opt_lr_fit", "opt_log2_lr_fit",
                     "opt_log2_lr_fit_lo", "opt_log2_lr_fit_hi", "best_loss", "best_loss_std", "n_seeds",
@@ -167,12 +154,6 @@ VERDICT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "n_seeds", "base
                    "regret", "regret_ci_lo", "regret_ci_hi", "max_regret", "verdict", "flags", "tolerance", "ci",
                    "drift_octaves", "drift_octaves_fit", "n_scales", "loss_change_at_base_lr",
                    "loss_change_ci_lo", "loss_change_ci_hi", "worse_with_scale", "n_boot")
-def is_metadata(col: str) -> bool:
-    """True for metric, timing and provenance columns, which are never grouping keys."""
-    col = str(col)
-    return col in METADATA or col.startswith(METADATA_PREFIXES) or col.endswith(METADATA_SUFFIXES)
-
-
 def metric_spec(metric: str, runs: pd.DataFrame | None = None) -> Metric:
     """The declared metric behind a name; with ``runs``, checks its column is there."""
     if metric not in METRIC_SPECS:

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.transfer import AXES, is_metadata
+from ..run.spec import SCALE_AXES as AXES
+from ..run.provenance import is_metadata
 from ..choices import EXPORT_TARGETS
 from ..errors import UserError
 from .store import load_results
@@ -47,7 +48,7 @@ NEEDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 FINAL_METRICS = ("final_train_loss", "final_test_loss", "final_test_acc", "wall_seconds")
 CURVE_SERIES = ("train_loss", "test_loss", "lr")
 RUN_TAG = "lrtransfer.run_id"
-CONFIG_ALWAYS = ("series", "lr", "seed")   # config, though never analysis groups (analysis.METADATA)
+CONFIG_ALWAYS = ("series", "lr", "seed")   # config, though never analysis groups (run.provenance.METADATA)
 
 
 @dataclass

@@ -71,7 +71,7 @@ class FlopCounter:
         self._counts: dict[str, tuple[int, int]] = {}
 
     def _first_and_later(self, values: dict) -> tuple[int, int]:
-        from ..analysis.transfer import is_metadata  # metrics, timing and provenance change no step either
+        from .provenance import is_metadata  # metrics, timing and provenance change no step either
         key = repr(sorted((k, repr(v)) for k, v in values.items() if k not in COST_FREE and not is_metadata(k)))
         if key not in self._counts:
             self._counts[key] = run_step_flops(values, self.device)

@@ -74,3 +74,25 @@ def git_state() -> tuple[str, bool | None]:
         return sha.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
+
+
+# Columns of a runs table that are metrics, timing or provenance: never a grouping key.
+METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
+            "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
+            "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study",
+            "git_dirty", "torch_threads",
+            # the LR restated (elr = lr / ‖w‖², lr_applied = lr or elr·radius²): one per LR, never a group
+            "elr", "lr_applied",
+            # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group
+            "sphere_radius", "chance_loss",
+            # how a run executed (batched with others or alone, compiled): not what it computes,
+            # and cells of one scale differ in it
+            *EXECUTION_KEYS, "bundle_size", "compiled"}
+METADATA_PREFIXES = ("final_", "first_")
+METADATA_SUFFIXES = ("_version", "_sha", "_seconds", "_at_step", "_at", "_time", "_fingerprint")
+
+
+def is_metadata(col: str) -> bool:
+    """True for metric, timing and provenance columns, which are never grouping keys."""
+    col = str(col)
+    return col in METADATA or col.startswith(METADATA_PREFIXES) or col.endswith(METADATA_SUFFIXES)
