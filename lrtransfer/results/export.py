@@ -37,8 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..run.spec import SCALE_AXES as AXES
-from ..run.provenance import is_metadata
+from ..run.provenance import SCALE_AXES, is_metadata
 from ..choices import EXPORT_TARGETS
 from ..errors import UserError
 from .store import load_results
@@ -93,7 +92,7 @@ def config(row: dict) -> dict:
 
 
 def run_name(row: dict) -> str:
-    scales = " ".join(f"{a}={int(row[a])}" for a in AXES if _finite(row.get(a)))
+    scales = " ".join(f"{a}={int(row[a])}" for a in SCALE_AXES if _finite(row.get(a)))
     lr = f"lr=2^{math.log2(row['lr']):g}" if _finite(row.get("lr")) and row["lr"] > 0 else ""
     seed = f"seed={int(row['seed'])}" if _finite(row.get("seed")) else ""
     return " ".join(p for p in (str(row.get("series", "run")), scales, lr, seed) if p)

@@ -29,6 +29,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 TRAINING_SOURCES = ("modular", "models", "optim", "data", "run/train.py", "run/batched.py", "run/spec.py",
                     "run/diagnostics.py")
 
+# The keys a transfer question scales along (the x axis of an LR-transfer figure).
+SCALE_AXES = ("width", "depth")
+
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")
 

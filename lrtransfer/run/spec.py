@@ -17,8 +17,6 @@ from ..models import ARCHS as _ARCH_BUILDERS, PARAMS
 from ..modular.newton_schulz import METHODS as NS_METHODS
 from ..optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
 
-# The keys a transfer question scales along (the x axis of an LR-transfer figure).
-SCALE_AXES = ("width", "depth")
 DTYPES = ("float32", "float64", "bfloat16", "bf16-autocast")
 BATCH_MODES = ("auto", "on", "off")
 ARCHS = tuple(_ARCH_BUILDERS)
