@@ -18,7 +18,6 @@ Usage: python benchmarks/batched_speedup.py [--cells 12] [--compile] [--out PATH
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

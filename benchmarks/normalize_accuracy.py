@@ -28,7 +28,7 @@ def accuracy(width: int, steps: int, ds, device, seed: int = 0) -> dict:
     torch.manual_seed(seed)  # as a sweep run: the model (and its tracking state) from the seed
     model = build("mlp", width, 2, block_depth=2, input_dim=40, output_dim=10).to(device)
     opt = make_optimizer(model, "adam", 2.0 ** -2, update="normalize", schedule="linear", steps=steps,
-                         betas=(0.9, 0.99))
+                         beta1=0.9, beta2=0.99)
     atoms = model.atoms()
     linear = [k for k, a in enumerate(atoms) if isinstance(a, Linear)]
     shares = model.targets(1.0)

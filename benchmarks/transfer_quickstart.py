@@ -1,4 +1,4 @@
-"""SCIENCE.md §6 fact 7, as a benchmark: on the quickstart's power-of-two LR grid the normed
+"""docs/science.md §6 fact 7, as a benchmark: on the quickstart's power-of-two LR grid the normed
 Adam optimum stays within ±1 octave across width (verdict `transfers`), plain Adam's moves
 several octaves (`drifts`), each judged on the 90% CI over seeds.
 

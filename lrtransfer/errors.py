@@ -35,3 +35,10 @@ def nearest(name: str, allowed) -> str:
         return f" (did you mean {SYNONYMS[str(name).lower()]!r}?)"
     close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(option: str, value, allowed) -> None:
+    """UserError naming the option, the nearest allowed value and all of them."""
+    allowed = [str(a) for a in allowed]
+    if value not in allowed:
+        raise UserError(f"{option} {value!r}: allowed: {', '.join(allowed)}{nearest(value, allowed)}")

@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
+from lrtransfer import plots  # noqa: E402
 from lrtransfer.analysis import transfer as analysis, dynamics  # noqa: E402
-from lrtransfer.plots import figures as plots
+from lrtransfer.report import dynamics as dynamics_report, transfer as transfer_report  # noqa: E402
 from lrtransfer.results.store import ResultStore, atomic_write, load_diagnostics, load_results, write_json  # noqa: E402
 
 EXPERIMENTS = ROOT / "experiments"
@@ -122,17 +123,17 @@ def figures_and_report(name: str) -> None:
     diagnostics = load_diagnostics(root)
     stems = figure_stems(runs)
     if stems[0] == "regimes":
-        summary = dynamics.regime_summary(runs, curves, diagnostics)
+        summary = dynamics_report.regime_summary(runs, curves, diagnostics)
         table = dynamics.regimes(runs, curves, diagnostics)
         figures = [plots.regime_plot(runs, table, x=summary["x"]),
                    plots.training_curves(runs, curves, color_by="lr")]
-        text = dynamics.regime_report(summary)
+        text = dynamics_report.regime_report(summary)
     elif stems[0] == "lrwd":
         figures = [plots.lrwd_heatmap(runs), plots.curves_by_lrwd(runs, curves)]
-        text = dynamics.lrwd_report(dynamics.lrwd_invariance(runs, curves, ci=CI))
+        text = dynamics_report.lrwd_report(dynamics_report.lrwd_invariance(runs, curves, ci=CI))
     else:
         figures = [plots.lr_curves(runs), plots.transfer_plot(runs, ci=CI, tolerance=TOLERANCE)]
-        text = analysis.report(runs, format="markdown", ci=CI, tolerance=TOLERANCE)
+        text = transfer_report.report(runs, format="markdown", ci=CI, tolerance=TOLERANCE)
         if name == CONDITION:
             figures.append(plots.diagnostics_plot(runs, diagnostics, quantity="condition"))
             stems = stems + ["diagnostics_condition"]
@@ -269,7 +270,7 @@ def dynamics_section() -> str:
         if not (RESULTS / name).exists():
             continue
         runs, curves = load_results(RESULTS / name)
-        summary = dynamics.regime_summary(runs, curves, load_diagnostics(RESULTS / name))
+        summary = dynamics_report.regime_summary(runs, curves, load_diagnostics(RESULTS / name))
         counts = summary["counts"]
         per_seed = summary["seed_boundaries"]
         ordered = sum(bool(r["monotone"]) for r in per_seed)
@@ -282,7 +283,7 @@ def dynamics_section() -> str:
               "*The regime rule* below.", ""]
     if (RESULTS / LRWD).exists():
         runs, curves = load_results(RESULTS / LRWD)
-        res = dynamics.lrwd_invariance(runs, curves, ci=CI)
+        res = dynamics_report.lrwd_invariance(runs, curves, ci=CI)
         for g in res["groups"]:
             late, early = g["late_ratio_ci"], g["early_ratio_ci"]
             lines.append(f"`{LRWD}` ({g['n_cells']} lr × wd cells, {res['n_runs']} runs): late loss follows "
@@ -416,6 +417,7 @@ COMPARED = ("quickstart", CONDITION)
 def comparison() -> None:
     """results/compare/: the overlaid curves (PNG, SVG) and the markdown table of COMPARED."""
     from lrtransfer.analysis import compare
+    from lrtransfer.report.compare import render_comparison
     dirs = [RESULTS / name for name in COMPARED]
     if not all((d / "runs.parquet").exists() for d in dirs):
         return
@@ -426,7 +428,7 @@ def comparison() -> None:
     fig = plots.compare_curves(runs_by_dir)
     for ext in ("png", "svg"):
         plots.save(fig, out / f"{'_vs_'.join(COMPARED)}.{ext}")
-    text = compare.render_comparison(scales, verdicts, "markdown", ci=CI)
+    text = render_comparison(scales, verdicts, "markdown", ci=CI)
     command = f"lrtransfer compare {' '.join(f'results/{n}' for n in COMPARED)}"
     atomic_write(out / "COMPARE.md", lambda tmp: Path(tmp).write_text(f"`{command}`\n\n{text}"))
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrtransfer.analysis.transfer import (VERDICT_COLUMNS, analyse, cells, drift_table, group_keys, optimum, report,
-                                 transfer_table, verdict_table)
+from lrtransfer.analysis.transfer import (VERDICT_COLUMNS, analyse, cells, drift_table, group_keys, optimum,
+                                          transfer_table, verdict_table)
+from lrtransfer.report.transfer import report
 from lrtransfer.errors import UserError
 
 

@@ -114,7 +114,7 @@ def test_plot_writes_png_and_svg(swept, tmp_path):
 
 
 def test_plot_one_curve_per_scale(swept):
-    from lrtransfer.plots import figures as plots
+    from lrtransfer import plots
     from lrtransfer.results.store import load_results
     runs, _ = load_results(swept[1])
     fig = plots.lr_curves(runs)
@@ -264,7 +264,8 @@ def test_keys_lists_every_run_key_from_the_spec():
     r = invoke("keys", "--format", "json")
     assert r.exit_code == 0
     names = [k["name"] for k in json.loads(r.stdout)]
-    assert names == [k.name for k in spec.KEYS] and {"update", "ns", "param", "base_width"} <= set(names)
+    assert names == [r["name"] for r in spec.as_records()]
+    assert {"update", "ns", "param", "base_width", "norm", "block_depth", "heads", "label"} <= set(names)
     assert invoke("keys", "--format", "csv").exit_code == 2
 
 
@@ -292,18 +293,23 @@ def test_every_commands_help_has_an_example_and_readable_metavars(wide):
 
 
 def test_help_shows_choices_from_the_code_and_describes_every_option(wide):
-    from lrtransfer import choices
+    from lrtransfer import plots
     from lrtransfer.analysis.transfer import METRIC_SPECS
+    from lrtransfer.cli.common import DEVICES, one_of
+    from lrtransfer.cli.run import STATUS_FORMATS
+    from lrtransfer.cli.tune import SAMPLERS
     text = lambda *args: " ".join(invoke(*args, "--help").stdout.split())  # noqa: E731
-    assert choices.metavar(choices.STATUS_FORMATS) in text("status")
-    assert choices.metavar(choices.PLOT_KINDS) in text("plot") and choices.metavar(METRIC_SPECS) in text("plot")
+    assert one_of(STATUS_FORMATS) in text("status")
+    assert all(f"{kind}:" in text("plot") for kind in plots.KINDS)
+    assert all(f"{metric} (" in text("plot") for metric in METRIC_SPECS)
+    assert one_of(plots.QUANTITIES) in text("plot") and one_of(plots.COLOR_BY) in text("plot")
     assert "test_acc (maximized)" in text("report") and "scale axis to analyse" in text("report")
     for command in ("sweep", "worker", "coordcheck"):
         assert "no progress lines" in text(command), command
     for command in ("sweep", "worker", "tune", "coordcheck"):
-        assert " | ".join(choices.DEVICES) in text(command), command
+        assert one_of(DEVICES) in text(command) and "[default: auto]" in text(command), command
     assert "NAME_transfer" in text("plot")            # --kind lr's second figure is named
-    assert "KEY=VALUE" in text("sweep") and choices.metavar(choices.SAMPLERS) in text("tune")
+    assert "KEY=VALUE" in text("sweep") and one_of(SAMPLERS) in text("tune")
 
 
 def test_three_misspellings_get_suggestions(swept, tmp_path):

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import invoke
 from lrtransfer.analysis import compare
-from lrtransfer.plots import figures as plots
+from lrtransfer.report import compare as compare_report
+from lrtransfer import plots
 from lrtransfer.results.store import write_table
 from test_analysis import GRID, table
 
@@ -33,7 +34,7 @@ def test_compare_puts_known_optima_and_their_shifts_side_by_side(two):
     assert list(before["shift"]) == pytest.approx([0, 0, 0])
     drift = verdicts.set_index("results")["drift"]
     assert drift["before"] == pytest.approx(-3) and drift["after"] == pytest.approx(-1)
-    text = compare.markdown(scales, verdicts)
+    text = compare_report.markdown(scales, verdicts)
     assert "| adam | width=512 | after | -3.00 [" in text and "| +2.00 |" in text
 
 
@@ -90,4 +91,4 @@ def test_compare_test_acc_puts_the_maxima_side_by_side(tmp_path):
     assert list(got.loc["a", "opt_log2_lr_fit"]) == pytest.approx([-2, -3, -4])
     assert list(got.loc["b", "shift"]) == pytest.approx([1, 1, 1])
     assert list(got.loc["b", "best_loss"]) == pytest.approx([0.9, 0.89, 0.88])
-    assert "best seed-mean test acc" in compare.markdown(scales, verdicts, metric="test_acc")
+    assert "best seed-mean test acc" in compare_report.markdown(scales, verdicts, metric="test_acc")

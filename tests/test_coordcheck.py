@@ -14,7 +14,9 @@ import math
 import pytest
 
 from conftest import invoke
-from lrtransfer.analysis.coordcheck import base_lr, coordcheck, fit_slope, figure, passes, render, to_markdown
+from lrtransfer.analysis.coordcheck import base_lr, coordcheck, fit_slope, passes
+from lrtransfer.plots.coordcheck import figure
+from lrtransfer.report.coordcheck import render, to_markdown
 from lrtransfer.errors import ConfigError, UserError
 from lrtransfer.sweep import load_experiment
 
@@ -49,7 +51,7 @@ def _param_available(param: str) -> bool:
     """Whether lrtransfer.models.build takes ``param`` (sp/μP land in lrtransfer/models/param.py)."""
     from lrtransfer.models import build
     try:
-        build("mlp", 8, 1, input_dim=4, output_dim=2, param=param, base_width=8, optimizer="adam")
+        build("mlp", 8, 1, input_dim=4, output_dim=2, param=param, base_width=8, mup_rule="adam")
     except (ConfigError, TypeError, ValueError):
         return False
     return True

@@ -10,7 +10,12 @@ import pytest
 
 from conftest import TINY_DATA_MODEL, invoke
 from lrtransfer.analysis import dynamics
-from lrtransfer.plots import figures as plots
+from lrtransfer.analysis.dynamics import RegimeOptions
+from lrtransfer.report import dynamics as dynamics_report
+from lrtransfer.report.render import to_json
+from lrtransfer.report.results import results_report
+from lrtransfer import plots
+from lrtransfer.plots.style import DATA_FRACTION, strip_y
 from lrtransfer.errors import UserError
 from lrtransfer.results.store import write_table
 
@@ -82,7 +87,7 @@ def test_each_known_trajectory_gets_its_regime():
 def test_plateau_at_rest_converges_and_unknown_angle_is_chaotic():
     runs, curves, diags = tables({(-3, 0): "chaotic"}, angle=0.0)
     assert dynamics.regimes(runs, curves, diags)["regime"].tolist() == ["converge"]  # at a minimum
-    assert dynamics.regimes(runs, curves, diags, angle=0.0)["regime"].tolist() == ["chaotic"]  # angle ≥ 0
+    assert dynamics.regimes(runs, curves, diags, RegimeOptions(angle=0.0))["regime"].tolist() == ["chaotic"]  # angle ≥ 0
     t = dynamics.regimes(runs, curves)  # no diagnostics: the plateau alone
     assert t["regime"].tolist() == ["chaotic"] and math.isnan(t["late_angle"].iloc[0])
 
@@ -90,13 +95,13 @@ def test_plateau_at_rest_converges_and_unknown_angle_is_chaotic():
 def test_thresholds_move_the_rule():
     runs, curves, diags = tables({(-7, 0): "converge", (-3, 0): "chaotic"})
     # every late loss here (0.45, 0.85) is 'at chance' once the fraction is 0.1 (0.23 nats)
-    t = dynamics.regimes(runs, curves, diags, chance_fraction=0.1)
+    t = dynamics.regimes(runs, curves, diags, RegimeOptions(chance_fraction=0.1))
     assert t["regime"].tolist() == ["diverge", "diverge"]
     # a slope of -0.5 is not 'still falling' against a -0.6 threshold; its angle is 0: converge
-    t = dynamics.regimes(runs, curves, diags, slope=-0.6)
+    t = dynamics.regimes(runs, curves, diags, RegimeOptions(slope=-0.6))
     assert t["regime"].tolist() == ["converge", "chaotic"]
     # the whole curve as the window: slope from all 20 points is still -0.5
-    t = dynamics.regimes(runs, curves, diags, window=1.0)
+    t = dynamics.regimes(runs, curves, diags, RegimeOptions(window=1.0))
     assert t["late_slope"].iloc[0] == pytest.approx(-0.5)
     assert t["late_loss"].iloc[0] == pytest.approx(trajectory("converge").mean())
 
@@ -116,9 +121,8 @@ def test_old_results_without_the_new_columns():
                                                  ("slope", 0.1, "--regime-slope 0.1"),
                                                  ("angle", -1, "--regime-angle -1")])
 def test_bad_thresholds_name_the_option(option, value, name):
-    runs, curves, diags = tables({(0, 0): "diverge"})
     with pytest.raises(UserError, match=name):
-        dynamics.regimes(runs, curves, diags, **{option: value})
+        RegimeOptions(**{option: value})
 
 
 # ----------------------------------------------------------------------------- boundaries
@@ -131,7 +135,7 @@ def test_boundaries_are_geometric_midpoints_averaged_in_octaves():
     assert per_seed.loc[0, "to_chaotic"] == pytest.approx(2 ** -5.5)
     assert per_seed.loc[1, "to_chaotic"] == pytest.approx(2 ** -4.5)
     assert per_seed["to_diverge"].tolist() == pytest.approx([2 ** -1.5, 2 ** -1.5])
-    assert per_seed["monotone"].all() and (per_seed["note"] == "").all()
+    assert per_seed["monotone"].all() and (per_seed["absent"] == ()).all() and (per_seed["steps_back"] == ()).all()
     b = dynamics.regime_boundaries(runs, reg).iloc[0]
     assert b["to_chaotic_log2"] == pytest.approx(-5.0) and b["to_chaotic"] == pytest.approx(2 ** -5)
     assert (b["to_chaotic_log2_min"], b["to_chaotic_log2_max"]) == pytest.approx((-5.5, -4.5))
@@ -152,16 +156,19 @@ def test_boundaries_detect_out_of_order_and_missing_regimes():
     reg = dynamics.regimes(runs, curves, diags)
     per_seed = dynamics.seed_boundaries(runs, reg).set_index("seed")
     assert not per_seed.loc[0, "monotone"] and per_seed.loc[1, "monotone"]
-    assert "out of order: converge at elr=2^-2 above chaotic at 2^-3" in per_seed.loc[0, "note"]
+    assert per_seed.loc[0, "steps_back"] == (("converge", 0.25, "chaotic", 0.125),)
+    note = {r["seed"]: r["note"] for r in dynamics_report.regime_summary(runs, curves, diags)["seed_boundaries"]}
+    assert "out of order: converge at elr=2^-2 above chaotic at 2^-3" in note[0]
     # seed 0's lower regime reaches 2^-2, its upper starts at 2^-5: the midpoint says so
     assert per_seed.loc[0, "to_chaotic"] == pytest.approx(2 ** -3.5)
-    assert math.isnan(per_seed.loc[1, "to_diverge"]) and per_seed.loc[1, "note"] == "no diverge runs"
+    assert math.isnan(per_seed.loc[1, "to_diverge"]) and note[1] == "no diverge runs"
+    assert per_seed.loc[1, "absent"] == ("diverge",)
     b = dynamics.regime_boundaries(runs, reg).iloc[0]
     assert b["n_out_of_order"] == 1 and not b["monotone"]
     # seed 0: chaotic up to 2^-3 (the converging 2^-2 is not chaotic), diverged from 2^-1
     assert b["to_diverge_n"] == 1 and b["to_diverge_log2"] == pytest.approx(-2.0)
     assert math.isnan(b["to_diverge_log2_std"])
-    assert "seed 1: no diverge runs" in b["note"]
+    assert "seed 1: no diverge runs" in dynamics_report.regime_summary(runs, curves, diags)["boundaries"][0]["note"]
 
 
 def test_boundaries_need_a_positive_x():
@@ -178,10 +185,10 @@ def test_boundaries_need_a_positive_x():
 
 def test_regime_report_numbers():
     runs, curves, diags = tables(sweep_spec())
-    summary = dynamics.regime_summary(runs, curves, diags)
+    summary = dynamics_report.regime_summary(runs, curves, diags)
     assert summary["x"] == "elr" and summary["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4}
-    json.loads(dynamics.to_json(summary))  # strict JSON
-    text = dynamics.regime_report(summary)
+    json.loads(to_json(summary))  # strict JSON
+    text = dynamics_report.regime_report(summary)
     first = text.splitlines()[4]
     assert first.startswith("- sphere: converge→chaotic at elr ≈ 2^-5 (log2 -5.00 ± 0.71 octaves, 2 seeds)")
     assert "chaotic→diverge at elr ≈ 2^-1.50" in first and "regimes in order" in first
@@ -218,7 +225,7 @@ def lrwd_tables(depends_on="product", seeds=(0, 1, 2), diverge_top=False, series
 
 def test_lrwd_invariance_holds_when_late_loss_follows_the_product():
     runs, curves = lrwd_tables("product")
-    res = dynamics.lrwd_invariance(runs, curves, n_boot=300)
+    res = dynamics_report.lrwd_invariance(runs, curves, n_boot=300)
     g = res["groups"][0]
     assert g["n_cells"] == 16 and g["n_seeds"] == 3
     assert g["n_product_groups"] == 5 and g["n_lr_groups"] == 4  # diagonals of 2..4 cells; 4 rows
@@ -228,12 +235,12 @@ def test_lrwd_invariance_holds_when_late_loss_follows_the_product():
     expected = np.mean([np.std([(a + b + 10) ** 2 / 100 for b in range(-6, -2)], ddof=1) for a in range(-8, -4)])
     assert g["late_spread_equal_lr"] == pytest.approx(expected, abs=0.003)
     assert res["n_runs"] == 48 and res["n_diverged"] == 0
-    json.loads(dynamics.to_json(res))
+    json.loads(to_json(res))
 
 
 def test_lrwd_invariance_fails_when_late_loss_follows_lr():
     runs, curves = lrwd_tables("lr")
-    g = dynamics.lrwd_invariance(runs, curves, n_boot=300)["groups"][0]
+    g = dynamics_report.lrwd_invariance(runs, curves, n_boot=300)["groups"][0]
     assert g["late_ratio"] > 5 and g["late_verdict"] == "fails" and g["late_ratio_ci"][0] > 1
     assert g["late_spread_equal_lr"] < 0.005
 
@@ -245,28 +252,28 @@ def test_lrwd_cells_early_loss_and_exclusions():
     c = cells[(cells["lr"] == 2.0 ** -8) & (cells["weight_decay"] == 2.0 ** -6)].iloc[0]
     assert c["early"] == pytest.approx(2.8, abs=0.005) and c["late"] == pytest.approx(1.0 + 0.1 * 16 / 10, abs=0.005)
     assert c["log2_product"] == -14 and c["n_seeds"] == 3
-    res = dynamics.lrwd_invariance(runs, curves, n_boot=50)
+    res = dynamics_report.lrwd_invariance(runs, curves, n_boot=50)
     assert res["n_diverged"] == 3
-    assert "excluded 3 diverged" in dynamics.lrwd_report(res)
+    assert "excluded 3 diverged" in dynamics_report.lrwd_report(res)
 
 
 def test_lrwd_invariance_refuses_a_grid_without_a_wd_axis():
     runs, curves = lrwd_tables("product")
     with pytest.raises(UserError, match="weight_decay does not vary"):
-        dynamics.lrwd_invariance(runs.assign(weight_decay=0.01), curves)
+        dynamics_report.lrwd_invariance(runs.assign(weight_decay=0.01), curves)
     one_lr = runs[runs["lr"] == 2.0 ** -8]
     with pytest.raises(UserError, match="0 lr·wd product"):
-        dynamics.lrwd_invariance(one_lr, curves)
+        dynamics_report.lrwd_invariance(one_lr, curves)
     with pytest.raises(UserError, match="--metric 'acc'"):
-        dynamics.lrwd_invariance(runs, curves, metric="acc")
+        dynamics_report.lrwd_invariance(runs, curves, metric="acc")
 
 
 def test_lrwd_single_seed_is_inconclusive_and_report_reads():
     runs, curves = lrwd_tables("product", seeds=(0,))
-    res = dynamics.lrwd_invariance(runs, curves, n_boot=50)
+    res = dynamics_report.lrwd_invariance(runs, curves, n_boot=50)
     g = res["groups"][0]
     assert g["late_ratio"] < 0.05 and g["late_verdict"] == "inconclusive" and g["late_ratio_ci"] == [None, None]
-    text = dynamics.lrwd_report(res)
+    text = dynamics_report.lrwd_report(res)
     assert text.startswith("## lr·wd invariance\n\n- adamw: late train loss follows lr·wd: **inconclusive**")
 
 
@@ -274,6 +281,10 @@ def test_lrwd_single_seed_is_inconclusive_and_report_reads():
 
 def labelled(ax, label):
     return [a for a in [*ax.get_lines(), *ax.collections] if a.get_label() == label]
+
+
+def marked(ax, gid):
+    return [a for a in [*ax.get_lines(), *ax.collections] if a.get_gid() == gid]
 
 
 def test_regime_plot_points_colours_boundaries(tmp_path):
@@ -292,25 +303,25 @@ def test_regime_plot_points_colours_boundaries(tmp_path):
     (mean,) = labelled(ax, "seed mean")
     assert len(mean.get_xdata()) == 9
     assert mean.get_ydata()[0] == pytest.approx(trajectory("converge")[-1])
-    (chance,) = labelled(ax, "_chance")
+    (chance,) = marked(ax, "chance")
     assert chance.get_ydata()[0] == pytest.approx(CHANCE)
-    (to_chaotic,) = labelled(ax, "_to_chaotic")
+    (to_chaotic,) = marked(ax, "to_chaotic")
     assert to_chaotic.get_xdata()[0] == pytest.approx(2 ** -5)
-    (to_diverge,) = labelled(ax, "_to_diverge")
+    (to_diverge,) = marked(ax, "to_diverge")
     assert to_diverge.get_xdata()[0] == pytest.approx(2 ** -1.5)
-    assert len([p for p in ax.patches if p.get_label() == "_to_chaotic_spread"]) == 1
-    assert not [p for p in ax.patches if p.get_label() == "_to_diverge_spread"]  # both seeds agree
+    assert len([p for p in ax.patches if p.get_gid() == "to_chaotic_spread"]) == 1
+    assert not [p for p in ax.patches if p.get_gid() == "to_diverge_spread"]  # both seeds agree
 
 
 def test_regime_plot_marks_diverged_runs_in_the_strip_above_the_data():
     runs, curves, diags = tables(sweep_spec(), status={(0, 0): "diverged", (0, 1): "diverged"})
     fig = plots.regime_plot(runs, dynamics.regimes(runs, curves, diags))
     ax = fig.axes[0]
-    (cross,) = labelled(ax, "_diverged")
+    (cross,) = marked(ax, "diverged")
     assert len(cross.get_offsets()) == 2
     # axes-fraction height inside the strip beyond the data, below the top spine
-    assert cross.get_offsets()[0][1] == pytest.approx(plots._strip_y(0, 1, False))
-    assert plots.DATA_FRACTION < cross.get_offsets()[0][1] < 1
+    assert cross.get_offsets()[0][1] == pytest.approx(strip_y(0, 1, False))
+    assert DATA_FRACTION < cross.get_offsets()[0][1] < 1
 
 
 def test_lrwd_heatmap_cells_diverged_and_diagonals(tmp_path):
@@ -318,15 +329,15 @@ def test_lrwd_heatmap_cells_diverged_and_diagonals(tmp_path):
     fig = plots.lrwd_heatmap(runs, out=tmp_path / "lrwd.png")
     assert (tmp_path / "lrwd.png").read_bytes()[:4] == b"\x89PNG"
     ax = fig.axes[0]
-    (mesh,) = [c for c in ax.collections if c.get_label() == "_loss"]
+    (mesh,) = marked(ax, "loss")
     grid = mesh.get_array()
     assert grid.shape == (4, 4) and int(grid.mask.sum()) == 1  # the all-diverged cell is blank
     # rows are wd 2^-6.., columns lr 2^-8..: cell (wd 2^-6, lr 2^-8) has loss 1 + 16 / 100
     assert grid[0, 0] == pytest.approx(1.16, abs=0.005)
-    (cross,) = labelled(ax, "_diverged")
+    (cross,) = marked(ax, "diverged")
     assert list(cross.get_xdata()) == [-5] and list(cross.get_ydata()) == [-3]
     # products 2^-14 .. 2^-8: 7 diagonals, 5 of them with >= 2 cells
-    assert len(labelled(ax, "_product")) == 5
+    assert len(marked(ax, "product")) == 5
     assert sorted(t.get_text() for t in ax.texts) == sorted(f"lr·wd=2^{p}" for p in range(-13, -8))
 
 
@@ -344,7 +355,7 @@ def test_curves_by_lrwd_one_line_per_cell(tmp_path):
     assert by_label["lr=2^-8, wd=2^-5"].get_linestyle() == by_label["lr=2^-8, wd=2^-6"].get_linestyle()
     assert by_label["lr=2^-7, wd=2^-6"].get_linestyle() != by_label["lr=2^-8, wd=2^-6"].get_linestyle()
     assert by_label["lr=2^-7, wd=2^-6"].get_color() == by_label["lr=2^-8, wd=2^-5"].get_color()
-    assert len(labelled(ax, "_diverged")) == 1  # the diverged cell's line ends in a cross
+    assert len(marked(ax, "diverged")) == 1  # the diverged cell's line ends in a cross
 
 
 def _diverging_curves(runs):
@@ -367,10 +378,10 @@ def test_training_curves_by_scale_at_each_best_lr_with_crosses():
         assert [line.get_label() for line in ax.get_lines()] == ["width=32", "width=128", "width=512"]
         assert ax.get_lines()[0].get_ydata() == pytest.approx([1.95, 1.85, 1.75])
     # at the best LRs nothing diverged; at lr = 1 the largest width did, after step 20
-    assert not any(labelled(ax, "_diverged") for ax in panels)
+    assert not any(marked(ax, "diverged") for ax in panels)
     fig = plots.training_curves(r, _diverging_curves(r), color_by="scale", lr=1.0)
     ax = [ax for ax in fig.axes if ax.get_title() == "adam"][0]
-    (cross,) = labelled(ax, "_diverged")
+    (cross,) = marked(ax, "diverged")
     assert cross.get_offsets().tolist() == [[20, pytest.approx(1.85)]]
     assert list(ax.get_lines()[-1].get_xdata()) == [10, 20]
     with pytest.raises(UserError, match="--color-by 'seed'"):
@@ -457,6 +468,17 @@ def test_cli_report_has_the_regimes_section(tmp_path):
     assert doc["regimes"]["counts"] == {"converge": 14, "chaotic": 0, "diverge": 4} and "lrwd" not in doc
     r = invoke("report", root, "--regime-slope", "0.5")
     assert r.exit_code == 2 and "--regime-slope 0.5" in r.output
+
+
+def test_results_report_adds_the_dynamics_sections(tmp_path):
+    root = results_dir(tmp_path, *tables(sweep_spec()))
+    text = results_report(root, n_boot=50)
+    assert text.index("## LR transfer") < text.index("## Regimes") and "## lr·wd invariance" not in text
+    doc = json.loads(results_report(root, n_boot=50, format="json", regime=RegimeOptions(angle=0.1)))
+    assert doc["regimes"]["counts"] == {"converge": 14, "chaotic": 0, "diverge": 4} and doc["regimes"]["angle"] == 0.1
+    assert "## Regimes" not in results_report(root, n_boot=50, format="csv")
+    lrwd = results_dir(tmp_path / "wd", *lrwd_tables("lr"))
+    assert json.loads(results_report(lrwd, n_boot=100, format="json"))["lrwd"]["groups"][0]["late_verdict"] == "fails"
 
 
 def test_cli_report_has_the_lrwd_section(tmp_path):

@@ -67,7 +67,7 @@ def test_dry_run_estimates_wall_time_for_the_jobs_asked(tmp_path):
 
 def test_status_eta_uses_each_shapes_measured_wall_time():
     import pandas as pd
-    from lrtransfer.sweep.status import _eta
+    from lrtransfer.sweep.status import eta
     base = {k.name: k.default for k in spec.KEYS}
     runs = pd.DataFrame([dict(base, series="s", width=32, lr=0.1, seed=0, status="done", wall_seconds=2.0),
                          dict(base, series="s", width=32, lr=0.2, seed=0, status="done", wall_seconds=4.0),
@@ -75,6 +75,6 @@ def test_status_eta_uses_each_shapes_measured_wall_time():
     left = [dict(base, series="s", width=32, lr=0.4, seed=1), dict(base, series="s", width=512, lr=0.4, seed=1),
             dict(base, series="s", width=512, lr=0.8, seed=1)]
     # width 32 costs 3 s (its mean), width 512 30 s: on two workers 30 | 30 + 3
-    assert _eta(left, runs, workers=2) == "33 s"
-    assert _eta(left, runs, workers=1) == "63 s"
-    assert _eta(left, runs.iloc[:0], workers=1).startswith("unknown")
+    assert eta(left, runs, workers=2) == "33 s"
+    assert eta(left, runs, workers=1) == "63 s"
+    assert eta(left, runs.iloc[:0], workers=1).startswith("unknown")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import invoke
+from lrtransfer.results.export import folder_names, run_name
 from lrtransfer.results.store import write_table
 
 SERIES, WIDTHS, LOG2_LRS, STEPS = ("adam", "normed"), (32, 128), (-6, -4), (10, 20, 30)
@@ -49,9 +50,10 @@ def test_tensorboard_event_files_read_back(results):
     assert r.exit_code == 0, r.output
     assert "tensorboard: 8 runs written to" in r.stdout
     logdir = root / "tensorboard"
-    assert sorted(p.name for p in logdir.iterdir()) == sorted(runs["run_id"])
+    # one directory per run, named as readably as the MLflow run
+    assert sorted(p.name for p in logdir.iterdir()) == sorted(run_name(row) for row in runs.to_dict("records"))
     for row in runs.to_dict("records"):
-        acc = EventAccumulator(str(logdir / row["run_id"]))
+        acc = EventAccumulator(str(logdir / run_name(row)))
         acc.Reload()
         train = [(e.step, e.value) for e in acc.Scalars("train_loss")]
         steps = STEPS[:1] if row["status"] == "diverged" else STEPS
@@ -138,3 +140,11 @@ def test_export_bad_target_and_directory(results, tmp_path):
     assert r.exit_code == 2 and "(did you mean 'tensorboard'?)" in r.output
     r = invoke("export", tmp_path / "nowhere", "--to", "tensorboard")
     assert r.exit_code == 2 and "no such results directory" in r.output
+
+
+def test_folder_names_are_readable_and_unique():
+    rows = [{"run_id": "a1", "series": "adam", "width": 64, "lr": 2.0 ** -6, "seed": 0},
+            {"run_id": "b2", "series": "adam", "width": 64, "lr": 2.0 ** -6, "seed": 0},   # e.g. another batch size
+            {"run_id": "c3", "series": "sgd", "width": 128, "lr": 0.5, "seed": 1}]
+    assert folder_names(rows) == ["adam width=64 lr=2^-6 seed=0 run=a1", "adam width=64 lr=2^-6 seed=0 run=b2",
+                                  "sgd width=128 lr=2^-1 seed=1"]

@@ -1,4 +1,4 @@
-"""SCIENCE.md §6 facts 1-3: the algebra's mass, sensitivity, targets and normalize, with SVD norms."""
+"""docs/science.md §6 facts 1-3: the algebra's mass, sensitivity, targets and normalize, with SVD norms."""
 import math
 
 import pytest

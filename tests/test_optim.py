@@ -1,4 +1,4 @@
-"""Update rules, normalized steps, schedules, divergence reporting (SCIENCE.md §6 fact 5)."""
+"""Update rules, normalized steps, schedules, divergence reporting (docs/science.md §6 fact 5)."""
 import math
 
 import pytest

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrtransfer.errors import ConfigError
-from lrtransfer.models import ARCHS, build, options
+from lrtransfer.models import FAMILIES, build, options
+from lrtransfer.optim import OPTIMIZERS
 from lrtransfer.models.param import PARAMS, apply_param
 from lrtransfer.modular import CausalSelfAttention, Conv2D, Embed, Linear
 
@@ -118,7 +119,7 @@ def test_attention_softmax_scale_per_parametrization(param, base_width, scale):
 @pytest.mark.parametrize("optimizer", ["adam", "sign", "sgd", "muon"])
 def test_mup_table_for_the_mlp(optimizer):
     m = 256 / 64
-    model = build("mlp", 256, 2, param="mup", base_width=64, optimizer=optimizer, **MLP)
+    model = build("mlp", 256, 2, param="mup", base_width=64, mup_rule=OPTIMIZERS[optimizer].mup, **MLP)
     assert model.roles() == ["input"] + ["hidden"] * 4 + ["output"]
     lr = {"adam": (1, 1 / m, 1), "sign": (1, 1 / m, 1), "sgd": (m, 1, m), "muon": (1, 1, 1)}[optimizer]
     expected = [(1.0, lr[0])] + [(1.0, lr[1])] * 4 + [(1 / m, lr[2])]   # (forward mult, lr mult)
@@ -128,7 +129,7 @@ def test_mup_table_for_the_mlp(optimizer):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_mup_table_for_the_resnet(optimizer):
     m = 64 / 16
-    model = build("resnet", 64, 1, param="mup", base_width=16, optimizer=optimizer, **RESNET)
+    model = build("resnet", 64, 1, param="mup", base_width=16, mup_rule=OPTIMIZERS[optimizer].mup, **RESNET)
     assert model.roles() == ["input", "hidden", "output"]                # stem, 1 conv, head
     assert [type(a) for a in model.atoms()] == [Conv2D, Conv2D, Linear]
     lr = (1, 1 / m, 1) if optimizer == "adam" else (m, 1, m)
@@ -138,7 +139,7 @@ def test_mup_table_for_the_resnet(optimizer):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_mup_table_for_gpt(optimizer):
     m = 128 / 32
-    model = build("gpt", 128, 1, param="mup", base_width=32, optimizer=optimizer, **GPT)
+    model = build("gpt", 128, 1, param="mup", base_width=32, mup_rule=OPTIMIZERS[optimizer].mup, **GPT)
     r = model.roles()
     # token and position embeddings; q, k, v, the attention's output, the MLP's two; the head
     assert r == ["input", "input"] + ["hidden"] * 6 + ["output"]
@@ -168,7 +169,7 @@ def test_mup_coordinates_update_at_a_width_independent_size():
     fall like 1/width if its hidden atoms also took MuAdam's 1/m_in."""
     def delta_wx(width, optimizer):
         from lrtransfer.optim import make_optimizer
-        model = _seeded(0, "mlp", width, param="mup", base_width=64, optimizer=optimizer)
+        model = _seeded(0, "mlp", width, param="mup", base_width=64, mup_rule=OPTIMIZERS[optimizer].mup)
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(32, 40, generator=g), torch.randint(0, 10, (32,), generator=g)
         inputs = {}
@@ -193,7 +194,7 @@ def test_mup_at_its_base_width_is_sp_exactly():
         x = _input(arch)
         sp = _seeded(1, arch, 32, param="sp")
         for base_width, optimizer in ((None, "adam"), (32, "sgd")):
-            mup = _seeded(1, arch, 32, param="mup", base_width=base_width, optimizer=optimizer)
+            mup = _seeded(1, arch, 32, param="mup", base_width=base_width, mup_rule=OPTIMIZERS[optimizer].mup)
             for a, b in zip(sp.atoms(), mup.atoms()):
                 assert torch.equal(a.weight, b.weight)
                 assert a.scale == b.scale == 1.0 and a.lr_mult == b.lr_mult == 1.0
@@ -212,9 +213,9 @@ def test_base_width_above_width_gives_multipliers_below_one():
 def test_modular_is_the_default_bit_for_bit(arch):
     x = _input(arch)
     torch.manual_seed(7)
-    raw = ARCHS[arch](32, 2, **KW[arch])           # the architecture function, no build at all
+    raw = FAMILIES[arch].builder(32, 2, **KW[arch])           # the architecture function, no build at all
     plain = _seeded(7, arch, 32, depth=2)
-    explicit = _seeded(7, arch, 32, depth=2, param="modular", base_width=16, optimizer="sgd")
+    explicit = _seeded(7, arch, 32, depth=2, param="modular", base_width=16, mup_rule="sgd")
     for a, b, c in zip(raw.atoms(), plain.atoms(), explicit.atoms()):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight)
         assert a.scale == b.scale == c.scale and a.lr_mult == b.lr_mult == c.lr_mult == 1.0
@@ -236,13 +237,13 @@ def test_roles_follow_the_spec():
 
 
 def test_options_do_not_list_the_run_keys():
-    for arch in ARCHS:
-        assert not {"param", "base_width", "optimizer"} & set(options(arch))
+    for arch in FAMILIES:
+        assert not {"param", "base_width", "mup_rule"} & set(options(arch))
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(param="ntk"), r"'ntk'.*allowed: modular, sp, mup"),
-    (dict(param="mup", base_width=16, optimizer="lbfgs"), r"'lbfgs'.*allowed: adam, sign, sgd, muon"),
+    (dict(param="mup", base_width=16, mup_rule="lbfgs"), r"'lbfgs'.*allowed: adam, sgd, muon"),
     (dict(param="mup", base_width=0), r"base_width.*0"),
     (dict(param="mup", base_width=16.0), r"base_width.*16\.0"),
     (dict(param="sp", base_width=-2), r"base_width.*-2"),
@@ -269,7 +270,7 @@ def test_apply_param_refuses_a_base_of_another_architecture():
 
 def test_a_plain_step_uses_the_lr_multipliers():
     from lrtransfer.optim import make_optimizer
-    model = _seeded(0, "mlp", 128, param="mup", base_width=32, optimizer="sign")
+    model = _seeded(0, "mlp", 128, param="mup", base_width=32, mup_rule=OPTIMIZERS["sign"].mup)
     assert {a.lr_mult for a in model.atoms()} == {1.0, 0.25}
     opt = make_optimizer(model, "sign", 0.01, schedule="constant")
     x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))

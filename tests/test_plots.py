@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrtransfer.plots import figures as plots
+from lrtransfer import plots
+from lrtransfer.plots import style
 from lrtransfer.errors import ConfigError, UserError
 
 
@@ -27,11 +28,12 @@ def runs(widths=(32, 128, 512), series=("adam", "normed"), diverge=True, seeds=(
 
 
 def curve_labels(ax):
-    return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    """The labels of the curves (markers, bands and fits carry a gid instead)."""
+    return [line.get_label() for line in ax.get_lines() if line.get_gid() is None]
 
 
 def marks(ax, kind):
-    return [line for line in ax.get_lines() if line.get_label() == kind]
+    return [line for line in ax.get_lines() if line.get_gid() == kind]
 
 
 def test_png_and_svg_written(tmp_path):
@@ -60,40 +62,40 @@ def test_one_panel_per_series_one_curve_per_scale():
     assert [ax.get_title() for ax in fig.axes] == ["normed", "adam", "sgd"]  # order of first appearance
     for ax in fig.axes:
         assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
-        assert len(marks(ax, "_minimum")) == 3
+        assert len(marks(ax, "minimum")) == 3
         assert ax.get_xscale() == "log"
     assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # shared y
-    title = fig._suptitle.get_text()
+    title = fig.get_suptitle()
     assert "train loss" in title and "width" in title
 
 
 def test_minimum_star_sits_on_the_argmin():
     fig = plots.lr_curves(runs(series=("adam",), widths=(32,)))
-    star = marks(fig.axes[0], "_minimum")[0]
+    star = marks(fig.axes[0], "minimum")[0]
     assert star.get_xdata()[0] == 2.0 ** -2 and star.get_marker() == "*"
 
 
 def test_diverged_runs_drawn_as_crosses_in_a_strip_above_the_data():
     fig = plots.lr_curves(runs())
     for ax in fig.axes:
-        crosses = marks(ax, "_diverged")
+        crosses = marks(ax, "diverged")
         assert len(crosses) == 1 and crosses[0].get_marker() == "x"
         assert list(crosses[0].get_xdata()) == [1.0]
         # the largest of three widths: the top of the strip beyond the data, inside the axes (not on the spine)
-        assert crosses[0].get_ydata()[0] == pytest.approx(plots.STRIP[1]) and crosses[0].get_clip_on()
-        assert plots.DATA_FRACTION < plots.STRIP[0] < plots.STRIP[1] < 1
+        assert crosses[0].get_ydata()[0] == pytest.approx(style.STRIP[1]) and crosses[0].get_clip_on()
+        assert style.DATA_FRACTION < style.STRIP[0] < style.STRIP[1] < 1
 
 
 def test_crosses_of_several_scales_at_one_lr_are_offset():
     r = runs(series=("adam",), diverge=False)
     r.loc[r["lr"] == 1.0, ["status", "final_train_loss"]] = ["diverged", math.nan]
-    crosses = marks(plots.lr_curves(r).axes[0], "_diverged")
+    crosses = marks(plots.lr_curves(r).axes[0], "diverged")
     assert [c.get_xdata()[0] for c in crosses] == [1.0, 1.0, 1.0]
-    lo, hi = plots.STRIP
+    lo, hi = style.STRIP
     assert [c.get_ydata()[0] for c in crosses] == pytest.approx([lo, (lo + hi) / 2, hi])
     # an accuracy's worse end is the bottom: the strip is mirrored there
     acc = r.assign(final_test_acc=1 - r["final_train_loss"] / 10)
-    crosses = marks(plots.lr_curves(acc, metric="test_acc").axes[0], "_diverged")
+    crosses = marks(plots.lr_curves(acc, metric="test_acc").axes[0], "diverged")
     assert [c.get_ydata()[0] for c in crosses] == pytest.approx([1 - lo, 1 - (lo + hi) / 2, 1 - hi])
 
 
@@ -103,11 +105,11 @@ def test_all_runs_of_a_scale_diverged():
     fig = plots.lr_curves(r)
     ax = fig.axes[0]
     assert curve_labels(ax) == ["width=32", "width=128", "width=512"]
-    assert len(marks(ax, "_diverged")[0].get_xdata()) == 7
-    assert len(marks(ax, "_minimum")) == 2
+    assert len(marks(ax, "diverged")[0].get_xdata()) == 7
+    assert len(marks(ax, "minimum")) == 2
     fig = plots.transfer_plot(r)
     right = fig.axes[1]
-    crosses = marks(right, "_diverged")
+    crosses = marks(right, "diverged")
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [512]
 
 
@@ -118,8 +120,8 @@ def test_huge_loss_does_not_blow_up_the_axis():
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
     assert hi < 10 and lo < r["final_train_loss"].min()
-    clipped = marks(ax, "_clipped")
-    assert len(clipped) == 1 and clipped[0].get_ydata()[0] == pytest.approx(plots.DATA_FRACTION)  # the data's edge
+    clipped = marks(ax, "clipped")
+    assert len(clipped) == 1 and clipped[0].get_ydata()[0] == pytest.approx(style.DATA_FRACTION)  # the data's edge
 
 
 def test_y_limits_follow_initial_loss():
@@ -128,7 +130,7 @@ def test_y_limits_follow_initial_loss():
     best = 1 / 512 + 0.02                          # the smallest loss drawn
     data_hi = 1.1 + 0.08 * (1.1 - best)            # 1.1 x the initial loss, and a margin
     assert lo == pytest.approx(best - 0.06 * (1.1 - best), rel=1e-6)
-    assert hi == pytest.approx(lo + (data_hi - lo) / plots.DATA_FRACTION, rel=1e-6)   # and the strip
+    assert hi == pytest.approx(lo + (data_hi - lo) / style.DATA_FRACTION, rel=1e-6)   # and the strip
 
 
 def test_several_seeds_get_a_band():
@@ -279,13 +281,13 @@ def _contrast_with_white(color) -> float:
 
 
 def test_palettes_read_on_white_and_in_greyscale():
-    looks = plots._scale_styles([32, 64, 128, 256, 512])
+    looks = style.scale_styles([32, 64, 128, 256, 512])
     contrast = [_contrast_with_white(look["color"]) for look in looks.values()]
     assert min(contrast) >= 3.0                                      # WCAG's 3:1 for graphics, the last one too
     assert contrast == sorted(contrast, reverse=True)                # grey levels in scale order
     assert all(a / b > 1.3 for a, b in zip(contrast, contrast[1:]))  # and apart
     assert len({look["marker"] for look in looks.values()}) == 5     # a marker each for greyscale
-    series = plots._series_styles(["a", "b", "c", "d", "e", "f"])
+    series = style.series_styles(["a", "b", "c", "d", "e", "f"])
     assert min(_contrast_with_white(look["color"]) for look in series.values()) >= 3.0
     assert len({look["marker"] for look in series.values()}) == 6
 
@@ -343,9 +345,9 @@ def test_test_acc_star_sits_on_the_maximum():
     r = runs(series=("adam",), widths=(32,), diverge=False)
     x = np.log2(r["lr"])
     r = r.assign(final_test_acc=0.9 - 0.01 * (x + 5) ** 2)          # the maximum at 2^-5, the loss' minimum at 2^-2
-    (star,) = marks(plots.lr_curves(r, metric="test_acc").axes[0], "_minimum")
+    (star,) = marks(plots.lr_curves(r, metric="test_acc").axes[0], "minimum")
     assert star.get_xdata()[0] == 2.0 ** -5 and star.get_ydata()[0] == pytest.approx(0.9)
-    (star,) = marks(plots.lr_curves(r).axes[0], "_minimum")
+    (star,) = marks(plots.lr_curves(r).axes[0], "minimum")
     assert star.get_xdata()[0] == 2.0 ** -2
 
 
@@ -369,3 +371,37 @@ def test_a_series_label_in_the_experiment_file_names_it_in_figures(tmp_path):
     assert "Adam (SP)" in text and "Adam, plain" not in text
     with pytest.raises(ConfigError, match="series.adam.label: must be a non-empty string"):
         experiment_from_dict({**raw, "series": {"adam": {"label": 3, "lr": 0.01}}}, "bad")
+
+
+def test_draw_writes_a_kinds_figures_and_names_the_second(tmp_path):
+    from lrtransfer.results.store import write_table
+    write_table(runs(), tmp_path / "runs.parquet")
+    assert plots.draw(tmp_path) == [tmp_path / "lr_curves.png", tmp_path / "transfer.png"]
+    notes = []
+    written = plots.draw(tmp_path, "lr", tmp_path / "one.svg", scales=[32], note=notes.append)
+    assert written == [tmp_path / "one.svg"] and notes == [
+        "one width=32: no transfer view (it needs two or more); drew the loss-vs-LR curves only"]
+    assert plots.draw(tmp_path, "lr", tmp_path / "a.pdf", labels={"adam": "Adam"}) == [tmp_path / "a.pdf",
+                                                                                     tmp_path / "a_transfer.pdf"]
+
+
+def test_a_plot_kind_is_one_registered_function(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    from lrtransfer.plots import kinds
+    from lrtransfer.results.store import write_table
+    monkeypatch.setattr(kinds, "KINDS", dict(kinds.KINDS))
+
+    @kinds.register("seeds", "seeds", help="finished runs per series")
+    def seeds(request):
+        fig = Figure()
+        counts = request.runs.groupby("series")["seed"].count()
+        fig.subplots().bar(counts.index, counts.to_numpy())
+        return [fig]
+
+    write_table(runs(), tmp_path / "runs.parquet")
+    assert plots.draw(tmp_path, "seeds") == [tmp_path / "seeds.png"]
+    assert (tmp_path / "seeds.png").stat().st_size > 1000
+    with pytest.raises(UserError, match=r"--kind 'sead': allowed: .*seeds \(did you mean 'seeds'\?\)"):
+        plots.draw(tmp_path, "sead")
+    with pytest.raises(UserError, match=r"--quantity 'spin'"):
+        plots.draw(tmp_path, "seeds", quantity="spin")     # every kind's options are checked before drawing

@@ -14,7 +14,6 @@ import pytest
 
 from conftest import invoke
 from lrtransfer.errors import ConfigError
-from lrtransfer.run.provenance import run_id
 from lrtransfer.sweep import experiment_from_dict, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +120,9 @@ def test_code_fingerprint_covers_the_training_code_only():
     assert provenance.TRAINING_SOURCES == ("modular", "models", "optim", "data", "run/train.py", "run/batched.py",
                                            "run/spec.py", "run/diagnostics.py")
     assert all((provenance.PACKAGE_DIR / s).exists() for s in provenance.TRAINING_SOURCES)
+    # the plug-in registries decide what a name trains: they are training code too
+    registries = ("optim/registry.py", "models/registry.py", "models/key.py", "data/registry.py")
+    assert all(any(f == s or f.startswith(s + "/") for s in provenance.TRAINING_SOURCES) for f in registries)
 
 
 def test_a_run_records_threads_and_provenance_and_refuses_other_code(tmp_path):
@@ -158,7 +160,7 @@ def test_jobs_1_and_jobs_2_give_bit_identical_losses(tmp_path, batch):
 def test_changed_data_makes_old_runs_stale_and_they_are_moved_not_lost(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("to be or not to be, that is the question. " * 40)
-    exp = write(tmp_path, f"""
+    exp = write(tmp_path, """
 [data]
 dataset = "text"
 path = "corpus.txt"
@@ -305,7 +307,7 @@ def test_user_text_in_messages_is_printed_literally(tmp_path):
 
 
 def test_plot_that_fails_writes_nothing(tmp_path, monkeypatch):
-    from lrtransfer.plots import figures as plots
+    from lrtransfer.plots import transfer as plots
     from lrtransfer.errors import UserError
     exp = write(tmp_path)
     res = tmp_path / "res"

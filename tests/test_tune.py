@@ -97,9 +97,10 @@ def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypat
 
 
 def test_tune_output_is_rounded_with_regret_clipped_at_zero():
-    from lrtransfer.sweep.tune import TuneResult, _regret, render_tune
-    assert _regret(0.49, 0.5, "train_loss") == 0.0 and _regret(0.6, 0.5, "train_loss") == pytest.approx(0.1)
-    assert _regret(0.8, 0.9, "test_acc") == pytest.approx(0.1) and _regret(0.95, 0.9, "test_acc") == 0.0
+    from lrtransfer.report.tune import render_tune
+    from lrtransfer.sweep.tune import TuneResult, regret
+    assert regret(0.49, 0.5, "train_loss") == 0.0 and regret(0.6, 0.5, "train_loss") == pytest.approx(0.1)
+    assert regret(0.8, 0.9, "test_acc") == pytest.approx(0.1) and regret(0.95, 0.9, "test_acc") == 0.0
     r = TuneResult(series="adam", axis="width", base_scale=32, lr=2 ** -7.123456789, params={}, trials=8,
                    rows=[{"scale": 32, "loss": 1.0 / 3, "status": "done", "grid_best": 0.3, "regret": 1.0 / 30},
                          {"scale": 128, "loss": 0.2, "status": "done", "grid_best": 0.25, "regret": 0.0}],

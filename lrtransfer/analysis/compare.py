@@ -1,6 +1,6 @@
 """Several results directories side by side: did a change move the optimum?
 
-``compare(dirs)`` runs the transfer analysis (analysis.py) on each directory and puts the
+``compare(runs_by_dir)`` runs the transfer analysis on each directory and puts the
 numbers in two tables with a ``results`` column naming the directory:
 
 * ``scales``: per results, series and scale — the fitted optimal LR with its CI, the best
@@ -9,8 +9,8 @@ numbers in two tables with a ``results`` column naming the directory:
 * ``verdicts``: per results and series — verdict, drift and slope with their CIs.
 
 A series or scale missing from a directory is simply absent from its rows; the shift is NaN
-where the first directory has no optimum to compare with. ``plots.compare_curves`` overlays
-the directories' loss-vs-LR curves.
+where the first directory has no optimum to compare with. ``report.compare`` renders the
+tables; ``plots.compare_curves`` overlays the directories' loss-vs-LR curves.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import pandas as pd
 
 from . import transfer as analysis
 from ..errors import UserError
-from ..report.render import Column, interval, markdown_table, num, pct, plus, records, to_csv, to_json
 from ..results.store import load_results
 
 SCALE_COLUMNS = ["results", "series", "axis", "scale", "opt_log2_lr_fit", "opt_log2_lr_fit_lo",
@@ -64,50 +63,3 @@ def compare(runs_by_dir: dict[str, pd.DataFrame], metric: str = "train_loss", ax
     scale_table["shift"] = [row - reference.get(k, math.nan) for row, k in zip(scale_table["opt_log2_lr_fit"], keys)]
     return (scale_table[SCALE_COLUMNS].reset_index(drop=True),
             pd.concat(verdicts, ignore_index=True)[VERDICT_COLUMNS].reset_index(drop=True))
-
-
-def _optimum(r: dict) -> str:
-    return f"{plus(r['opt_log2_lr_fit'])} {interval(r['opt_log2_lr_fit_lo'], r['opt_log2_lr_fit_hi'], plus)}"
-
-
-VERDICT_TABLE = [Column("results", "results"), Column("series", "series"), Column("_axis", "axis"),
-                 Column("_verdict", "verdict"), Column("_drift", "drift, octaves ({pct} CI)"),
-                 Column("_slope", "slope ({pct} CI)")]
-SCALE_TABLE = [Column("series", "series"), Column("_scale", "scale"), Column("results", "results"),
-               Column("_optimum", "optimal log2 LR (CI)"), Column("shift", "shift", plus, True),
-               Column("best_loss", "best {noun}", num, True), Column("n_seeds", "seeds", lambda n: str(int(n)), True)]
-
-
-def _headed(columns: list[Column], **words) -> list[Column]:
-    return [Column(c.key, c.header.format(**words), c.fmt, c.right) for c in columns]
-
-
-def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9, metric: str = "train_loss") -> str:
-    """The two tables as markdown (``render.markdown_table``): verdicts, then the optimum per scale."""
-    p = pct(ci)
-    noun = metric.replace("_", " ") if analysis.metric_spec(metric).maximize else "loss"
-    rows = [{**r, "_axis": f"{r['axis']} {r['base_scale']:g}→{r['max_scale']:g}",
-             "_verdict": f"**{r['verdict']}**" + (f" ({r['flags']})" if r.get("flags") else ""),
-             "_drift": f"{plus(r['drift'])} {interval(r['drift_ci_lo'], r['drift_ci_hi'], plus)}",
-             "_slope": f"{plus(r['slope'])} {interval(r['slope_ci_lo'], r['slope_ci_hi'], plus)}"}
-            for r in verdicts.to_dict("records")]
-    first = scales["results"].iloc[0] if len(scales) else ""
-    ordered = scales.sort_values(["series", "axis", "scale"], kind="stable")
-    per_scale = [{**r, "_scale": f"{r['axis']}={r['scale']:g}", "_optimum": _optimum(r)}
-                 for r in ordered.to_dict("records")]
-    return "\n".join(["## Verdicts", "", markdown_table(rows, _headed(VERDICT_TABLE, pct=p)), "",
-                      "## Optimum per scale", "",
-                      f"Fitted optimal LR (log2, {p} CI) and best seed-mean {noun}; shift = this optimum minus "
-                      f"`{first}`'s at the same series and scale, in octaves.", "",
-                      markdown_table(per_scale, _headed(SCALE_TABLE, noun=noun))]) + "\n"
-
-
-def render_comparison(scales: pd.DataFrame, verdicts: pd.DataFrame, format: str = "markdown", ci: float = 0.9,
-                      metric: str = "train_loss") -> str:
-    """markdown (``markdown``), JSON ``{"verdicts": [...], "scales": [...]}`` (strict, CI pairs as
-    lists) or CSV (the per-scale table)."""
-    if format == "json":
-        return to_json({"metric": metric, "verdicts": records(verdicts), "scales": records(scales)})
-    if format == "csv":
-        return to_csv(scales, digits=None)
-    return markdown(scales, verdicts, ci, metric)

@@ -1,51 +1,25 @@
 """Coordinate check (μP's "coord check"): is a parametrization + update rule width-stable?
 
-For each series of an experiment, the model is built at every width of its grid (seed and
-depth fixed: the smallest of each) and trained a few steps on ONE fixed batch (sampled once
-from a generator seeded with the run seed: the same examples at every width) at one LR for all
-widths (the series' base-scale LR, see ``base_lr``, or a given one), held constant (the
-experiment's schedule and warmup are not applied). At every step ``t`` (0 = the initial model,
-``steps`` = after the last update) a forward hook on each weight-carrying atom records three
-RMS over the batch:
-
-* ``output_rms``: the atom's output y_t = f(W_t, x_t);
-* ``output_update_rms``: y_t − y_0, the change of that output since initialisation (the μP
-  paper's coord check). It holds the atom's own step and the change of its input seen through
-  the initial weights: (W_t − W_0)·x_t + W_0·(x_t − x_0);
-* ``delta_wx_rms``: the first part alone, f(W_t, x_t) − f(W_0, x_t) — ΔW·x, the atom's own
-  update seen through the output. μP's defining property is that this is Θ(1) for every
-  layer; a weight-space RMS would not be comparable across widths.
-
-Per (series, atom, step, quantity) the slope of log RMS against log width is fitted by least
-squares over the widths. A row passes when |slope| <= ``threshold`` — features, their changes
-and every atom's ΔW·x must be Θ(1), neither blowing up nor vanishing — except for the output
-atom's ``output_rms`` and ``output_update_rms`` (the logits and their change), which only fail
-by *growing* (slope > threshold): the logits need to be O(1), and both μP and the modular
-parametrization start them at a size that shrinks with width (μP: readout multiplier 1/m
-on an init rescaled by sqrt(m), so logits ∝ width^-½ at init; modular: sqrt(d_out/d_in)·orthogonal,
-RMS ∝ width^-½). Through W_0·(x_t − x_0) a shrinking readout can also make the logits' change
-shrink; that the readout does learn at every width is checked, two-sided, by its
-``delta_wx_rms``. The update quantities at
-step 0 are 0 by definition and not fitted. A series passes when every row passes.
-
-An RMS that is NaN or infinite at some width (a diverged run), or 0 at some widths but not
-all, gives slope NaN, which fails. RMS 0 at every width (an atom that never moves) fits slope 0.
+Every width of a series is trained a few steps on one fixed batch at one LR; per atom and step
+the slope of log RMS (output, its change since init, ΔW·x) against log width is fitted and
+checked against a threshold. This stage trains models (through ``run``); the definitions are
+in docs/analysis.md §9.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.func import functional_call
 
 from ..errors import UserError
 
 QUANTITIES = ("output_rms", "output_update_rms", "delta_wx_rms")
 UPDATES = ("output_update_rms", "delta_wx_rms")  # 0 at step 0: not fitted there
-FORMATS = ("markdown", "json")
+LOGITS = ("output_rms", "output_update_rms")      # the output atom's: may shrink with width, never grow
 
 
 @dataclass
@@ -71,14 +45,6 @@ class CoordCheck:
     @property
     def passed(self) -> bool:
         return all(self.verdict.values())
-
-    def to_dict(self) -> dict:
-        rows = [{"series": r["series"], "atom": r["atom"], "step": int(r["step"]), "quantity": r["quantity"],
-                 "slope": float(r["slope"]) if math.isfinite(r["slope"]) else None, "pass": bool(r["pass"])}
-                for r in self.slopes.to_dict("records")]
-        return {"rows": rows, "verdict": {s: bool(v) for s, v in self.verdict.items()},
-                "lr": dict(self.lrs), "widths": {s: list(w) for s, w in self.widths.items()},
-                "steps": self.steps, "threshold": self.threshold, "notes": dict(self.notes)}
 
 
 # -- choosing what to run ----------------------------------------------------------------------
@@ -128,79 +94,94 @@ def _rms(t: torch.Tensor) -> float:
     return float(t.detach().double().pow(2).mean().sqrt())
 
 
+class _Probe:
+    """Forward hooks on a model's atoms: each atom's last inputs and output, and per step the
+    three RMS of every atom that ran."""
+
+    def __init__(self, model, width: int):
+        self.atoms, self.roles = model.atoms(), model.roles()
+        self.labels = [f"{k}:{r}" for k, r in enumerate(self.roles)]
+        self.weights0 = [a.weight.detach().clone() for a in self.atoms]
+        self.width = width
+        self.seen: dict[int, tuple] = {}       # atom -> (its inputs, its output) in the last forward
+        self.initial: dict[int, torch.Tensor] = {}
+        self.records: list[dict] = []
+        self.hooking = True                     # off while ``record`` re-runs atoms with their initial weights
+        self.hooks = [atom.register_forward_hook(lambda m, a, o, k=k: self._hook(a, o, k))
+                      for k, atom in enumerate(self.atoms)]
+
+    def _hook(self, args, output, k):
+        if self.hooking:
+            self.seen[k] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), output.detach())
+
+    @torch.no_grad()
+    def record(self, step: int) -> None:
+        self.hooking = False
+        try:
+            for k, atom in enumerate(self.atoms):
+                if k not in self.seen:
+                    continue
+                args, out = self.seen[k]
+                if step == 0:
+                    self.initial[k] = out.clone()
+                # this atom's own step on its current input: f(W_t, x_t) - f(W_0, x_t)
+                own = out - functional_call(atom, {"weight": self.weights0[k]}, args)
+                base = {"width": self.width, "atom": self.labels[k], "atom_index": k, "role": self.roles[k],
+                        "step": step}
+                self.records.append({**base, "quantity": "output_rms", "rms": _rms(out)})
+                self.records.append({**base, "quantity": "output_update_rms", "rms": _rms(out - self.initial[k])})
+                self.records.append({**base, "quantity": "delta_wx_rms", "rms": _rms(own)})
+        finally:
+            self.hooking = True
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _train_probed(model, opt, x, y, steps: int, probe: _Probe) -> str | None:
+    """``steps`` updates on the batch (x, y), recording before each and after the last; a note
+    when training stops early (non-finite loss or update)."""
+    from ..optim import Diverged
+    from ..run.train import cross_entropy
+    model.train()
+    for step in range(steps + 1):
+        probe.seen.clear()
+        if step == steps:
+            with torch.no_grad():
+                model(x)
+            probe.record(step)
+            return None
+        loss = cross_entropy(model, x, y)
+        probe.record(step)
+        if not math.isfinite(loss.item()):
+            return f"width {probe.width}: non-finite loss at step {step}"
+        opt.zero_grad()
+        loss.backward()
+        try:
+            opt.step()
+        except Diverged:
+            return f"width {probe.width}: non-finite update at step {step}"
+    return None
+
+
 def measure(values: dict, steps: int, device: torch.device) -> tuple[list[dict], str | None]:
     """Train one width ``steps`` steps on one fixed batch; per step and atom, the three RMS.
 
     Returns the records and a note if training stopped early (non-finite loss or update)."""
-    from torch.func import functional_call
-
-    from ..optim import Diverged
-    from ..run.train import _DTYPES, _loss, dataset_for, model_for, optimizer_for
+    from ..run.train import DTYPES, dataset_for, model_for, optimizer_for
     values = dict(values, steps=steps, schedule="constant", warmup=0)
     torch.manual_seed(values["seed"])
     ds = dataset_for(values, device)
-    model = model_for(values, ds).to(device=device, dtype=_DTYPES[values["dtype"]])
+    model = model_for(values, ds).to(device=device, dtype=DTYPES[values["dtype"]])
     opt = optimizer_for(values, model)
     x, y = ds.sample("train", values["batch_size"], torch.Generator().manual_seed(values["seed"]))
-    atoms, roles = model.atoms(), model.roles()
-    labels = [f"{k}:{r}" for k, r in enumerate(roles)]
-    weights0 = [a.weight.detach().clone() for a in atoms]
-    seen: dict[int, tuple] = {}  # atom -> (its inputs, its output) in the last forward
-    hooking = [True]             # off while ``record`` re-runs atoms with their initial weights
-
-    def hook(module, args, output, k):
-        if hooking[0]:
-            seen[k] = (tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), output.detach())
-
-    hooks = [atom.register_forward_hook(lambda m, a, o, k=k: hook(m, a, o, k)) for k, atom in enumerate(atoms)]
-    initial: dict[int, torch.Tensor] = {}
-    records, note = [], None
-
-    @torch.no_grad()
-    def record(step):
-        hooking[0] = False
-        try:
-            for k, atom in enumerate(atoms):
-                if k not in seen:
-                    continue
-                args, out = seen[k]
-                if step == 0:
-                    initial[k] = out.clone()
-                # this atom's own step on its current input: f(W_t, x_t) - f(W_0, x_t)
-                own = out - functional_call(atom, {"weight": weights0[k]}, args)
-                base = {"width": values["width"], "atom": labels[k], "atom_index": k, "role": roles[k],
-                        "step": step}
-                records.append({**base, "quantity": "output_rms", "rms": _rms(out)})
-                records.append({**base, "quantity": "output_update_rms", "rms": _rms(out - initial[k])})
-                records.append({**base, "quantity": "delta_wx_rms", "rms": _rms(own)})
-        finally:
-            hooking[0] = True
-
-    model.train()
+    probe = _Probe(model, values["width"])
     try:
-        for step in range(steps + 1):
-            seen.clear()
-            if step == steps:
-                with torch.no_grad():
-                    model(x)
-                record(step)
-                break
-            loss = _loss(model, x, y)
-            record(step)
-            if not math.isfinite(loss.item()):
-                note = f"width {values['width']}: non-finite loss at step {step}"
-                break
-            opt.zero_grad()
-            loss.backward()
-            try:
-                opt.step()
-            except Diverged:
-                note = f"width {values['width']}: non-finite update at step {step}"
-                break
+        note = _train_probed(model, opt, x, y, steps, probe)
     finally:
-        for h in hooks:
-            h.remove()
-    return records, note
+        probe.remove()
+    return probe.records, note
 
 
 def fit_slope(widths, rms) -> float:
@@ -219,7 +200,7 @@ def fit_slope(widths, rms) -> float:
 def passes(slope: float, quantity: str, role: str, threshold: float) -> bool:
     if not math.isfinite(slope):
         return False
-    if role == "output" and quantity in ("output_rms", "output_update_rms"):
+    if role == "output" and quantity in LOGITS:
         return slope <= threshold  # the logits and their change: O(1), may shrink, never grow
     return abs(slope) <= threshold
 
@@ -284,98 +265,8 @@ def coordcheck(experiment, steps: int = 5, lr: float | None = None, threshold: f
                       threshold=float(threshold), notes=notes)
 
 
-# -- rendering ---------------------------------------------------------------------------------
-def _lr_text(lr: float) -> str:
-    return f"2^{math.log2(lr):.2f}".replace(".00", "")
-
-
-def to_json(cc: CoordCheck) -> str:
-    return json.dumps(cc.to_dict(), indent=2)
-
-
-def to_markdown(cc: CoordCheck) -> str:
-    """Per series: the verdict, then per quantity the worst slope (the row closest to failing,
-    or failing by most), where it is and how many rows fail."""
-    lines = [f"Coordinate check: slope of log RMS vs log width over {cc.steps} steps on one fixed batch; "
-             f"a row passes at |slope| <= {cc.threshold:g} (the logits and their change: "
-             f"slope <= {cc.threshold:g}; ΔW·x of every atom: |slope|).", ""]
-    for name, ok in cc.verdict.items():
-        s = cc.slopes[cc.slopes["series"] == name]
-        widths = ", ".join(str(w) for w in cc.widths[name])
-        lines.append(f"### {name}: **{'PASS' if ok else 'FAIL'}** (lr {_lr_text(cc.lrs[name])}, widths {widths})")
-        lines.append("")
-        lines.append("| quantity | worst slope | atom | step | failing rows |")
-        lines.append("|---|---|---|---|---|")
-        for q in QUANTITIES:
-            g = s[s["quantity"] == q]
-            if g.empty:
-                continue
-            worst = g.loc[_violation(g).idxmax()]
-            value = "nan" if not math.isfinite(worst["slope"]) else f"{worst['slope']:+.3f}"
-            lines.append(f"| {q} | {value} | {worst['atom']} | {int(worst['step'])} | "
-                         f"{int((~g['pass']).sum())}/{len(g)} |")
-        for note in cc.notes.get(name, []):
-            lines.append("")
-            lines.append(f"note: {note}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _violation(slopes: pd.DataFrame) -> pd.Series:
-    """How far each row is from failing, on the scale ``passes`` uses (NaN: worst of all)."""
-    logits = slopes["quantity"].isin(["output_rms", "output_update_rms"]) & (slopes["role"] == "output")
+def violation(slopes: pd.DataFrame) -> pd.Series:
+    """How far each row of ``slopes`` is from failing, on the scale ``passes`` uses (NaN: worst of all)."""
+    logits = slopes["quantity"].isin(LOGITS) & (slopes["role"] == "output")
     score = slopes["slope"].abs().where(~logits, slopes["slope"])
     return score.fillna(math.inf)
-
-
-def render(cc: CoordCheck, format: str = "markdown") -> str:
-    if format == "json":
-        return to_json(cc)
-    if format == "markdown":
-        return to_markdown(cc)
-    raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
-
-
-def check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
-
-
-def figure(cc: CoordCheck, step: int | None = None):
-    """One panel per series (three to a row): RMS vs width (log–log) per atom at ``step``
-    (default: the last); solid ``output_rms``, dashed ``output_update_rms``, dotted
-    ``delta_wx_rms`` (ΔW·x), one colour per atom."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    step = cc.steps if step is None else step
-    names = list(cc.verdict)
-    cols = min(len(names), 3)
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4.4 * cols, 3.6 * rows), layout="constrained")
-    grid = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in grid[len(names):]:
-        ax.remove()
-    axes = grid[:len(names)]
-    styles = {"output_rms": "-", "output_update_rms": "--", "delta_wx_rms": ":"}
-    for ax, name in zip(axes, names):
-        t = cc.table[(cc.table["series"] == name) & (cc.table["step"] == step)]
-        atoms = t.drop_duplicates("atom_index").sort_values("atom_index")
-        colours = {a: f"C{i % 10}" for i, a in enumerate(atoms["atom"])}
-        for q, ls in styles.items():
-            for atom in atoms["atom"]:
-                g = t[(t["atom"] == atom) & (t["quantity"] == q)].sort_values("width")
-                g = g[np.isfinite(g["rms"]) & (g["rms"] > 0)]
-                if len(g):
-                    ax.plot(g["width"], g["rms"], ls=ls, marker="o", ms=3, color=colours[atom],
-                            label=atom if q == "output_rms" else f"_{atom} {q}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("width")
-        ax.set_ylabel("RMS")
-        ok = cc.verdict[name]
-        ax.set_title(f"{name} (lr {_lr_text(cc.lrs[name])}, step {step}): {'pass' if ok else 'FAIL'}",
-                     fontsize=9)
-        handles = [Line2D([], [], color=c, label=a) for a, c in colours.items()]
-        handles += [Line2D([], [], color="black", ls=ls, label=q) for q, ls in styles.items()]
-        ax.legend(handles=handles, fontsize=6, loc="best")
-    return fig

@@ -1,118 +1,21 @@
 """Transfer numbers from a runs table: optimal LR per scale, drift, slope, regret, with seed
-bootstrap confidence intervals and a transfer verdict.
+bootstrap confidence intervals and a transfer verdict per group.
 
-Pure pandas/numpy; importable without torch. The renderers (markdown, JSON, CSV) are in
-``report.py`` and ``render.py``; ``report`` and the old formatting names are re-exported here.
-
-Metrics (``METRIC_SPECS``, each declared once with its direction): ``train_loss`` and
-``test_loss`` are minimized, ``test_acc`` (``final_test_acc``) is maximized. Everything below
-is written for a minimized metric; a maximized one is analysed as its negation, so its optimum
-is the maximum, its regret = best value − value at the base LR (≥ 0, the accuracy lost), and
-``loss_change_at_base_lr`` / ``worse-with-scale`` keep meaning *worse* (the accuracy fell).
-Tables report ``best_loss``, ``loss_at_base_lr`` and the cells' ``loss``/``lo``/``hi`` in
-the metric's own units (the column names stay ``loss`` for every metric).
-
-Definitions (per series, scale axis and every other varying config key: a *group*):
-
-* a *cell* is one (scale, lr). Its loss is the mean of the metric over the seeds that
-  finished (status ``"done"`` and a finite metric), with ``std``/``lo``/``hi`` across those
-  seeds and ``n_seeds`` their number. A cell where no seed finished and at least one diverged
-  is *diverged*; a cell whose runs all failed counts as *not run*. Diverged cells never
-  enter an optimum and are counted in ``n_diverged``. The cells of one scale, ordered by LR,
-  are that scale's *seed-mean curve*. (Runs sharing a cell and a seed are averaged into one
-  seed first; without a ``seed`` column the runs of a cell are numbered as its seeds.)
-* the *optimal LR* at a scale is the grid argmin of the seed-mean curve over finished cells
-  (ties: the smaller LR), refined by a parabola in log2(lr) through the argmin and its two
-  finished neighbours. The vertex is kept only when both neighbours exist and the parabola
-  is convex, and is clipped to the neighbours' interval; otherwise the *fitted optimum* is
-  the grid argmin (``optimum``). ``edge`` flags an argmin at the smallest or largest LR run
-  at that scale (the true optimum may be outside).
-* the *base scale* is the smallest scale of a group that has a finished run (normally simply
-  the smallest scale); its fitted optimum is the *base LR* (``base_lr``; not a grid point in
-  general).
-* **regret** at a scale = the loss at the base LR read off that scale's seed-mean curve by
-  linear interpolation in log2(lr) between the two nearest LRs that finished or diverged
-  (an exact grid LR is read directly), minus the best seed-mean loss at that scale (≥ 0). It
-  is ``inf`` when the interpolation touches a diverged cell (``base_lr_diverged``), NaN when
-  the base LR lies outside the LRs run (finished or diverged) at that scale
-  (``base_lr_missing``). At the base scale it is 0 when the base LR is a grid LR, and
-  otherwise the error of linear interpolation there (the grid's resolution floor).
-* **drift** = fitted log2 optimum at the largest scale with a finished run (``max_scale``)
-  minus at the base scale: signed octaves, negative when the optimum moves to smaller LR as
-  the scale grows. ``drift_octaves`` = max − min of the *grid* log2 optimum across the scales
-  with an optimum (``n_scales``), ``drift_octaves_fit`` the same with the fitted optimum.
-* **slope** = least-squares slope of the fitted log2 optimum against log2(scale) over the
-  scales with an optimum: octaves of LR per octave of scale (NaN below 2 scales).
-* **loss change at the base LR** = loss at the base LR at ``max_scale`` − at the base scale
-  (both read as for the regret); ``worse_with_scale`` when its CI lies above 0.
-
-Bootstrap: a replicate redraws, independently at every scale, as many seeds as that scale
-has, with replacement, and recomputes every cell's mean over the drawn seeds that finished
-there (a cell none of whose drawn seeds finished is diverged if one of them diverged, else
-not run), then every number above from those curves (the base LR too), ``n_boot`` times
-(default 1000). With n seeds (the fewest at any scale involved) the CI at level ``ci``
-(default 0.9) is, for the fitted optima, the drift, the slope and the loss change, the
-point value ± t_{(1+ci)/2, n−1}·√(n/(n−1))·(standard deviation of the replicates)
-(``t_interval``); for the regret, which is ≥ 0 and may be infinite, the expanded percentile
-interval (``expanded_level``; inverted-CDF percentiles, so infinite regrets stay exact).
-Plain percentiles are too narrow with few seeds (see ``t_interval``). Replicates where a
-number is undefined (NaN) are left out; the CI is NaN when more than half are, or with
-fewer than 2 seeds.
-Each group's RNG is seeded from (``seed``, the group's label), so reports are reproducible
-and one group's CI does not depend on which other series are in the table.
-
-Verdict per group, with ``tolerance`` (default 1 octave over the whole scale range):
-
-* ``transfers``: the drift CI lies inside [−tolerance, +tolerance];
-* ``drifts``: the drift CI lies wholly outside it (hi < −tolerance or lo > +tolerance);
-* ``inconclusive``: the CI straddles ±tolerance or is undefined, or some scale has its
-  optimum on a grid edge (``edge``), fewer than ``min_runs`` finished LRs (``too-few``,
-  ``no-finished``) or fewer than 2 finished seeds at its optimum (``too-few-seeds``), or
-  fewer than 2 scales have an optimum (``single-scale``).
-
-Flags (space-separated; ``kind@scale`` where per scale): no-finished, edge, too-few,
-too-few-seeds, flat (informational: the LRs whose seed-mean loss is within one standard
-error, seed std / sqrt(n_seeds), of the minimum cell's loss span ≥ 2 octaves: the optimum is
-poorly determined), base-lr-diverged, base-lr-not-run; per group single-scale and
-worse-with-scale (informational, ``verdict_table`` only: it needs the bootstrap).
-
-Grouping: the scale axis is ``width`` or ``depth``; ``axis=None`` takes the one that varies,
-or both when both vary (rows for one axis then carry the other axis' value in its column).
-Every other column that varies within a series becomes a grouping key (e.g. ``batch_size``),
-except the metric and metadata columns, which never do:
-
-* the names in ``METADATA`` (run id, lr, seed, series, status, error, timing, host, device,
-  versions, ...);
-* names starting with ``final_`` or ``first_`` (metrics) or ending with ``_version``,
-  ``_sha``, ``_seconds``, ``_at_step``, ``_at`` or ``_time`` (metadata);
-* columns that are a function of the model's shape: constant for each (series, width, depth)
-  point, such as a parameter count (they would otherwise split every scale into its own
-  group).
-
-Tables: ``transfer_table`` (one row per group and scale, ``TRANSFER_COLUMNS``; the fitted
-optimum's CI in ``opt_log2_lr_fit_lo``/``_hi``, the regret's in ``regret_ci_lo``/``_hi``),
-``drift_table`` (point values per group from a transfer table, ``DRIFT_COLUMNS``) and
-``verdict_table`` (per group with CIs and verdict, ``VERDICT_COLUMNS``: ``regret`` there is
-the regret at ``max_scale``, ``n_seeds`` the fewest finished seeds at an optimum over the
-scales). CIs are two columns ``<name>_ci_lo`` / ``<name>_ci_hi`` in tables and CSV; JSON
-writes each pair as one list ``<name>_ci: [lo, hi]`` (``opt_log2_lr_fit_ci`` for the
-optimum). JSON output has no NaN: NaN and missing values are ``null``, infinities the
-strings ``"inf"`` / ``"-inf"``.
+Pure pandas/numpy; importable without torch. The definitions (cell, optimum, base scale,
+drift, regret, CIs, verdict, flags, grouping) are in docs/analysis.md.
 """
 from __future__ import annotations
 
 import functools
 import math
-import numbers
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from ..run.provenance import is_metadata
-
+from ..errors import UserError, nearest
+from ..run.provenance import SCALE_AXES, is_metadata
+from .common import check_ci, check_n_boot, check_real, group_rng, is_int
 
 
 @dataclass(frozen=True)
@@ -137,9 +40,6 @@ class Metric:
 METRIC_SPECS = {m.name: m for m in (Metric("train_loss", "final_train_loss", "min", " nats"),
                                     Metric("test_loss", "final_test_loss", "min", " nats"),
                                     Metric("test_acc", "final_test_acc", "max"))}
-METRICS = {name: m.column for name, m in METRIC_SPECS.items()}
-AXES = ("width", "depth")
-FORMATS = ("markdown", "json", "csv")  # the report's (render.FORMATS)
 VERDICTS = ("transfers", "drifts", "inconclusive")
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")
 TRANSFER_COLUMNS = ("series", "axis", "scale", "opt_lr", "opt_log2_lr", "opt_lr_fit", "opt_log2_lr_fit",
@@ -154,10 +54,18 @@ VERDICT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "n_seeds", "base
                    "regret", "regret_ci_lo", "regret_ci_hi", "max_regret", "verdict", "flags", "tolerance", "ci",
                    "drift_octaves", "drift_octaves_fit", "n_scales", "loss_change_at_base_lr",
                    "loss_change_ci_lo", "loss_change_ci_hi", "worse_with_scale", "n_boot")
+# the per-scale flags of a transfer row, in the order they are listed (docs/analysis.md §5);
+# each test works on one row (a dict) and on a table's columns alike
+SCALE_FLAGS = (("no-finished", lambda r: r["n_finished"] == 0), ("edge", lambda r: r["edge"]),
+               ("too-few", lambda r: r["too_few"] & (r["n_finished"] > 0)),
+               ("too-few-seeds", lambda r: r["too_few_seeds"]), ("flat", lambda r: r["flat"]),
+               ("base-lr-diverged", lambda r: r["base_lr_diverged"]),
+               ("base-lr-not-run", lambda r: r["base_lr_missing"]))
+
+
 def metric_spec(metric: str, runs: pd.DataFrame | None = None) -> Metric:
     """The declared metric behind a name; with ``runs``, checks its column is there."""
     if metric not in METRIC_SPECS:
-        from ..errors import nearest
         raise UserError(f"--metric {metric!r}: unknown metric{nearest(metric, METRIC_SPECS)}; "
                         f"allowed: {', '.join(METRIC_SPECS)}")
     spec = METRIC_SPECS[metric]
@@ -173,17 +81,17 @@ def metric_column(metric: str, runs: pd.DataFrame | None = None) -> str:
 
 def scale_axes(runs: pd.DataFrame) -> list[str]:
     """The scale axes (width, depth) with more than one distinct value."""
-    return [a for a in AXES if a in runs and runs[a].nunique() > 1]
+    return [a for a in SCALE_AXES if a in runs and runs[a].nunique() > 1]
 
 
 def resolve_axes(runs: pd.DataFrame, axis: str | None) -> list[str]:
     """``[axis]`` checked, or for ``None`` every varying axis (the first present one if none varies)."""
-    if axis is not None and axis not in AXES:
-        raise UserError(f"--axis {axis!r}: allowed: {', '.join(AXES)}")
+    if axis is not None and axis not in SCALE_AXES:
+        raise UserError(f"--axis {axis!r}: allowed: {', '.join(SCALE_AXES)}")
     if axis is None:
-        axes = scale_axes(runs) or [a for a in AXES if a in runs][:1]
+        axes = scale_axes(runs) or [a for a in SCALE_AXES if a in runs][:1]
         if not axes:
-            raise UserError(f"the runs table has no scale column: expected one of {', '.join(AXES)}")
+            raise UserError(f"the runs table has no scale column: expected one of {', '.join(SCALE_AXES)}")
         return axes
     if axis not in runs:
         raise UserError(f"--axis {axis}: the runs table has no {axis} column")
@@ -200,15 +108,15 @@ def _nunique_max(runs: pd.DataFrame, by: list[str], col: str) -> int:
 def group_keys(runs: pd.DataFrame, axis: str) -> list[str]:
     """Config columns besides series/axis/lr/seed that vary within a series: each value is
     analysed apart (e.g. depth in a width x depth grid, or batch_size). Keys a series fixes
-    are not keys; nor are metadata columns or functions of the model shape (see module doc)."""
+    are not keys; nor are metadata columns or functions of the model shape (docs/analysis.md §6)."""
     if runs.empty:
         return []
     cand = [c for c in runs.columns if c != axis and not is_metadata(c) and _nunique_max(runs, ["series"], c) > 1]
     shape = ["series", axis]
-    other = [a for a in AXES if a != axis and a in cand]
+    other = [a for a in SCALE_AXES if a != axis and a in cand]
     keys = []
     for col in cand:
-        if col in AXES:
+        if col in SCALE_AXES:
             # an axis that moves in lockstep with this one is the same scale, not a group
             if _nunique_max(runs, shape, col) > 1:
                 keys.append(col)
@@ -238,17 +146,11 @@ def _series_order(runs: pd.DataFrame) -> dict:
 
 def _check_options(min_runs=3, ci=0.9, tolerance=1.0, n_boot=1000, seed=0) -> None:
     """UserError naming the option for any value outside what the analysis can use."""
-    def is_int(v):
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
     if not is_int(min_runs) or min_runs < 1:
         raise UserError(f"--min-runs {min_runs!r}: allowed: an integer >= 1")
-    if isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
-        raise UserError(f"--ci {ci!r}: allowed: a confidence level strictly between 0 and 1, e.g. 0.9")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 < tolerance < math.inf:
-        raise UserError(f"--tolerance {tolerance!r}: allowed: a finite number of octaves > 0, e.g. 1.0")
-    if not is_int(n_boot) or n_boot < 1:
-        raise UserError(f"--n-boot {n_boot!r}: allowed: an integer >= 1 (bootstrap replicates), e.g. 1000")
+    check_ci(ci)
+    check_real("--tolerance", tolerance, lambda v: 0 < v < math.inf, "a finite number of octaves > 0, e.g. 1.0")
+    check_n_boot(n_boot)
     if not is_int(seed) or seed < 0:
         raise UserError(f"--seed {seed!r}: allowed: an integer >= 0")
 
@@ -449,100 +351,133 @@ def _log2(x) -> float:
 
 # ----------------------------------------------------------------------------- one group
 
-def _group_rng(seed: int, label: tuple) -> np.random.Generator:
-    # from the label, not the group's position: adding a series leaves the others' CIs as they were
-    return np.random.default_rng([seed, zlib.crc32(repr(tuple(str(v) for v in label)).encode())])
+@dataclass
+class _Scale:
+    """One scale of a group. Every curve is (1 + n_boot) x n_lrs: row 0 is all seeds (the point
+    values), rows 1.. the bootstrap replicates; ``idx``/``fit``/``best`` are per row."""
+    scale: object
+    cells: pd.DataFrame
+    x: np.ndarray           # ascending log2 LRs
+    means: np.ndarray       # seed-mean loss per cell
+    usable: np.ndarray      # finished or diverged: a point the curve can be read at
+    div: np.ndarray         # diverged cells
+    idx: np.ndarray         # grid argmin column (-1: nothing finished)
+    fit: np.ndarray         # fitted log2 optimum
+    best: np.ndarray        # seed-mean loss at the argmin
+    n_seed: int
+    at_base: np.ndarray | None = None   # loss read at the base LR
+    regret: np.ndarray | None = None
 
 
-def _analyse_group(g_cells: pd.DataFrame, g_seeds: pd.DataFrame, ax: str, min_runs: int, ci: float,
-                   n_boot: int, rng: np.random.Generator) -> tuple[list[dict], dict]:
-    """Transfer rows (scales ascending, without the group labels) and the group's bootstrap
-    numbers. Every curve below is (1 + n_boot) x n_lrs: row 0 is all seeds (the point values),
-    rows 1.. the bootstrap replicates."""
-    scales = []
-    for scale, s in g_cells.groupby(ax, sort=True):
-        s = s.sort_values("lr", kind="stable")
-        lrs = s["lr"].to_numpy(float)
-        x = np.log2(lrs)
-        seeds = g_seeds[g_seeds[ax] == scale]
-        lr_col = np.searchsorted(lrs, seeds["lr"].to_numpy(float))
-        seed_row, seed_ids = pd.factorize(seeds["_seed"], use_na_sentinel=False)
-        n_seed, n_lr = len(seed_ids), len(lrs)
-        value, finished, diverged = np.zeros((n_seed, n_lr)), np.zeros((n_seed, n_lr)), np.zeros((n_seed, n_lr))
-        fin = seeds["n_fin"].to_numpy() > 0
-        value[seed_row, lr_col] = np.where(fin, seeds["value"].to_numpy(float), 0.0)
-        finished[seed_row, lr_col] = fin
-        diverged[seed_row, lr_col] = (~fin) & (seeds["n_div"].to_numpy() > 0)
-        # resampling n seeds with replacement = multinomial counts of how often each seed is drawn
-        weights = np.vstack([np.ones((1, n_seed)),
-                             rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
-        count = weights @ finished
-        with np.errstate(all="ignore"):
-            means = np.where(count > 0, (weights @ value) / count, math.nan)
-        div_cell = (count == 0) & ((weights @ diverged) > 0)
-        idx, fit, _ = _fit_rows(x, means)
-        best = np.where(idx >= 0, means[np.arange(len(idx)), np.clip(idx, 0, None)], math.nan)
-        scales.append({"scale": scale, "cells": s, "lrs": lrs, "x": x, "means": means, "usable": (count > 0) | div_cell,
-                       "div": div_cell, "idx": idx, "fit": fit, "best": best, "n_seed": n_seed})
+def _seed_matrices(s: pd.DataFrame, seeds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (seed, lr) of one scale: the metric where the seed finished (else 0), and 0/1 for
+    finished and for diverged."""
+    lrs = s["lr"].to_numpy(float)
+    lr_col = np.searchsorted(lrs, seeds["lr"].to_numpy(float))
+    seed_row, seed_ids = pd.factorize(seeds["_seed"], use_na_sentinel=False)
+    shape = (len(seed_ids), len(lrs))
+    value, finished, diverged = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    fin = seeds["n_fin"].to_numpy() > 0
+    value[seed_row, lr_col] = np.where(fin, seeds["value"].to_numpy(float), 0.0)
+    finished[seed_row, lr_col] = fin
+    diverged[seed_row, lr_col] = (~fin) & (seeds["n_div"].to_numpy() > 0)
+    return value, finished, diverged
 
-    with_opt = [k for k, sc in enumerate(scales) if sc["idx"][0] >= 0]
-    base = scales[with_opt[0]] if with_opt else None
-    base_fit = base["fit"] if base else np.full(n_boot + 1, math.nan)
-    rows = []
-    for sc in scales:
-        sc["at_base"] = _interp_rows(sc["x"], sc["means"], sc["usable"], sc["div"], base_fit)
-        # the best loss is read the same way, at the scale's own fitted optimum: a reading
-        # between grid points then costs nothing by itself (regret 0 at the base scale)
-        own = _interp_rows(sc["x"], sc["means"], sc["usable"], sc["div"], sc["fit"])
-        with np.errstate(invalid="ignore"):  # a diverged base LR is infinite regret even where nothing finished
-            sc["regret"] = np.where(sc["at_base"] == math.inf, math.inf, np.maximum(sc["at_base"] - own, 0.0))
-        s, i = sc["cells"], int(sc["idx"][0])
-        n_finished = int((s["n_seeds"] > 0).sum())
-        best_cell = s.iloc[i] if i >= 0 else None
-        n_seeds = int(best_cell["n_seeds"]) if best_cell is not None else 0
-        std = float(best_cell["std"]) if best_cell is not None else math.nan
-        flat = False
-        if i >= 0:  # LRs within one standard error of the minimum span >= 2 octaves
-            se = std / math.sqrt(n_seeds) if math.isfinite(std) else 0.0
-            m0 = sc["means"][0]
-            near = np.isfinite(m0) & (m0 <= m0[i] + se + 1e-12)
-            flat = bool(np.ptp(sc["x"][near]) >= 2 - 1e-9)
-        at_base, regret = float(sc["at_base"][0]), float(sc["regret"][0])
-        opt_lr = float(sc["lrs"][i]) if i >= 0 else math.nan
-        fit_lo, fit_hi = t_interval(float(sc["fit"][0]), sc["fit"][1:], ci, sc["n_seed"])
-        reg_lo, reg_hi = _ci(sc["regret"][1:], ci, min(sc["n_seed"], base["n_seed"]) if base else sc["n_seed"])
-        rows.append({"axis": ax, "scale": sc["scale"],
-                     "opt_lr": opt_lr, "opt_log2_lr": _log2(opt_lr),
-                     "opt_lr_fit": 2.0 ** float(sc["fit"][0]), "opt_log2_lr_fit": float(sc["fit"][0]),
-                     "opt_log2_lr_fit_lo": fit_lo, "opt_log2_lr_fit_hi": fit_hi,
-                     "best_loss": float(sc["best"][0]), "best_loss_std": std, "n_seeds": n_seeds,
-                     "base_scale": base["scale"] if base else math.nan, "base_lr": 2.0 ** float(base_fit[0]),
-                     "loss_at_base_lr": at_base if math.isfinite(at_base) else math.nan,
-                     "regret": regret, "regret_ci_lo": reg_lo, "regret_ci_hi": reg_hi,
-                     "base_lr_diverged": at_base == math.inf,
-                     "base_lr_missing": bool(base is not None and math.isnan(at_base)),
-                     "n_lrs": len(s), "n_finished": n_finished, "n_diverged": int(s["diverged"].sum()),
-                     "edge": bool(i >= 0 and (i == 0 or i == len(s) - 1)),
-                     "too_few": n_finished < min_runs, "too_few_seeds": bool(i >= 0 and n_seeds < 2),
-                     "flat": flat})
 
-    boot = {"drift": np.full(n_boot + 1, math.nan), "slope": np.full(n_boot + 1, math.nan),
-            "regret": np.full(n_boot + 1, math.nan), "loss_change": np.full(n_boot + 1, math.nan)}
+def _bootstrap_scale(scale, s: pd.DataFrame, seeds: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> _Scale:
+    """One scale's seed-mean curves, all seeds and ``n_boot`` seed resamples, with their optima."""
+    s = s.sort_values("lr", kind="stable")
+    value, finished, diverged = _seed_matrices(s, seeds)
+    n_seed = len(value)
+    # resampling n seeds with replacement = multinomial counts of how often each seed is drawn
+    weights = np.vstack([np.ones((1, n_seed)), rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
+    count = weights @ finished
+    with np.errstate(all="ignore"):
+        means = np.where(count > 0, (weights @ value) / count, math.nan)
+    div_cell = (count == 0) & ((weights @ diverged) > 0)
+    x = np.log2(s["lr"].to_numpy(float))
+    idx, fit, _ = _fit_rows(x, means)
+    best = np.where(idx >= 0, means[np.arange(len(idx)), np.clip(idx, 0, None)], math.nan)
+    return _Scale(scale, s, x, means, (count > 0) | div_cell, div_cell, idx, fit, best, n_seed)
+
+
+def _read_base_lr(sc: _Scale, base_fit: np.ndarray) -> None:
+    """The scale's loss at the base LR and its regret, per row."""
+    sc.at_base = _interp_rows(sc.x, sc.means, sc.usable, sc.div, base_fit)
+    # the best loss is read the same way, at the scale's own fitted optimum: a reading
+    # between grid points then costs nothing by itself (regret 0 at the base scale)
+    own = _interp_rows(sc.x, sc.means, sc.usable, sc.div, sc.fit)
+    with np.errstate(invalid="ignore"):  # a diverged base LR is infinite regret even where nothing finished
+        sc.regret = np.where(sc.at_base == math.inf, math.inf, np.maximum(sc.at_base - own, 0.0))
+
+
+def _is_flat(sc: _Scale, i: int, std: float, n_seeds: int) -> bool:
+    """Whether the LRs within one standard error of the minimum span >= 2 octaves."""
+    se = std / math.sqrt(n_seeds) if math.isfinite(std) else 0.0
+    m0 = sc.means[0]
+    near = np.isfinite(m0) & (m0 <= m0[i] + se + 1e-12)
+    return bool(np.ptp(sc.x[near]) >= 2 - 1e-9)
+
+
+def _scale_row(sc: _Scale, base: _Scale | None, base_fit: np.ndarray, ax: str, min_runs: int, ci: float) -> dict:
+    """The transfer row of one scale (``TRANSFER_COLUMNS`` but the series)."""
+    s, i = sc.cells, int(sc.idx[0])
+    n_finished = int((s["n_seeds"] > 0).sum())
+    best_cell = s.iloc[i] if i >= 0 else None
+    n_seeds = int(best_cell["n_seeds"]) if best_cell is not None else 0
+    std = float(best_cell["std"]) if best_cell is not None else math.nan
+    at_base, regret = float(sc.at_base[0]), float(sc.regret[0])
+    opt_lr = float(s["lr"].iloc[i]) if i >= 0 else math.nan
+    fit_lo, fit_hi = t_interval(float(sc.fit[0]), sc.fit[1:], ci, sc.n_seed)
+    reg_lo, reg_hi = _ci(sc.regret[1:], ci, min(sc.n_seed, base.n_seed) if base else sc.n_seed)
+    return {"axis": ax, "scale": sc.scale,
+            "opt_lr": opt_lr, "opt_log2_lr": _log2(opt_lr),
+            "opt_lr_fit": 2.0 ** float(sc.fit[0]), "opt_log2_lr_fit": float(sc.fit[0]),
+            "opt_log2_lr_fit_lo": fit_lo, "opt_log2_lr_fit_hi": fit_hi,
+            "best_loss": float(sc.best[0]), "best_loss_std": std, "n_seeds": n_seeds,
+            "base_scale": base.scale if base else math.nan, "base_lr": 2.0 ** float(base_fit[0]),
+            "loss_at_base_lr": at_base if math.isfinite(at_base) else math.nan,
+            "regret": regret, "regret_ci_lo": reg_lo, "regret_ci_hi": reg_hi,
+            "base_lr_diverged": at_base == math.inf,
+            "base_lr_missing": bool(base is not None and math.isnan(at_base)),
+            "n_lrs": len(s), "n_finished": n_finished, "n_diverged": int(s["diverged"].sum()),
+            "edge": bool(i >= 0 and (i == 0 or i == len(s) - 1)),
+            "too_few": n_finished < min_runs, "too_few_seeds": bool(i >= 0 and n_seeds < 2),
+            "flat": _is_flat(sc, i, std, n_seeds) if i >= 0 else False}
+
+
+def _group_intervals(scales: list[_Scale], ci: float, n_boot: int) -> dict:
+    """The group's drift, slope, regret and loss change at the largest scale, each with its CI."""
+    with_opt = [sc for sc in scales if sc.idx[0] >= 0]
+    boot = {name: np.full(n_boot + 1, math.nan) for name in ("drift", "slope", "regret", "loss_change")}
     if with_opt:
-        top = scales[with_opt[-1]]
-        u = np.log2(np.array([float(scales[k]["scale"]) for k in with_opt]))
-        boot["drift"] = top["fit"] - base["fit"]
-        boot["slope"] = _slope_rows(u, np.column_stack([scales[k]["fit"] for k in with_opt]))
-        boot["regret"] = top["regret"]
+        base, top = with_opt[0], with_opt[-1]
+        u = np.log2(np.array([float(sc.scale) for sc in with_opt]))
+        boot["drift"] = top.fit - base.fit
+        boot["slope"] = _slope_rows(u, np.column_stack([sc.fit for sc in with_opt]))
+        boot["regret"] = top.regret
         with np.errstate(invalid="ignore"):
-            boot["loss_change"] = top["at_base"] - base["at_base"]
+            boot["loss_change"] = top.at_base - base.at_base
     group = {}
-    fewest = min((scales[k]["n_seed"] for k in with_opt), default=0)
+    fewest = min((sc.n_seed for sc in with_opt), default=0)
     for name, samples in boot.items():
         group[name] = float(samples[0])
         interval = _ci if name == "regret" else functools.partial(t_interval, group[name])
         group[f"{name}_ci_lo"], group[f"{name}_ci_hi"] = interval(samples[1:], ci, fewest)
-    return rows, group
+    return group
+
+
+def _analyse_group(g_cells: pd.DataFrame, g_seeds: pd.DataFrame, ax: str, min_runs: int, ci: float,
+                   n_boot: int, rng: np.random.Generator) -> tuple[list[dict], dict]:
+    """Transfer rows (scales ascending, without the group labels) and the group's bootstrap numbers."""
+    scales = [_bootstrap_scale(scale, s, g_seeds[g_seeds[ax] == scale], n_boot, rng)
+              for scale, s in g_cells.groupby(ax, sort=True)]
+    base = next((sc for sc in scales if sc.idx[0] >= 0), None)
+    base_fit = base.fit if base else np.full(n_boot + 1, math.nan)
+    for sc in scales:
+        _read_base_lr(sc, base_fit)
+    rows = [_scale_row(sc, base, base_fit, ax, min_runs, ci) for sc in scales]
+    return rows, _group_intervals(scales, ci, n_boot)
 
 
 def _tidy_keys(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -556,14 +491,14 @@ def _tidy_keys(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table
 
 
+def scale_flags(row: dict) -> str:
+    """The per-scale flags of one transfer row, space-separated (``SCALE_FLAGS``)."""
+    return " ".join(name for name, on in SCALE_FLAGS if on(row))
+
+
 def _flags(g: pd.DataFrame) -> str:
     """Per-scale flags of one group's transfer rows, ``kind@scale``, kind by kind."""
-    def at(mask, name):
-        return [f"{name}@{s}" for s in g.loc[mask, "scale"]]
-    return " ".join(at(g["n_finished"] == 0, "no-finished") + at(g["edge"], "edge")
-                    + at(g["too_few"] & (g["n_finished"] > 0), "too-few") + at(g["too_few_seeds"], "too-few-seeds")
-                    + at(g["flat"], "flat")
-                    + at(g["base_lr_diverged"], "base-lr-diverged") + at(g["base_lr_missing"], "base-lr-not-run"))
+    return " ".join(f"{name}@{s}" for name, on in SCALE_FLAGS for s in g.loc[on(g), "scale"])
 
 
 def _group_point(g: pd.DataFrame) -> dict:
@@ -587,7 +522,7 @@ def _group_point(g: pd.DataFrame) -> dict:
 
 
 def verdict(drift_ci_lo: float, drift_ci_hi: float, tolerance: float = 1.0, blocked: bool = False) -> str:
-    """``transfers`` / ``drifts`` / ``inconclusive`` from the drift CI (see the module doc);
+    """``transfers`` / ``drifts`` / ``inconclusive`` from the drift CI (docs/analysis.md);
     ``blocked``: a data problem (edge, too few runs or seeds, one scale) forces inconclusive."""
     lo, hi = drift_ci_lo, drift_ci_hi
     if blocked or not (math.isfinite(lo) and math.isfinite(hi)):
@@ -607,41 +542,57 @@ def _blocked(g: pd.DataFrame) -> bool:
 
 # ----------------------------------------------------------------------------- tables
 
+def _group_summary(label: dict, ax: str, g_rows: pd.DataFrame, boot: dict, tolerance: float, ci: float,
+                   n_boot: int) -> dict:
+    """One group's verdict-table row (``VERDICT_COLUMNS`` with its labels)."""
+    point = _group_point(g_rows)
+    worse = boot["loss_change_ci_lo"] > 0
+    return {**label, "axis": ax, **point, **boot, "drift": point["drift"], "slope": point["slope"],
+            "regret": point["regret"], "loss_change_at_base_lr": boot["loss_change"],
+            "verdict": verdict(boot["drift_ci_lo"], boot["drift_ci_hi"], tolerance, _blocked(g_rows)),
+            "flags": (point["flags"] + (" worse-with-scale" if worse else "")).strip(),
+            "tolerance": float(tolerance), "ci": float(ci), "worse_with_scale": bool(worse), "n_boot": n_boot}
+
+
+def _analyse_axis(runs: pd.DataFrame, metric: str, ax: str, order: dict,
+                  options: dict) -> tuple[list[str], list[dict], list[dict]]:
+    """One scale axis: its group keys, its transfer rows and its verdict rows."""
+    r, keys = _run_frame(runs, metric, ax)
+    extra = keys[1:-2]
+    # one id per group, so cells and per-seed rows can be matched even with NaN keys
+    r["_gid"] = r.groupby(keys[:-2], dropna=False, sort=False).ngroup()
+    c = _sort_cells(_cell_stats(r, ["_gid", *keys]), keys, order)
+    per_seed = r.groupby(["_gid", ax, "lr", "_seed"], dropna=False, sort=False).agg(
+        value=("_value", "mean"), n_fin=("_value", "count"), n_div=("_div", "sum")).reset_index()
+    seeds_by_gid = dict(iter(per_seed.groupby("_gid", sort=False)))
+    rows, summaries = [], []
+    for gid in dict.fromkeys(c["_gid"]):
+        g = c[c["_gid"] == gid]
+        label = {"series": g["series"].iloc[0], **{k: g[k].iloc[0] for k in extra}}
+        rng = group_rng(options["seed"], (ax, *label.values()))
+        scale_rows, boot = _analyse_group(g, seeds_by_gid[gid], ax, options["min_runs"], options["ci"],
+                                          options["n_boot"], rng)
+        rows += [{**label, **row} for row in scale_rows]
+        summaries.append(_group_summary(label, ax, pd.DataFrame(scale_rows), boot, options["tolerance"],
+                                        options["ci"], options["n_boot"]))
+    return extra, rows, summaries
+
+
 def analyse(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
             ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000,
             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(transfer_table, verdict_table)`` from one bootstrap (see those and the module doc)."""
+    """``(transfer_table, verdict_table)`` from one bootstrap (see those and docs/analysis.md)."""
     _check_options(min_runs, ci, tolerance, n_boot, seed)
     runs = _prepare(runs)
     metric_column(metric, runs)
     order = _series_order(runs)
+    options = {"min_runs": min_runs, "ci": ci, "tolerance": tolerance, "n_boot": n_boot, "seed": seed}
     rows, summaries, all_keys = [], [], []
     for ax in resolve_axes(runs, axis):
-        r, keys = _run_frame(runs, metric, ax)
-        extra = keys[1:-2]
+        extra, axis_rows, axis_summaries = _analyse_axis(runs, metric, ax, order, options)
         all_keys += [k for k in extra if k not in all_keys]
-        # one id per group, so cells and per-seed rows can be matched even with NaN keys
-        r["_gid"] = r.groupby(keys[:-2], dropna=False, sort=False).ngroup()
-        c = _sort_cells(_cell_stats(r, ["_gid", *keys]), keys, order)
-        per_seed = r.groupby(["_gid", ax, "lr", "_seed"], dropna=False, sort=False).agg(
-            value=("_value", "mean"), n_fin=("_value", "count"), n_div=("_div", "sum")).reset_index()
-        seeds_by_gid = dict(iter(per_seed.groupby("_gid", sort=False)))
-        for gid in dict.fromkeys(c["_gid"]):
-            g = c[c["_gid"] == gid]
-            label = {"series": g["series"].iloc[0], **{k: g[k].iloc[0] for k in extra}}
-            rng = _group_rng(seed, (ax, *label.values()))
-            scale_rows, boot = _analyse_group(g, seeds_by_gid[gid], ax, min_runs, ci, n_boot, rng)
-            g_rows = pd.DataFrame(scale_rows)
-            point = _group_point(g_rows)
-            worse = boot["loss_change_ci_lo"] > 0
-            flags = (point["flags"] + (" worse-with-scale" if worse else "")).strip()
-            rows += [{**label, **row} for row in scale_rows]
-            summaries.append({**label, "axis": ax, **point, **boot, "drift": point["drift"], "slope": point["slope"],
-                              "regret": point["regret"], "loss_change_at_base_lr": boot["loss_change"],
-                              "verdict": verdict(boot["drift_ci_lo"], boot["drift_ci_hi"], tolerance,
-                                                 _blocked(g_rows)),
-                              "flags": flags, "tolerance": float(tolerance), "ci": float(ci),
-                              "worse_with_scale": bool(worse), "n_boot": n_boot})
+        rows += axis_rows
+        summaries += axis_summaries
     table = pd.DataFrame(rows)
     if table.empty:
         raise UserError("no runs to analyse")
@@ -662,7 +613,7 @@ def transfer_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | N
     regret of the base LR.
 
     Columns: ``series``, the group keys (e.g. ``depth`` when axis is width in a width x depth
-    grid), then ``TRANSFER_COLUMNS[1:]`` (see the module doc). Rows are in order of series'
+    grid), then ``TRANSFER_COLUMNS[1:]`` (docs/analysis.md). Rows are in order of series'
     first appearance, then group, then ascending scale.
     """
     return analyse(runs, metric, axis, min_runs, ci, 1.0, n_boot, seed)[0]
@@ -674,7 +625,7 @@ def verdict_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
     ``VERDICT_COLUMNS[1:]``: base and largest scale, ``n_seeds`` (fewest finished seeds at an
     optimum over the scales), the fitted base LR, the signed drift, slope and regret at
     ``max_scale`` each with its CI (``<name>_ci_lo``/``_hi``), ``max_regret``, ``verdict``,
-    ``flags``, the ``tolerance`` and ``ci`` level used (see the module doc)."""
+    ``flags``, the ``tolerance`` and ``ci`` level used (docs/analysis.md)."""
     return analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)[1]
 
 
@@ -701,26 +652,3 @@ def drift_table(table: pd.DataFrame) -> pd.DataFrame:
                      **_group_point(g.sort_values("scale", kind="stable"))})
     drift = pd.DataFrame(rows, columns=["series", *extra, *DRIFT_COLUMNS[1:]])
     return _tidy_keys(drift, extra)
-
-
-# ----------------------------------------------------------------------------- renderers
-
-# the formatting helpers and the report moved to render.py / report.py; these names stay for importers
-from ..report.render import interval as _interval, json_value as _json_value, missing as _missing  # noqa: E402,F401
-from ..report.render import num as _num, pct as _pct, pow2 as _pow2, records as _records, signed as _signed  # noqa: E402,F401
-
-
-def summary_line(row: dict, extra: list[str] = (), metric: str = "train_loss") -> str:
-    """One quotable sentence for a ``verdict_table`` row (``report.summary_line``)."""
-    from ..report.transfer import summary_line as line
-    return line(row, extra, metric)
-
-
-def report(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, format: str = "markdown",
-           min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> str:
-    """The transfer report of ``runs`` in ``format`` (markdown | json | csv): ``analyse``'s
-    numbers rendered by ``report.render`` (see that module)."""
-    from ..report.transfer import check_format, render
-    check_format(format)
-    table, summary = analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)
-    return render(table, summary, format, metric, min_runs, ci, tolerance, n_boot, seed)

@@ -1,6 +1,7 @@
 """A dataset held in memory as tensors, with seeded batch sampling (no DataLoader on the hot path)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,11 @@ class Dataset:
     vocab_size: int | None = None
     context: int | None = None
     classes: tuple = ()
+
+    def model_sizes(self) -> dict:
+        """The model options this data fixes (a builder takes those it needs); not user keys."""
+        return {"input_dim": math.prod(self.input_shape), "output_dim": self.num_classes,
+                "in_channels": self.input_shape[0], "vocab_size": self.vocab_size, "context": self.context}
 
     @property
     def n_train(self) -> int:

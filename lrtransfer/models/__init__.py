@@ -1,4 +1,4 @@
-"""The three model families, built only from the module algebra.
+"""The model families (registry.py), built only from the module algebra.
 
 ``build(arch, width, depth, **options)`` returns an ``lrtransfer.modular.Module``; the same
 model serves the normalized and the unnormalized optimizer.
@@ -12,38 +12,40 @@ import torch
 from ..errors import ConfigError
 from ..modular import Module
 from .gpt import gpt
+from .key import Key
 from .mlp import resmlp
-from .param import PARAMS, apply_param
+from .param import MUP_RULES, PARAMS, apply_param
+from .registry import FAMILIES, ModelFamily, family_key, register
 from .resnet import rescnn
 
-ARCHS = {"mlp": resmlp, "resnet": rescnn, "gpt": gpt}
+
+def family(arch: str) -> ModelFamily:
+    """The registered family ``arch``; a ConfigError naming the allowed ones otherwise."""
+    if arch not in FAMILIES:
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}; allowed: {', '.join(FAMILIES)}")
+    return FAMILIES[arch]
 
 
 def options(arch: str) -> dict:
     """The options ``arch`` accepts beyond width and depth, with their defaults (None: required)."""
-    if arch not in ARCHS:
-        raise ConfigError(f"model.arch: unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
-    params = inspect.signature(ARCHS[arch]).parameters
+    params = inspect.signature(family(arch).builder).parameters
     return {name: (None if p.default is inspect.Parameter.empty else p.default)
             for name, p in params.items() if name not in ("width", "depth")}
 
 
-def build(arch: str, width: int, depth: int, param: str = "modular", base_width: int | None = None,
-          optimizer: str = "adam", condition: bool = False, **kw) -> Module:
-    """Build ``arch`` ("mlp", "resnet" or "gpt") at ``width`` and ``depth`` residual blocks,
-    in parametrization ``param`` (modular, sp, mup; see param.py).
+def _check_positive(name: str, value, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"model.{name}: must be a positive integer{' or None' if allow_none else ''}, "
+                          f"got {value!r}")
 
-    μP's base shapes are the same architecture (same options) at ``base_width`` (None: ``width``,
-    so every multiplier is 1; larger than ``width`` is allowed), built without touching torch's
-    global random stream: a seed gives the same weights whatever the base width. ``optimizer``
-    picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``optimizer``.
-    ``condition``: every Linear and Conv2D uses its row-equilibrated weight (weight
-    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms._Tracked``).
-    """
+
+def _check_arguments(arch: str, width, depth, param: str, base_width, kw: dict) -> None:
+    """Everything ``build`` takes, checked before anything is built."""
     allowed = options(arch)
-    for name, value in (("width", width), ("depth", depth)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"model.{name}: must be a positive integer, got {value!r}")
+    _check_positive("width", width)
+    _check_positive("depth", depth)
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise ConfigError(f"model: unknown option(s) {', '.join(unknown)} for arch {arch!r}; "
@@ -53,11 +55,25 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
         raise ConfigError(f"model: arch {arch!r} needs {', '.join(missing)}")
     if param not in PARAMS:
         raise ConfigError(f"model.param: unknown parametrization {param!r}; allowed: {', '.join(PARAMS)}")
-    if base_width is not None and (not isinstance(base_width, int) or isinstance(base_width, bool)
-                                   or base_width < 1):
-        raise ConfigError(f"model.base_width: must be a positive integer or None, got {base_width!r}")
+    _check_positive("base_width", base_width, allow_none=True)
+
+
+def build(arch: str, width: int, depth: int, param: str = "modular", base_width: int | None = None,
+          mup_rule: str = "adam", condition: bool = False, **kw) -> Module:
+    """Build ``arch`` (a registered family: mlp, resnet, gpt) at ``width`` and ``depth``
+    residual blocks, in parametrization ``param`` (modular, sp, mup; see param.py).
+
+    μP's base shapes are the same architecture (same options) at ``base_width`` (None: ``width``,
+    so every multiplier is 1; larger than ``width`` is allowed), built without touching torch's
+    global random stream: a seed gives the same weights whatever the base width. ``mup_rule``
+    (``MUP_RULES``) picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``mup_rule``.
+    ``condition``: every Linear and Conv2D uses its row-equilibrated weight (weight
+    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms._Tracked``).
+    """
+    _check_arguments(arch, width, depth, param, base_width, kw)
+    builder = FAMILIES[arch].builder
     try:
-        model = ARCHS[arch](width, depth, **kw)
+        model = builder(width, depth, **kw)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
     base = None
@@ -65,11 +81,11 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
         try:
             # the base model only lends its shapes: leave the global random stream alone
             with torch.random.fork_rng(devices=[]):
-                base = ARCHS[arch](base_width, depth, **kw)
+                base = builder(base_width, depth, **kw)
         except ValueError as e:
             raise ConfigError(f"model.base_width {base_width}: {e}") from e
     try:
-        model = apply_param(model, param, optimizer=optimizer, base_model=base)
+        model = apply_param(model, param, mup_rule=mup_rule, base_model=base)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
     if condition:
@@ -79,4 +95,5 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
     return model
 
 
-__all__ = ["build", "options", "ARCHS", "PARAMS", "apply_param", "resmlp", "rescnn", "gpt"]
+__all__ = ["build", "options", "family", "family_key", "register", "ModelFamily", "FAMILIES", "Key", "PARAMS",
+           "MUP_RULES", "apply_param", "resmlp", "rescnn", "gpt"]

@@ -1,4 +1,4 @@
-"""GPT: a decoder-only transformer built from the algebra (SCIENCE.md §1).
+"""GPT: a decoder-only transformer built from the algebra (science.md §1).
 
 Token + position embeddings (½ each, total mass 1), `depth` blocks of an attention branch and
 an MLP branch — each a residual (1 − 1/L)·Id + (1/L)·branch with L = 2·depth — whose masses

@@ -1,11 +1,11 @@
 """ResMLP: input Linear, `depth` residual blocks of `block_depth` Linears, output Linear.
 
-Masses (SCIENCE.md §1): input 1, blocks 1 in total, output 1, so mass 3 and sensitivity 1;
+Masses (science.md §1): input 1, blocks 1 in total, output 1, so mass 3 and sensitivity 1;
 every residual Linear's share of a target eta is eta/(3·block_depth) at any width or depth.
 
 ``norm`` places the normalizations: ``"pre"`` (default) normalizes each block's input;
 ``"post"`` normalizes each Linear's output instead (input Linear included), which makes
-every Linear but the head scale-invariant (SCIENCE.md §5) — the layout for training on
+every Linear but the head scale-invariant (science.md §5) — the layout for training on
 the sphere (``constraint = "sphere"``).
 """
 from __future__ import annotations

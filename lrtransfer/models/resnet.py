@@ -1,11 +1,11 @@
 """ResCNN: a Conv2D stem, `depth` residual blocks of `block_depth` Conv2Ds, a linear head.
 
-Width is the number of channels. Masses: stem 1, blocks 20 in total, head 1 (SCIENCE.md §1).
+Width is the number of channels. Masses: stem 1, blocks 20 in total, head 1 (science.md §1).
 The stem is followed by a `downsample`×`downsample` average pool, so CPU-sized runs can work
 at 16×16 or 8×8 resolution; normalization is over channels at each position.
 
 ``norm``: ``"pre"`` (default) normalizes each block's input; ``"post"`` normalizes each
-convolution's output (stem included), making every Conv2D scale-invariant (SCIENCE.md §5).
+convolution's output (stem included), making every Conv2D scale-invariant (science.md §5).
 """
 from __future__ import annotations
 

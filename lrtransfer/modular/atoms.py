@@ -1,4 +1,4 @@
-"""Atoms: the modules that carry weights (SCIENCE.md §1, "Atoms").
+"""Atoms: the modules that carry weights (science.md §1, "Atoms").
 
 Each atom puts its width-dependent scale in the forward pass, is initialised so that its
 atom norm is 1, and knows how to rescale an update to a given atom norm.

@@ -1,4 +1,4 @@
-"""Bonds: modules without weights (mass 0) and their sensitivities (SCIENCE.md §1)."""
+"""Bonds: modules without weights (mass 0) and their sensitivities (science.md §1)."""
 from __future__ import annotations
 
 import math
@@ -140,7 +140,7 @@ class CausalSelfAttention(Bond):
     """softmax(q kᵀ · s + causal mask) v over ``heads`` heads; input the tuple (q, k, v).
 
     The softmax scale s is 1/d_head by default: with it (not 1/sqrt) attention is well-normed
-    with sensitivity 1 (SCIENCE.md §1). A parametrization may change it (models/param.py):
+    with sensitivity 1 (science.md §1). A parametrization may change it (models/param.py):
 
     * ``sqrt_scale = True``: s = 1/sqrt(d_head), standard practice (param = "sp");
     * ``width_mult = m`` (a float, d_head over the base model's d_head): s =

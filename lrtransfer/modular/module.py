@@ -1,6 +1,6 @@
 """The module algebra: every network is a tree of modules with a mass and a sensitivity.
 
-Read with ../shared/SCIENCE.md §1. Atoms carry weights, bonds carry none, and two
+Read with docs/science.md §1. Atoms carry weights, bonds carry none, and two
 combinators build everything else:
 
 * ``Sequence`` — composition. ``M2 @ M1`` runs M1 first. Mass adds, sensitivity multiplies.
@@ -13,7 +13,7 @@ The modular norm of a list of per-atom tensors is a recursive max; ``normalize``
 target norm down the same tree so that every term of that max is equal (``targets``), and
 each atom rescales its own update to its share.
 
-Scale invariance (SCIENCE.md §5): an atom is *scale-invariant* when multiplying its weight
+Scale invariance (science.md §5): an atom is *scale-invariant* when multiplying its weight
 by any c > 0 leaves the network's output unchanged — its output reaches a normalization
 (``normalizes``) through positively homogeneous maps only (``homogeneous``: f(c·x) = c·f(x)
 for c > 0), or it conditions its own weight row by row. ``scale_invariant()`` finds them.
@@ -87,7 +87,7 @@ class Module(nn.Module):
         """Each atom's share of a modular-norm target ``eta``, aligned with ``atoms()``.
 
         Linear in ``eta``; with the reference mass allocations it does not depend on width
-        or depth (SCIENCE.md §1).
+        or depth (science.md §1).
         """
         eta = _check_positive(eta, "target", type(self).__name__)
         if self.mass <= 0:
@@ -149,7 +149,7 @@ class Module(nn.Module):
     def dualize(self, updates: Seq[torch.Tensor], target: float, ns: str = "quintic",
                 steps: int | None = None) -> list[torch.Tensor]:
         """Return new tensors: the steepest-descent step of modular norm ``target`` for the
-        gradient-like ``updates`` (modular duality, SCIENCE.md §2).
+        gradient-like ``updates`` (modular duality, science.md §2).
 
         The target is split exactly as ``normalize`` splits it; each atom maps its update
         through its own norm's dual map (``Atom.dualize_update``): Linear is orthogonalized by

@@ -1,4 +1,4 @@
-"""Orthogonalization: the dual map of the spectral norm (SCIENCE.md §2).
+"""Orthogonalization: the dual map of the spectral norm (science.md §2).
 
 Steepest descent under the spectral norm steps along U Vᵀ for a gradient G = U Σ Vᵀ: every
 non-zero singular value set to 1, zero ones left at 0. Newton–Schulz iterations get there

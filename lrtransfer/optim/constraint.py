@@ -1,17 +1,6 @@
-"""Training on the sphere (Kodryan, Lobacheva, Nakhodnov & Vetrov 2022, "Training
-scale-invariant neural networks on the sphere can happen in three regimes"; SCIENCE.md §5).
-
-A weight is scale-invariant (SI) when the network's output ignores its scale
-(``Module.scale_invariant``). Gradient steps on SI weights only turn them, and how far a step
-of size lr turns them depends on their norm: the effective learning rate is
-
-    ELR = lr / ρ²,   ρ = ‖(w_1, …, w_k)‖₂ over all SI weights together,
-
-the LR the same network would have with its SI weights scaled to the unit sphere. Following
-the paper, ``Sphere`` fixes ρ at its initial value ρ₀ by projecting the concatenated SI
-weights back onto the sphere of radius ρ₀ after every step, so the ELR stays at lr/ρ₀² for
-the whole run, and keeps every other weight (the head) frozen at its initialisation, so the
-whole trainable network lives on the sphere. ``lr_for_elr`` inverts the relation.
+"""Training on the sphere (Kodryan et al. 2022): the scale-invariant weights projected back to
+their initial joint norm after every step, the rest frozen, so the effective LR lr/ρ₀² stays
+fixed. The relation and the setup: docs/optimizers.md.
 """
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""Muon as practitioners run it (Jordan et al. 2024), written from its public description.
-
-* Hidden 2-D weights (hidden Linear atoms; hidden Conv2D atoms as c_out × c_in·k² matrices):
-  momentum as an average, buf ← μ·buf + (1 − μ)·g with μ = 0.95, the Nesterov look-ahead
-  g + μ·(buf − g), orthogonalized by 5 Newton–Schulz steps with Muon's coefficients, scaled
-  by max(1, rows/cols)^0.5 so tall matrices get RMS-sized steps, at the run's LR.
-* Everything else (embeddings, the input layer, the head): Adam with betas (0.9, 0.95) at
-  ``adam_ratio`` × the run's LR (Muon's reference pairs lr 0.02 with Adam at 3e-4: 0.015).
-* Decoupled weight decay, weight ← (1 − lr·wd)·weight, each atom at its own LR (the
-  optimizer applies it).
-
-Which atoms are hidden is the model's business (``roles``); this rule only needs the mask.
+"""Muon as practitioners run it (Jordan et al. 2024), written from its public description:
+orthogonalized Nesterov momentum on hidden 2-D weights, Adam on the rest at ``adam_ratio`` ×
+the LR. Details: docs/optimizers.md.
 """
 from __future__ import annotations
 

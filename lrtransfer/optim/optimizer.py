@@ -1,23 +1,9 @@
 """The optimizer: a base rule's direction, applied plain, normalized or dualized.
 
-* ``plain``: step = lr · direction per atom, times the atom's ``lr_mult`` (a parametrization's
-  per-layer LR, e.g. μP) and the rule's own multiplier (Muon's Adam group); AdamW-style
-  decoupled decay, weight *= 1 − lr_k·wd.
-* ``normalize``: the directions are rescaled as ``model.normalize(directions, lr)`` rescales
-  them — each atom's to its share of ``lr`` — so the step has modular norm ``lr`` (applied
-  from ``model.normalize_scales``: w − scale·d in one pass per weight).
-* ``dualize``: the directions go through ``model.dualize(directions, lr, ns, ns_steps)`` —
-  the steepest-descent step of modular norm ``lr`` (SCIENCE.md §2).
-  For both, weight decay goes through ``model.regularize`` (split like the target).
-
-The optimizer calls exactly ``Module.normalize_scales`` / ``Module.dualize``: the maps live
-with the atoms. A non-finite direction is never applied: ``step`` raises ``Diverged``. (Plain Adam
-steps, eps > 0, are applied by torch's fused kernel straight from the gradients, which are
-checked instead: for Adam a finite gradient means a finite direction.)
-
-``constraint = "sphere"`` (plain steps only) trains on the sphere of constraint.py: the
-non-scale-invariant atoms are frozen and the scale-invariant ones are projected back to their
-initial joint norm after every step.
+``plain`` steps lr · direction per atom (times its ``lr_mult``) with decoupled decay;
+``normalize`` and ``dualize`` size the step in the modular norm through ``Module.normalize_scales``
+and ``Module.dualize``. A non-finite direction is never applied (``Diverged``). How each mode
+works: docs/optimizers.md.
 """
 from __future__ import annotations
 
@@ -27,8 +13,7 @@ import torch
 
 from ..modular import Module
 from .constraint import CONSTRAINTS, Sphere
-from .muon import Muon
-from .rules import Adam, SGD, Sign
+from .registry import OPTIMIZERS, option_keys
 from .schedule import Schedule
 
 UPDATES = ("plain", "normalize", "dualize")
@@ -136,34 +121,26 @@ class Optimizer:
             raise Diverged(self.t, torch.nonzero(~finite).flatten().tolist())
 
 
-# Base rules by name: (model, options) -> rule. A new optimizer is its rule class plus one
-# line here; the run spec's `optimizer` choices are these names.
-FACTORIES = {
-    "sgd": lambda model, o: SGD(momentum=o["momentum"]),
-    "adam": lambda model, o: Adam(betas=tuple(o["betas"]), eps=o["eps"]),
-    "sign": lambda model, o: Sign(),
-    "muon": lambda model, o: Muon([r == "hidden" for r in model.roles()], momentum=o["muon_momentum"],
-                                  ns_steps=o["ns_steps"] or 5, adam_ratio=o["muon_adam_ratio"], eps=o["eps"]),
-}
-OPTIMIZERS = tuple(FACTORIES)
-
-
 def make_optimizer(model: Module, name: str, lr: float, update: str = "plain", weight_decay: float = 0.0,
-                   schedule: str = "linear", steps: int = 1, warmup: int = 0, momentum: float = 0.9,
-                   betas=(0.9, 0.99), eps: float = 1e-8, exact: bool = False, ns: str = "quintic",
-                   ns_steps: int | None = None, muon_momentum: float = 0.95, muon_adam_ratio: float = 0.015,
-                   normalize: bool | None = None, constraint: str = "none") -> Optimizer:
-    """The optimizer a run config describes: base rule ``name`` (sgd, adam, sign, muon) applied
-    ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``.
-    ``constraint``: "none" or "sphere" (constraint.py)."""
+                   schedule: str = "linear", steps: int = 1, warmup: int = 0, exact: bool = False,
+                   ns: str = "quintic", ns_steps: int | None = None, normalize: bool | None = None,
+                   constraint: str = "none", **options) -> Optimizer:
+    """The optimizer a run config describes: registered base rule ``name`` (registry.py)
+    applied ``update`` (plain, normalize, dualize). ``normalize=True`` is ``update="normalize"``.
+    ``constraint``: "none" or "sphere" (constraint.py). ``options``: the rule's keys (e.g.
+    momentum, beta1); those not given take their declared defaults."""
     if normalize:
         update = "normalize"
-    if name not in FACTORIES:
+    if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: unknown name {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    if name == "muon" and update != "plain":
-        raise ValueError(f"optimizer muon: it orthogonalizes on its own; update must be plain, got {update!r}")
-    rule = FACTORIES[name](model, dict(momentum=momentum, betas=betas, eps=eps, ns_steps=ns_steps,
-                                       muon_momentum=muon_momentum, muon_adam_ratio=muon_adam_ratio))
+    entry = OPTIMIZERS[name]
+    if entry.plain_only and update != "plain":
+        raise ValueError(f"optimizer {name}: it {entry.plain_only}; update must be plain, got {update!r}")
+    unknown = sorted(set(options) - {k.name for k in option_keys()})
+    if unknown:
+        raise ValueError(f"optimizer: unknown option(s) {', '.join(unknown)}")
+    values = {k.name: options.get(k.name, k.default) for k in entry.keys}
+    rule = entry.make(model, {**values, "ns_steps": ns_steps})
     return Optimizer(model, rule, lr, update=update, weight_decay=weight_decay,
                      schedule=Schedule(schedule, steps, warmup), exact=exact, ns=ns, ns_steps=ns_steps,
                      constraint=constraint)

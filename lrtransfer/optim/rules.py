@@ -38,7 +38,7 @@ class SGD:
 class Adam:
     """Adam's direction m̂ / (sqrt(v̂) + eps) with bias correction.
 
-    With betas (0, 0) and eps 0 this is exactly sign(g), with 0 where g is 0 (SCIENCE.md §3).
+    With betas (0, 0) and eps 0 this is exactly sign(g), with 0 where g is 0 (science.md §3).
 
     With eps > 0 (every run's default) the moments and the direction are one pass of torch's
     fused Adam kernel over each tensor, writing the direction into a buffer this rule keeps:
@@ -146,7 +146,7 @@ def _fusable(grads: list[torch.Tensor]) -> bool:
 
 
 class Sign:
-    """sign(g): steepest descent under the ℓ∞ norm (SCIENCE.md §3), with 0 where g is 0.
+    """sign(g): steepest descent under the ℓ∞ norm (science.md §3), with 0 where g is 0.
 
     Step for step the same as ``Adam(betas=(0, 0), eps=0)`` — Adam without its averages.
     """

@@ -1,15 +1,10 @@
-"""One plain update for many cells at once: weights stacked along a leading cell axis.
+"""One update for many cells at once: weights stacked along a leading cell axis.
 
-Cells that share a model shape and an elementwise base rule (sgd, adam, sign) but differ in
-LR and weight decay take the same arithmetic per element, so their directions are one call of
-the rule on the stacked gradients and their steps one broadcast multiply: the per-op overhead
-is paid once, not once per cell. Each cell keeps its own ``Optimizer`` for everything else
-(its LR, schedule and step count), so a cell's LR at step t is exactly what it would be alone.
-
-Normalized steps of such rules on Linear atoms are stacked too (``StackedNormalized``: the
-norms are estimated for all cells in one batch per atom). Rules that are not elementwise
-(Muon's Newton–Schulz on hidden matrices), dualized steps, other atoms (Conv2D, Embed) and the
-sphere constraint are left to each cell's own optimizer (``lrtransfer.run.batched``).
+Cells that share a model shape and an ``elementwise`` rule (its registry entry) but differ in
+LR and weight decay take their directions in one call of the rule on the stacked gradients
+and their steps in one broadcast multiply; each cell keeps its own ``Optimizer`` for its LR,
+schedule and step count. Plain steps stack on any atoms, normalized ones on Linear atoms
+(``StackedNormalized``); everything else steps per cell (``lrtransfer.run.batched``).
 """
 from __future__ import annotations
 
@@ -20,13 +15,17 @@ import torch
 from ..modular.atoms import Linear, cold_start, refine
 from ..modular.spectral import block_power_step
 from .optimizer import Optimizer
+from .registry import OPTIMIZERS
 
-ELEMENTWISE_RULES = ("sgd", "adam", "sign")
+
+def _elementwise(opt: Optimizer) -> bool:
+    entry = OPTIMIZERS.get(opt.rule.name)
+    return entry is not None and entry.elementwise
 
 
 def stackable(opt: Optimizer) -> bool:
     """Whether ``opt``'s steps can be taken by ``StackedPlain``."""
-    return opt.update == "plain" and opt.sphere is None and opt.rule.name in ELEMENTWISE_RULES
+    return opt.update == "plain" and opt.sphere is None and _elementwise(opt)
 
 
 class _Stacked:
@@ -99,7 +98,7 @@ def normalize_stackable(opt: Optimizer) -> bool:
     elementwise rule on tracked (not SVD) norms, every atom a Linear of float32 or float64
     weights (a bfloat16 weight's scale would round differently from the cell's own step)."""
     return (opt.update == "normalize" and not opt.exact and opt.sphere is None
-            and opt.rule.name in ELEMENTWISE_RULES and all(type(a) is Linear for a in opt.atoms)
+            and _elementwise(opt) and all(type(a) is Linear for a in opt.atoms)
             and all(a.weight.dtype in (torch.float32, torch.float64) for a in opt.atoms))
 
 

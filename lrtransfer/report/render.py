@@ -15,12 +15,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-FORMATS = ("markdown", "json", "csv")
+from ..analysis.common import missing
+from ..errors import UserError
+
+FORMATS = ("markdown", "json", "csv")   # what every report can be written as
 CSV_DIGITS = 6   # significant digits of floats in CSV and JSON tables that are not the report's own
 
 
-def missing(x) -> bool:
-    return x is None or x is pd.NA or x is pd.NaT or (isinstance(x, (float, np.floating)) and math.isnan(x))
+def check_format(format: str, allowed: tuple = FORMATS) -> None:
+    """UserError naming ``--format`` unless it is one of ``allowed``."""
+    if format not in allowed:
+        raise UserError(f"--format {format!r}: allowed: {', '.join(allowed)}")
 
 
 def json_value(v):
@@ -144,6 +149,11 @@ class Column:
     header: str
     fmt: Callable = str
     right: bool = False
+
+
+def headed(columns: list[Column], **words) -> list[Column]:
+    """``columns`` with ``{word}`` placeholders in their headers filled in."""
+    return [Column(c.key, c.header.format(**words), c.fmt, c.right) for c in columns]
 
 
 def markdown_table(rows: list[dict], columns: list[Column]) -> str:

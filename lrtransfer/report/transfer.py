@@ -1,4 +1,4 @@
-"""The transfer report: ``analysis`` numbers rendered as markdown, JSON or CSV (``render``).
+"""The transfer report: ``analysis.transfer`` numbers rendered as markdown, JSON or CSV.
 
 * ``markdown``: one quotable line per series and axis (verdict, drift, slope and regret at the
   largest scale with their CIs, flags), a summary table, then per (series, group, axis) a
@@ -14,22 +14,16 @@ from __future__ import annotations
 import pandas as pd
 
 from ..analysis import transfer as analysis
-from ..errors import UserError
-from .render import FORMATS, Column, interval, markdown_table, missing, num, pct, pow2, records, signed, to_json
+from ..analysis.common import missing
+from .render import Column, check_format, interval, markdown_table, num, pct, pow2, records, signed, to_json
 
 CSV_GROUP_COLUMNS = ("max_scale", "drift", "drift_ci_lo", "drift_ci_hi", "drift_octaves", "drift_octaves_fit",
                      "slope", "slope_ci_lo", "slope_ci_hi", "max_regret", "n_scales", "verdict", "flags",
                      "worse_with_scale", "tolerance", "ci")
-SCALE_FLAGS = (("no-finished", lambda r: r["n_finished"] == 0), ("edge", lambda r: r["edge"]),
-               ("too-few", lambda r: r["too_few"] and r["n_finished"] > 0),
-               ("too-few-seeds", lambda r: r["too_few_seeds"]), ("flat", lambda r: r["flat"]),
-               ("base-lr-diverged", lambda r: r["base_lr_diverged"]),
-               ("base-lr-not-run", lambda r: r["base_lr_missing"]))
-
 
 def label(row: dict, extra: list[str]) -> str:
     """A group's name: its series, then ``, key=value`` for each group key it has."""
-    return str(row["series"]) + "".join(f", {k}={row[k]}" for k in extra if not missing(row[k]))
+    return str(row["series"]) + "".join(f", {k}={row[k]}" for k in extra if k in row and not missing(row[k]))
 
 
 def summary_line(row: dict, extra: list[str] = (), metric: str = "train_loss") -> str:
@@ -80,10 +74,15 @@ def markdown(table: pd.DataFrame, summary: pd.DataFrame, metric: str, min_runs: 
              f"within ±{tolerance:g} octave{'' if tolerance == 1 else 's'}, **drifts** when wholly outside, else "
              f"**inconclusive** (also with an edge, too-few, too-few-seeds or single-scale flag). Slope: octaves of "
              f"LR per octave of scale. "
-             + (f"Regret: seed-mean loss at the base-scale fitted LR (linear in log2 LR) − best seed-mean loss."
+             + ("Regret: seed-mean loss at the base-scale fitted LR (linear in log2 LR) − best seed-mean loss."
                 if not spec.maximize else
                 f"Regret: best seed-mean {metric} − seed-mean {metric} at the base-scale fitted LR (linear in "
                 f"log2 LR); {metric} is maximized."), ""]
+    lines += ["Grid drift: max − min of the grid (unfitted) log2 optimal LR over the scales, in octaves.", "",
+              f"flat: the LRs within one standard error of the best seed-mean {metric} span ≥ 2 octaves, so the "
+              f"optimum is poorly determined (informational).", "",
+              f"worse-with-scale: {metric} at the base LR is worse at the largest scale than at the base scale, "
+              f"its {p} CI wholly on the worse side (informational).", ""]
     lines += [f"- {summary_line(r, extra, metric)}" for r in summary.to_dict("records")]
     rows = [{**r, "_label": label(r, extra),
              "_drift_ci": interval(r["drift_ci_lo"], r["drift_ci_hi"], signed),
@@ -102,7 +101,7 @@ def markdown(table: pd.DataFrame, summary: pd.DataFrame, metric: str, min_runs: 
         rows = [{**r, "_fit_ci": interval(r["opt_log2_lr_fit_lo"], r["opt_log2_lr_fit_hi"], lambda v: num(v, 2)),
                  "_regret_ci": interval(r["regret_ci_lo"], r["regret_ci_hi"], num),
                  "_runs": f"{r['n_finished']} / {r['n_diverged']}",
-                 "_flags": " ".join(name for name, on in SCALE_FLAGS if on(r))} for r in g.to_dict("records")]
+                 "_flags": analysis.scale_flags(r)} for r in g.to_dict("records")]
         lines += [f"### {label(first, extra)}: {metric} across {ax}", "",
                   markdown_table(rows, _scale_columns(ax, p, noun)),
                   "", f"Base LR {pow2(first['base_lr'])} (fitted at {ax}={first['base_scale']}).", ""]
@@ -124,6 +123,10 @@ def render(table: pd.DataFrame, summary: pd.DataFrame, format: str = "markdown",
     return markdown(table, summary, metric, min_runs, ci, tolerance, n_boot)
 
 
-def check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise UserError(f"--format {format!r}: allowed: {', '.join(FORMATS)}")
+def report(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, format: str = "markdown",
+           min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000, seed: int = 0) -> str:
+    """The transfer report of ``runs`` in ``format`` (markdown | json | csv): ``analysis.analyse``'s
+    numbers rendered by ``render``."""
+    check_format(format)
+    table, summary = analysis.analyse(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)
+    return render(table, summary, format, metric, min_runs, ci, tolerance, n_boot, seed)

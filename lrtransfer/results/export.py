@@ -10,9 +10,10 @@ Every recorded run becomes one run there, named ``<series> <axis>=<scale>... lr=
 * its final numbers (``final_train_loss``, ``final_test_loss``, ``final_test_acc``,
   ``wall_seconds`` where finite) as metrics, its status and run id as tags.
 
-TensorBoard: event files written with ``torch.utils.tensorboard.SummaryWriter``, one
-sub-directory per run (its run id) under the log directory (default ``RESULTS_DIR/tensorboard``,
-or ``--uri DIR``), hyperparameters through the HParams plugin. The export is written into a
+TensorBoard: event files written with ``torch.utils.tensorboard.SummaryWriter`` under the log
+directory (default ``RESULTS_DIR/tensorboard``, or ``--uri DIR``), one sub-directory per run
+named as its MLflow run (``folder_names``: runs that would share a name get their run id
+appended), hyperparameters through the HParams plugin. The export is written into a
 temporary directory beside the target and moved into place whole, replacing an earlier export.
 
 MLflow: through ``mlflow.MlflowClient`` into the tracking URI ``--uri`` (any URI MLflow takes:
@@ -37,13 +38,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import UserError, nearest
 from ..run.provenance import SCALE_AXES, is_metadata
-from ..choices import EXPORT_TARGETS
-from ..errors import UserError
 from .store import load_results
 
 # what each target needs importable, and the extra that installs it
 NEEDS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+EXPORT_TARGETS = tuple(NEEDS)
 FINAL_METRICS = ("final_train_loss", "final_test_loss", "final_test_acc", "wall_seconds")
 CURVE_SERIES = ("train_loss", "test_loss", "lr")
 RUN_TAG = "lrtransfer.run_id"
@@ -62,7 +63,6 @@ class Exported:
 def require(target: str):
     """The library ``target`` needs, imported; UserError naming its extra when it is missing."""
     if target not in EXPORT_TARGETS:
-        from ..errors import nearest
         raise UserError(f"--to {target!r}: allowed: {', '.join(EXPORT_TARGETS)}{nearest(target, EXPORT_TARGETS)}")
     try:
         return importlib.import_module(NEEDS[target])
@@ -96,6 +96,15 @@ def run_name(row: dict) -> str:
     lr = f"lr=2^{math.log2(row['lr']):g}" if _finite(row.get("lr")) and row["lr"] > 0 else ""
     seed = f"seed={int(row['seed'])}" if _finite(row.get("seed")) else ""
     return " ".join(p for p in (str(row.get("series", "run")), scales, lr, seed) if p)
+
+
+def folder_names(rows: list[dict]) -> list[str]:
+    """One directory name per run: its ``run_name``, made safe for a path, with `` run=<run id>``
+    appended to every run whose name another run shares (runs differing only in a key the name
+    leaves out)."""
+    names = [run_name(row).replace("/", "_").replace("\\", "_") for row in rows]
+    counts = {name: names.count(name) for name in names}
+    return [f"{name} run={row['run_id']}" if counts[name] > 1 else name for name, row in zip(names, rows)]
 
 
 def finals(row: dict) -> dict:
@@ -136,8 +145,8 @@ def _tensorboard(rows: list[dict], curves: pd.DataFrame, logdir: Path) -> Export
         raise UserError(f"--uri {logdir}: exists and is not a directory")
     staging = Path(tempfile.mkdtemp(prefix=f".{logdir.name}.", dir=logdir.parent))
     try:
-        for row in rows:
-            with SummaryWriter(log_dir=str(staging / row["run_id"])) as writer:
+        for row, folder in zip(rows, folder_names(rows)):
+            with SummaryWriter(log_dir=str(staging / folder)) as writer:
                 for name, points in curve_points(curves, row["run_id"]).items():
                     for step, value in points:
                         writer.add_scalar(name, value, step)

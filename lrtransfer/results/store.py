@@ -33,6 +33,7 @@ from ..errors import UserError
 
 FINISHED = ("done", "diverged")   # statuses a sweep does not run again
 PER_RUN = ("curves", "diagnostics")  # the tables each run writes beside its summary row
+# the process umask, for the files mkstemp creates: reading it means setting it, so set it back
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

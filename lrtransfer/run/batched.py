@@ -1,28 +1,17 @@
 """Cells trained together: one forward and backward for a bundle of same-shaped runs.
 
-On a CPU most of a small model's step is per-op overhead, not arithmetic. Cells of one
-experiment that differ only in ``lr``, ``seed`` and ``weight_decay`` (``BUNDLE_FREE``) run the
-same ops on the same shapes, so ``execute_bundle`` stacks their weights along a leading cell
-axis and runs the model once, vmapped over it (``torch.func``): each op of the step is one
-call for the whole bundle.
-
-What stays per cell, exactly as ``train.execute`` does it alone (``train.Training``): the
-initialisation from its own seed, its own batches (its own generator), its LR and schedule,
-its divergence checks, diagnostics, logging and evaluation. The update is one stacked call
-for plain elementwise rules (``optim.stacked``), else each cell's own optimizer on its slice
-(normalized, dualized, Muon, the sphere). A cell that diverges stops and is dropped from the
-stack; the rest go on. The losses agree with training each cell alone to float rounding
-(batched matrix products sum in another order; tests/test_batched.py holds them to 1e-5).
-
-Whether batching pays depends on the shape: it wins where overhead dominates (narrow nets)
-and loses where the arithmetic does. ``batch_cells = "auto"`` asks ``batching_pays``, which
-times a few steps both ways once per shape and process.
+Cells that differ only in ``BUNDLE_FREE`` keys have their weights stacked along a leading
+cell axis and run as one vmapped program; everything else stays per cell, as
+``train.execute`` does it alone, and the losses agree with training alone to float rounding.
+Why and when it pays (``batch_cells = "auto"``): docs/batching.md.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +19,7 @@ from torch.func import functional_call, vmap
 
 from ..optim import Diverged
 from ..optim.stacked import StackedNormalized, StackedPlain, normalize_stackable, stackable
-from .train import RunResult, Training, _loss, resolve_device
+from .train import RunResult, Training, cross_entropy, resolve_device
 
 # Keys in which the cells of one bundle may differ; every other key is the bundle's shape.
 BUNDLE_FREE = ("lr", "seed", "weight_decay", "elr", "series", "run_id", "code_fingerprint")
@@ -89,18 +78,15 @@ class _Stack:
 
 
 def _losses(model, names):
-    """(stacked weights, xs, ys) -> the (cells,) losses, one forward for all cells.
-
-    (torch's fused CPU attention kernel has no batching rule, so under vmap a GPT's attention
-    runs cell by cell, with a warning; the probe times it as it is, and a GPT's step is
-    arithmetic-bound here anyway: benchmarks/batched_speedup.py.)"""
+    """(stacked weights, xs, ys) -> the (cells,) losses, one forward for all cells (a GPT's
+    attention runs cell by cell on a CPU: ``_unbatched_attention_allowed``)."""
     def one(weights, x, y):
-        return _loss(_Bound(model, dict(zip(names, weights))), x, y)
+        return cross_entropy(_Bound(model, dict(zip(names, weights))), x, y)
     return vmap(one, in_dims=(0, 0, 0))
 
 
 class _Bound:
-    """``model`` called with ``weights`` in place of its own (what ``_loss`` needs of it)."""
+    """``model`` called with ``weights`` in place of its own (what ``cross_entropy`` needs of it)."""
 
     def __init__(self, model, weights):
         self.model, self.weights = model, weights
@@ -136,7 +122,7 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     for step in range(steps):
         live = stack.runs
         xs, ys = _batches(live)
-        with live[0].precision():
+        with live[0].precision(), _unbatched_attention_allowed():
             losses = losses_of(stack.params, xs, ys)
         values = losses.tolist()   # one host sync per step for the whole bundle
         dropped = [i for i, (run, v) in enumerate(zip(live, values)) if run.loss_diverged(v, step)]
@@ -144,28 +130,11 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
         for p in stack.params:
             p.grad = None
         losses.sum().backward()   # cells share no weights: each slice gets its own cell's gradient
-        logging = live[0].logs(step)
-        for i, run in enumerate(live):
-            if logging and run.diagnostics is not None and i not in dropped:
-                run.diagnostics.before_step()
-        if fused is not None:
-            finite = fused.step([p.grad for p in stack.params]).tolist()
-            for i, ok in enumerate(finite):
-                if not ok and i not in dropped:
-                    live[i].diverge(step)
-                    dropped.append(i)
-        else:
+        if live[0].logs(step):
             for i, run in enumerate(live):
-                if i in dropped:
-                    continue
-                for atom, p in zip(run.model.atoms(), stack.params):
-                    atom.weight.grad = p.grad[i]
-                try:
-                    with run.update_precision():
-                        run.opt.step()
-                except Diverged:
-                    run.diverge(step)
-                    dropped.append(i)
+                if run.diagnostics is not None and i not in dropped:
+                    run.diagnostics.before_step()
+        dropped += _update(live, stack, fused, step, dropped)
         for i, run in enumerate(live):
             if i not in dropped:
                 run.stepped(step, values[i], lrs[i])
@@ -178,16 +147,55 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
                 break
         if on_step is not None:
             on_step(step + 1, steps)
+    return _results(runs, stack, time.perf_counter() - started)
+
+
+def _update(live: list[Training], stack: _Stack, fused, step: int, dropped: list[int]) -> list[int]:
+    """One update of every live cell not yet ``dropped``: the stacked update, else each cell's
+    own optimizer on its slice. Returns the cells whose update diverged (they stop)."""
+    diverged = []
+    if fused is not None:
+        finite = fused.step([p.grad for p in stack.params]).tolist()
+        for i, ok in enumerate(finite):
+            if not ok and i not in dropped:
+                live[i].diverge(step)
+                diverged.append(i)
+        return diverged
+    for i, run in enumerate(live):
+        if i in dropped:
+            continue
+        for atom, p in zip(run.model.atoms(), stack.params):
+            atom.weight.grad = p.grad[i]
+        try:
+            with run.update_precision():
+                run.opt.step()
+        except Diverged:
+            run.diverge(step)
+            diverged.append(i)
+    return diverged
+
+
+def _results(runs: list[Training], stack: _Stack, wall: float) -> list[RunResult]:
+    """Every cell's result: the finished ones evaluated together, the bundle's time shared."""
     finished = [run for run in stack.runs if run.status == "done"]
     evaluations = {}
     if finished:
         stack.keep([stack.runs.index(run) for run in finished])
         evaluations = dict(zip(map(id, finished), _evaluate(stack, runs[0])))
-    wall = time.perf_counter() - started
     results = [run.result(evaluations.get(id(run)), bundle_size=len(runs), compiled=False) for run in runs]
     for r in results:   # the bundle's time, shared: what one cell cost
         r.row.update(bundle_wall_seconds=wall, wall_seconds=wall / len(runs))
     return results
+
+
+@contextlib.contextmanager
+def _unbatched_attention_allowed():
+    # torch's fused CPU attention kernel has no vmap batching rule, so it runs cell by cell:
+    # the numbers are right, only slower (which the auto probe measures); its warning says so
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
+                                "implemented the batching rule", category=UserWarning)
+        yield
 
 
 @torch.no_grad()
@@ -202,7 +210,7 @@ def _evaluate(stack: _Stack, first: Training) -> list[tuple[float, float]]:
     correct = torch.zeros(cells, dtype=torch.int64)
     total = 0
     for x, y in first.ds.eval_batches("test", values["batch_size"], max_examples=values["eval_examples"]):
-        with first.precision():
+        with first.precision(), _unbatched_attention_allowed():
             out = forward(stack.params, x)
         out = out.float()
         flat, target = out.reshape(cells, -1, out.shape[-1]), y.reshape(-1)

@@ -1,31 +1,9 @@
 """Per-atom training diagnostics: how big each weight is, how far each step moves it.
 
-At every logged step (``log_every``) a run records, for each atom of the model:
-
-* ``weight_norm`` and ``update_norm`` — the weight and the update actually applied at that
-  step (``w_after − w_before``: the optimizer's step, weight decay and any projection
-  together), both in the atom's own norm (spectral for Linear, max over kernel positions for
-  Conv2D, max row ℓ2 for Embed), and ``relative_update`` = their ratio;
-* ``angle`` — the angle between the weight before and after the step (Frobenius geometry,
-  radians): how far the step turned the weight;
-* ``elr`` — for a scale-invariant atom, the step's LR over its squared Frobenius norm, the
-  effective LR of Kodryan et al. (2022) (constraint.py); NaN for the others;
-* ``condition`` — σ_max/σ_min of the matrix the forward pass uses (the conditioned D·W with
-  ``condition = true``; a convolution as its (out, in·k·k) matrix), by SVD, exact; only with
-  ``log_condition = true`` (an SVD per atom per log), else NaN.
-
-One more row per logged step, ``atom = -1``, treats all scale-invariant atoms together as one
-vector (Frobenius norms): its ``weight_norm`` is the sphere radius ρ, its ``elr`` lr/ρ², and
-its ``angle`` the angular step of the whole scale-invariant network — what the three-regimes
-rule reads.
-
-Measuring must not disturb training. Spectral norms here are exact at the first log (a Gram
-eigendecomposition), then one warm block power step per log on blocks this object owns (a
-lower bound, tight while the matrices change slowly between logs), never the atoms' own
-tracking blocks, which ``normalize`` relies on; a test checks that logging leaves every loss
-unchanged, and that the estimates match SVD norms. The work is
-a weight snapshot before the logged step and a handful of matrix-vector products after it,
-read back with one host sync (cost: benchmarks/diagnostics_cost.py).
+At every logged step a run records, per atom, its weight and update norms (in the atom's own
+norm), the angle the step turned it and its effective LR (plus a joint row for the
+scale-invariant atoms), measured without disturbing training. Columns and method:
+docs/diagnostics.md.
 """
 from __future__ import annotations
 
@@ -86,14 +64,9 @@ class Diagnostics:
 
     def _atom_norms(self, *kinds: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Each atom's own norm of each list of tensors in ``kinds`` (lists aligned with the
-        atoms), as a 1-D tensor whose max is the norm (one value per kernel slice).
-
-        Spectral norms: every matrix of every kind is zero-padded to one common shape (padding
-        adds only zero singular values) and all are stepped as one batch — at small widths
-        the per-call overhead, not the arithmetic, is the cost; matrices larger than
-        ``_BATCH_LIMIT`` entries are stepped one by one, uncopied. Exact the first time (a Gram
-        eigendecomposition), then one warm block power step per call on this object's own
-        block, never the atoms' blocks, which ``normalize`` uses.
+        atoms), as a 1-D tensor whose max is the norm (one value per kernel slice). Spectral
+        norms: exact the first time (a Gram eigendecomposition), then one warm block power step
+        per call on this object's own blocks, never the atoms' blocks, which ``normalize`` uses.
         """
         norms = [[None] * len(self.atoms) for _ in kinds]
         owners, ms = [], []
@@ -106,16 +79,26 @@ class Diagnostics:
                 m = m.float() if m.dtype not in (torch.float32, torch.float64) else m
                 ms.append(m if m.dim() == 3 else m.unsqueeze(0))
                 owners.append((i, k))
-        if not ms:
-            return norms
-        # small matrices: zero-padded into one batch (per-call overhead is their cost); large
-        # ones: each on its own, uncopied (copying would cost more than the call it saves)
+        for j, sigma in enumerate(self._spectral_norms(ms)):
+            i, k = owners[j]
+            norms[i][k] = sigma    # one per slice: the max is taken on the host, after the one sync
+        return norms
+
+    def _spectral_norms(self, ms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """σ₁ of every slice of each (slices, rows, cols) matrix batch in ``ms``, in order.
+
+        Small matrices are zero-padded to one common shape (padding adds only zero singular
+        values) and stepped as one batch: at small widths the per-call overhead, not the
+        arithmetic, is the cost. Those over ``_BATCH_LIMIT`` entries are stepped one by one,
+        uncopied (copying would cost more than the call it saves).
+        """
         small = [j for j, m in enumerate(ms) if m.shape[-2] * m.shape[-1] <= _BATCH_LIMIT]
         groups = {("own", j): [j] for j, m in enumerate(ms) if j not in small}
         if small:
             groups[("padded", max(ms[j].shape[-2] for j in small), max(ms[j].shape[-1] for j in small))] = small
         if self._blocks is None or set(self._blocks) != set(groups):
             self._blocks = dict.fromkeys(groups)
+        out = [None] * len(ms)
         for shape, js in groups.items():
             if shape[0] == "own":
                 batch = ms[js[0]]
@@ -129,9 +112,17 @@ class Diagnostics:
                 sigma, _, block = block_power_step(batch, block)
             self._blocks[shape] = block
             for j, sj in zip(js, torch.nan_to_num(sigma, nan=0.0).split([ms[j].shape[0] for j in js])):
-                i, k = owners[j]
-                norms[i][k] = sj    # one per slice: the max is taken on the host, after the one sync
-        return norms
+                out[j] = sj
+        return out
+
+    def _conditions(self) -> list[torch.Tensor]:
+        """σ_max/σ_min of each atom's forward matrix, by SVD."""
+        conds = []
+        for atom in self.atoms:
+            w = atom.effective_weight() if hasattr(atom, "effective_weight") else atom.weight
+            s = torch.linalg.svdvals(w.detach().float().flatten(1))
+            conds.append(s[0] / s[-1])
+        return conds
 
     @torch.no_grad()
     def after_step(self, run_id: str, step: int, lr: float, lr_mults: list[float]) -> None:
@@ -143,25 +134,23 @@ class Diagnostics:
         # the snapshot becomes w_before − w_after = −Δ in place (norms do not see the sign)
         torch._foreach_sub_(self._snapshot, after)
         deltas = self._snapshot
-        spectral = self._atom_norms(after, deltas)
-        scalars = [self._before_norms, torch._foreach_norm(after), torch._foreach_norm(deltas)]
+        columns = self._atom_norms(after, deltas) + \
+            [self._before_norms, torch._foreach_norm(after), torch._foreach_norm(deltas)]
         if self.log_condition:
-            conds = []
-            for atom in self.atoms:
-                w = atom.effective_weight() if hasattr(atom, "effective_weight") else atom.weight
-                s = torch.linalg.svdvals(w.detach().float().flatten(1))
-                conds.append(s[0] / s[-1])
-            scalars.append(conds)
-        pieces = [t.reshape(-1).float() for col in spectral for t in col] + \
-                 [t.reshape(-1).float() for col in scalars for t in col]
+            columns.append(self._conditions())
+        pieces = [t.reshape(-1).float() for col in columns for t in col]
         flat = torch.cat(pieces).tolist()   # the one host sync
         values, start = [], 0
         for t in pieces:
             values.append(max(flat[start:start + t.numel()]))
             start += t.numel()
         n = len(self.atoms)
-        table = [[values[c * n + k] for c in range(len(spectral) + len(scalars))] for k in range(n)]
         self._pending = False
+        self._record(run_id, step, lr, lr_mults, [[values[c * n + k] for c in range(len(columns))] for k in range(n)])
+
+    def _record(self, run_id: str, step: int, lr: float, lr_mults: list[float], table: list[list[float]]) -> None:
+        """The rows of one logged step from each atom's (weight norm, update norm, ‖w0‖, ‖w1‖,
+        ‖Δ‖[, condition]), plus the scale-invariant atoms' joint row."""
         joint = [0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², ‖Δ‖²
         for k, values in enumerate(table):
             wn, un, n0, n1, dn = values[:5]

@@ -1,43 +1,27 @@
 """The run spec: every key a run takes, declared once.
 
 Config parsing (types, bounds, choices, defaults), ``--set``, the CLI's help, the run id (the
-resolved values are hashed), the failed-run row (a failed run records its values) and the
-training call (``optimizer_options``) all read this table. A new run key is one entry here
-plus the code of the part that owns it.
+resolved values are hashed), the failed-run row and the training call (``optimizer_options``)
+all read it. The generic keys are declared here; each optimizer's own keys and each model
+family's options come from their registries (``lrtransfer.optim.registry``,
+``lrtransfer.models.registry``), so ``KEYS`` is computed on access.
 
 ``section`` says where a key is written in an experiment file ([model] or [train]); any key
-can also be a [grid] axis or a series override. ``owner`` names the part of the package
-that consumes it.
+can also be a [grid] axis or a series override.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
-from ..models import ARCHS as _ARCH_BUILDERS, PARAMS
+from ..models import FAMILIES, PARAMS, Key
 from ..modular.newton_schulz import METHODS as NS_METHODS
-from ..optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES
+from ..optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES, option_keys
 
 DTYPES = ("float32", "float64", "bfloat16", "bf16-autocast")
 BATCH_MODES = ("auto", "on", "off")
-ARCHS = tuple(_ARCH_BUILDERS)
 
-
-@dataclass(frozen=True)
-class Key:
-    name: str
-    type: type                       # int, float, bool or str
-    default: object
-    help: str
-    owner: str                       # models, optim, train, data
-    section: str = "train"           # model or train
-    choices: tuple | None = None
-    minimum: float | None = None     # inclusive lower bound
-    positive: bool = False           # strictly > 0
-
-
-KEYS: tuple[Key, ...] = (
-    # -- the model (architecture options per arch come from lrtransfer.models.options) --------
-    Key("arch", str, "mlp", "model family", "models", "model", choices=ARCHS),
+# The model keys every family takes (each family's own options: its registry entry).
+MODEL_KEYS = (
     Key("width", int, 128, "hidden width (channels for resnet)", "models", "model", positive=True),
     Key("depth", int, 3, "residual blocks", "models", "model", positive=True),
     Key("param", str, "modular", "parametrization: modular (the algebra's), sp (torch defaults), "
@@ -45,9 +29,10 @@ KEYS: tuple[Key, ...] = (
     Key("base_width", int, 0, "μP base width (0: the experiment's smallest width)", "models", "model", minimum=0),
     Key("condition", bool, False, "weight conditioning (arXiv 2409.03424): every Linear/Conv2D uses its "
         "row-equilibrated weight diag(1/‖W_i‖)·W", "models", "model"),
-    # -- the update ------------------------------------------------------------------------
-    Key("optimizer", str, "adam", "base rule: sgd, adam, sign (ℓ∞ steepest descent), muon", "optim",
-        choices=OPTIMIZERS),
+)
+
+# The update keys every optimizer takes (each optimizer's own keys: its registry entry).
+UPDATE_KEYS = (
     Key("update", str, "plain", "plain (lr · direction), normalize (modular norm lr), dualize "
         "(steepest descent of modular norm lr)", "optim", choices=UPDATES),
     Key("normalize", bool, False, "same as update = \"normalize\"", "optim"),
@@ -58,13 +43,10 @@ KEYS: tuple[Key, ...] = (
     Key("schedule", str, "linear", "LR schedule: constant, linear (decay to 0), cosine", "optim", choices=SCHEDULES),
     Key("warmup", int, 0, "linear warmup steps", "optim", minimum=0),
     Key("weight_decay", float, 0.0, "decoupled weight decay", "optim", minimum=0),
-    Key("momentum", float, 0.9, "sgd momentum", "optim", minimum=0),
-    Key("beta1", float, 0.9, "adam beta1", "optim", minimum=0),
-    Key("beta2", float, 0.99, "adam beta2", "optim", minimum=0),
-    Key("eps", float, 1e-8, "adam epsilon", "optim", minimum=0),
-    Key("muon_momentum", float, 0.95, "muon: Nesterov momentum of the hidden weights", "optim", minimum=0),
-    Key("muon_adam_ratio", float, 0.015, "muon: Adam's LR on embeddings, input and head as a "
-        "fraction of lr", "optim", positive=True),
+)
+
+# Training on the sphere and how normalize measures norms.
+SPHERE_KEYS = (
     Key("constraint", str, "none", "sphere: train only the scale-invariant weights, projected back to "
         "their initial joint norm after every step (fixed ELR); needs update = \"plain\"", "optim",
         choices=CONSTRAINTS),
@@ -72,7 +54,10 @@ KEYS: tuple[Key, ...] = (
         "scale-invariant weights); 0: use lr", "optim", minimum=0),
     Key("exact_norm", bool, False, "SVD spectral norms in normalize (slow; tests) instead of tracked "
         "estimates", "optim"),
-    # -- the run -----------------------------------------------------------------------------
+)
+
+# The run: its length, batches, seed, logging, precision and execution.
+RUN_KEYS = (
     Key("steps", int, 1000, "training steps", "train", positive=True),
     Key("batch_size", int, 128, "examples (or windows) per step", "train", positive=True),
     Key("seed", int, 0, "seed of the initialisation and the batches", "train", minimum=0),
@@ -99,21 +84,45 @@ KEYS: tuple[Key, ...] = (
         "of a run pay the compile)", "train"),
 )
 
-BY_NAME = {k.name: k for k in KEYS}
+# How figures name a series: written in a [series.*] table, never part of a run's values.
+LABEL = Key("label", str, "", "series only: the name figures show for the series (default: its name); "
+            "not part of the run id", "sweep", "series")
+
+
+def _choice_keys() -> tuple[Key, Key]:
+    """``arch`` and ``optimizer``: their choices are the registered families and optimizers."""
+    optimizers = ", ".join(name + (f" ({e.note})" if e.note else "") for name, e in OPTIMIZERS.items())
+    return (Key("arch", str, "mlp", "model family", "models", "model", choices=tuple(FAMILIES)),
+            Key("optimizer", str, "adam", f"base rule: {optimizers}", "optim", choices=tuple(OPTIMIZERS)))
+
+
+def run_keys() -> tuple[Key, ...]:
+    """Every key each run resolves (and hashes), in table order, from the registries as they are now."""
+    arch, optimizer = _choice_keys()
+    return (arch, *MODEL_KEYS, optimizer, *UPDATE_KEYS, *option_keys(), *SPHERE_KEYS, *RUN_KEYS)
+
+
+def __getattr__(name: str):
+    # KEYS and BY_NAME follow the registries, so a registered optimizer's keys appear in them
+    if name == "KEYS":
+        return run_keys()
+    if name == "BY_NAME":
+        return {k.name: k for k in run_keys()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def defaults(section: str) -> dict:
-    return {k.name: k.default for k in KEYS if k.section == section}
+    return {k.name: k.default for k in run_keys() if k.section == section}
 
 
 def optimizer_options(values: dict) -> dict:
-    """The keyword arguments of ``make_optimizer`` for a resolved run (besides model and name)."""
+    """The keyword arguments of ``make_optimizer`` for a resolved run (besides model and name):
+    the update's keys and the optimizer's own."""
+    own = {k.name: values[k.name] for k in OPTIMIZERS[values["optimizer"]].keys}
     return dict(lr=values["lr"], update=values["update"], weight_decay=values["weight_decay"],
                 schedule=values["schedule"], steps=values["steps"], warmup=values["warmup"],
-                momentum=values["momentum"], betas=(values["beta1"], values["beta2"]), eps=values["eps"],
                 exact=values["exact_norm"], ns=values["ns"], ns_steps=values["ns_steps"] or None,
-                muon_momentum=values["muon_momentum"], muon_adam_ratio=values["muon_adam_ratio"],
-                constraint=values["constraint"])
+                constraint=values["constraint"], **own)
 
 
 def check_combination(values: dict) -> str | None:
@@ -124,8 +133,12 @@ def check_combination(values: dict) -> str | None:
     if update != "plain" and values.get("param", "modular") != "modular":
         return (f"update = {update!r} sizes steps in the modular norm, which needs param = \"modular\" "
                 f"(got param = {values['param']!r})")
-    if values.get("optimizer") == "muon" and update != "plain":
-        return f"optimizer = \"muon\" orthogonalizes its own steps; it needs update = \"plain\" (got {update!r})"
+    entry = OPTIMIZERS.get(values.get("optimizer"))
+    if entry is not None and entry.plain_only and update != "plain":
+        return f"optimizer = \"{entry.name}\" {entry.plain_only}; it needs update = \"plain\" (got {update!r})"
+    if entry is not None and entry.mup is None and values.get("param") == "mup":
+        return f"optimizer = \"{entry.name}\" has no μP LR rule; param = \"mup\" needs one of " + \
+            ", ".join(name for name, e in OPTIMIZERS.items() if e.mup)
     constraint = values.get("constraint", "none")
     if constraint != "none" and update != "plain":
         return f"constraint = {constraint!r} projects plain steps; it needs update = \"plain\" (got {update!r})"
@@ -149,10 +162,28 @@ def _allowed(k: Key) -> str:
     return ""
 
 
+def family_keys() -> list[Key]:
+    """Each model family's options, one row per distinct declaration, its help naming the
+    families that take it (``blocks_mass``' default differs by family: a row each)."""
+    takers: dict[Key, list[str]] = {}
+    for name, fam in FAMILIES.items():
+        for key in fam.keys:
+            takers.setdefault(key, []).append(name)
+    return [replace(k, help=f"{', '.join(names)}: {k.help}") for k, names in takers.items()]
+
+
+def table_keys() -> list[Key]:
+    """What an experiment file takes, as ``lrtransfer keys`` lists it: the run keys, the
+    families' options after the model keys, and the series label."""
+    keys = list(run_keys())
+    after_model = keys.index(MODEL_KEYS[-1]) + 1
+    return keys[:after_model] + family_keys() + keys[after_model:] + [LABEL]
+
+
 def markdown_table() -> str:
-    """The run keys as a markdown table (the README's and ``lrtransfer keys``'s)."""
+    """The keys as a markdown table (the README's and ``lrtransfer keys``'s)."""
     rows = ["| key | section | default | allowed | what |", "|---|---|---|---|---|"]
-    for k in KEYS:
+    for k in table_keys():
         default = str(k.default).lower() if isinstance(k.default, bool) else repr(k.default) \
             if isinstance(k.default, str) else f"{k.default:g}" if isinstance(k.default, float) else str(k.default)
         rows.append(f"| `{k.name}` | {k.section} | `{default}` | {_allowed(k)} | {k.help} |")
@@ -160,6 +191,7 @@ def markdown_table() -> str:
 
 
 def as_records() -> list[dict]:
+    """The keys of ``markdown_table`` as JSON-able records."""
     return [{"name": k.name, "section": k.section, "type": k.type.__name__, "default": k.default,
              "choices": list(k.choices) if k.choices else None, "positive": k.positive,
-             "minimum": k.minimum, "help": k.help, "owner": k.owner} for k in KEYS]
+             "minimum": k.minimum, "help": k.help, "owner": k.owner} for k in table_keys()]

@@ -29,14 +29,14 @@ import lrtransfer
 
 from ..data import Dataset, load
 from .diagnostics import Diagnostics
-from ..models import build
-from ..optim import Diverged, lr_for_elr, make_optimizer, sphere_radius
+from ..models import build, options
+from ..optim import OPTIMIZERS, Diverged, lr_for_elr, make_optimizer, sphere_radius
 from ..errors import UserError
 from .provenance import code_fingerprint, git_state, run_id
 from .spec import optimizer_options
 
 # the parameters' dtype per `dtype` key; bf16-autocast keeps float32 weights (see autocast)
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
            "bf16-autocast": torch.float32}
 
 
@@ -102,15 +102,13 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
 
 def model_for(values: dict, ds: Dataset):
     """The run's model: its architecture options, the sizes the data fixes, its parametrization."""
-    from ..models import options
-    derived = {"input_dim": math.prod(ds.input_shape), "output_dim": ds.num_classes,
-               "in_channels": ds.input_shape[0], "vocab_size": ds.vocab_size, "context": ds.context}
     allowed = options(values["arch"])
     kw = {k: v for k, v in values.items() if k in allowed}
-    kw.update({k: v for k, v in derived.items() if k in allowed})
+    kw.update({k: v for k, v in ds.model_sizes().items() if k in allowed})
     param = values.get("param", "modular")
     if param != "modular":
-        kw.update(param=param, base_width=values.get("base_width") or None, optimizer=values["optimizer"])
+        kw.update(param=param, base_width=values.get("base_width") or None,
+                  mup_rule=OPTIMIZERS[values["optimizer"]].mup)
     return build(values["arch"], values["width"], values["depth"], condition=values.get("condition", False), **kw)
 
 
@@ -128,7 +126,8 @@ def optimizer_for(values: dict, model):
         raise UserError(f"run {values.get('series', '')} ({values['arch']}): {e}") from None
 
 
-def _loss(model, x, y):
+def cross_entropy(model, x, y):
+    """The training loss of ``model`` on a batch (float32 logits whatever the model's dtype)."""
     out = model(x)
     return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
 
@@ -173,7 +172,7 @@ class Training:
         torch.set_num_threads(values.get("threads", 1))
         torch.manual_seed(values["seed"])
         self.ds = dataset_for(values, device)
-        self.model = model_for(values, self.ds).to(device=device, dtype=_DTYPES[values["dtype"]])
+        self.model = model_for(values, self.ds).to(device=device, dtype=DTYPES[values["dtype"]])
         self.steps = values["steps"]
         self.radius0 = _radius(self.model)   # ρ₀, the initial joint norm of the scale-invariant weights
         self.opt = optimizer_for(values, self.model)
@@ -193,9 +192,9 @@ class Training:
         return autocast(self.values, self.device)
 
     def update_precision(self):
-        """The update's: Newton–Schulz (dualize, Muon) runs its products in the forward's
+        """The update's: Newton–Schulz (dualize, and rules such as Muon) runs its products in the forward's
         precision; normalize's spectral estimates and plain steps stay in float32."""
-        if self.values["update"] == "dualize" or self.values["optimizer"] == "muon":
+        if self.values["update"] == "dualize" or OPTIMIZERS[self.values["optimizer"]].newton_schulz:
             return self.precision()
         return contextlib.nullcontext()
 
@@ -239,10 +238,17 @@ class Training:
     def result(self, evaluation: tuple[float, float] | None = None, **recorded) -> RunResult:
         """The run's row (config, metrics, provenance, and ``recorded``: how it was trained) and
         curves; ``evaluation``: the final (test loss, accuracy) when the caller measured them."""
-        values, curve = self.values, self.curve
-        diverged_at = self.diverged_at
-        row = dict(values)
-        row.update(run_id=self.rid, status=self.status, error=None,
+        row = {**self.values, **self._metrics(evaluation), **self._provenance()}
+        row.update({"bundle_size": 1, "compiled": False, **recorded})
+        curves = pd.DataFrame(self.curve, columns=["step", "train_loss", "test_loss", "lr"])
+        curves.insert(0, "run_id", self.rid)
+        return RunResult(row=row, curves=curves,
+                         diagnostics=self.diagnostics.table() if self.diagnostics is not None else None)
+
+    def _metrics(self, evaluation: tuple[float, float] | None) -> dict:
+        """The row's outcome: status, losses, accuracy (evaluated now unless given)."""
+        diverged_at, curve = self.diverged_at, self.curve
+        row = dict(run_id=self.rid, status=self.status, error=None,
                    diverged_at_step=math.nan if diverged_at is None else float(diverged_at),
                    final_train_loss=math.nan, final_test_loss=math.nan, final_test_acc=math.nan,
                    first_train_loss=self.first_loss,
@@ -250,7 +256,7 @@ class Training:
                    lr_applied=self.opt.lr, chance_loss=math.log(self.ds.num_classes),
                    sphere_radius=self.radius0)
         if self.status == "done":
-            k = values["final_k"]
+            k = self.values["final_k"]
             row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])
             if evaluation is None:
                 self.model.eval()
@@ -258,16 +264,15 @@ class Training:
             row["final_test_loss"], row["final_test_acc"] = evaluation
             if curve:
                 curve[-1]["test_loss"] = row["final_test_loss"]
+        return row
+
+    def _provenance(self) -> dict:
+        """Where and with what the run trained: time, versions, threads, device, host."""
         sha, dirty = git_state()
-        row.update(wall_seconds=time.perf_counter() - self.start, started_at=self.started,
-                   lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
-                   torch_version=torch.__version__, python_version=platform.python_version(),
-                   torch_threads=torch.get_num_threads(), device=_device_name(self.device), host=platform.node())
-        row.update({"bundle_size": 1, "compiled": False, **recorded})
-        curves = pd.DataFrame(curve, columns=["step", "train_loss", "test_loss", "lr"])
-        curves.insert(0, "run_id", self.rid)
-        return RunResult(row=row, curves=curves,
-                         diagnostics=self.diagnostics.table() if self.diagnostics is not None else None)
+        return dict(wall_seconds=time.perf_counter() - self.start, started_at=self.started,
+                    lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
+                    torch_version=torch.__version__, python_version=platform.python_version(),
+                    torch_threads=torch.get_num_threads(), device=_device_name(self.device), host=platform.node())
 
 
 def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> RunResult:
@@ -275,7 +280,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
     device = resolve_device(device) if isinstance(device, str) else device
     run = Training(values, device)
     model, opt, diagnostics = run.model, run.opt, run.diagnostics
-    loss_of = compiled_loss() if values.get("compile") else _loss
+    loss_of = compiled_loss() if values.get("compile") else cross_entropy
     for step in range(run.steps):
         x, y = run.sample()
         with run.precision():
@@ -301,7 +306,7 @@ def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> R
 
 
 def compiled_loss():
-    """``_loss`` through ``torch.compile``: the forward and the backward AOTAutograd derives
+    """``cross_entropy`` through ``torch.compile``: the forward and the backward AOTAutograd derives
     from it. The update stays eager: its divergence check reads the host every step.
 
     Dynamo keeps its compiled graphs per code object and guards them on the model object, so
@@ -310,7 +315,7 @@ def compiled_loss():
     (inductor's on-disk cache makes the later compiles of a shape cheaper).
     """
     torch._dynamo.reset()
-    return torch.compile(_loss, dynamic=False)
+    return torch.compile(cross_entropy, dynamic=False)
 
 
 def _radius(model) -> float:

@@ -1,10 +1,19 @@
-"""Sweeps: experiment files, the grid as an optuna study, runs, workers."""
-from .config import Experiment, RunConfig, experiment_from_dict, load_experiment, run_id
-from .queue import Queue, open_storage, redact
-from ..run.train import RunResult, execute
-from .sweep import Plan, plan, prepare, results_dir_for, run_sweep
-from .worker import work
+"""Sweeps: experiment files, the grid as an optuna study, runs, workers, tuning.
 
-__all__ = ["Experiment", "RunConfig", "load_experiment", "experiment_from_dict", "run_id", "Queue",
-           "open_storage", "redact", "RunResult", "execute", "Plan", "plan", "prepare", "results_dir_for",
-           "run_sweep", "work"]
+The names below load on first use, so that a light submodule (``sweep.search``, whose names
+the CLI's help shows) can be imported without the training stack behind the others.
+"""
+from importlib import import_module
+
+_EXPORTS = {"Experiment": "config", "RunConfig": "config", "experiment_from_dict": "config",
+            "load_experiment": "config", "run_id": "config", "Queue": "queue", "open_storage": "queue",
+            "redact": "queue", "Plan": "sweep", "plan": "sweep", "prepare": "sweep", "results_dir_for": "sweep",
+            "run_sweep": "sweep", "work": "worker"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -24,18 +24,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ..data import DATASETS, fingerprint
 from ..errors import ConfigError, nearest
-from ..models import options as model_options
+from ..models import FAMILIES, family, family_key
 from ..run import spec
-from ..run.provenance import code_fingerprint, run_id
+from ..run.provenance import SCALE_AXES, code_fingerprint, run_id
 
-# Keys filled from the dataset, not by the user.
-DATA_DERIVED = {"input_dim", "output_dim", "in_channels", "vocab_size", "context"}
-
-MODEL_DEFAULTS = spec.defaults("model")
-TRAIN_DEFAULTS = spec.defaults("train")
-
-SCALE_AXES = ("width", "depth")
+TOP_LEVEL = {"name", "description", "data", "model", "train", "grid", "series", "seeds"}
 
 
 @dataclass
@@ -72,7 +67,6 @@ class Experiment:
     def fingerprints(self) -> dict:
         """The data and code fingerprints every cell carries (the data is located, and hashed,
         once per experiment object)."""
-        from ..data import fingerprint
         name, opts = self.data["dataset"], {k: v for k, v in self.data.items() if k != "dataset"}
         return {"data_fingerprint": fingerprint(name, **opts), "code_fingerprint": code_fingerprint()}
 
@@ -83,38 +77,34 @@ class Experiment:
     def _resolved(self) -> list[dict]:
         """Every run's values, without the fingerprints (cheap: nothing is read)."""
         out = []
-        series = self.series or {"default": {}}
-        for label, overrides in series.items():
-            fixed = {**self.model, **self.train}
-            grid = dict(self.grid)
-            for key, value in overrides.items():
-                if isinstance(value, list):
-                    grid[key] = value
-                else:
-                    fixed[key] = value
-                    grid.pop(key, None)
-            keys = list(grid)
-            for combo in itertools.product(*(grid[k] for k in keys)):
-                values = {**fixed, **dict(zip(keys, combo))}
-                values = {"series": label, **{f"data.{k}": v for k, v in self.data.items()}, **values}
-                why = spec.check_combination(values)
-                if why:
-                    raise ConfigError(f"series {label}: {why}")
-                out.append(values)
+        for label, overrides in (self.series or {"default": {}}).items():
+            out += self._series_cells(label, overrides)
         if not out:
             raise ConfigError("grid: the experiment resolves to no runs (an empty list in [grid] or a series?)")
         smallest = min(v["width"] for v in out)
         for v in out:
-            # one spelling per run, so `normalize = true` and `update = "normalize"` share a run id
-            if v.get("normalize"):
-                v["update"] = "normalize"
-            v["normalize"] = v.get("update") == "normalize"
-            # μP's base shapes: the experiment's smallest width unless given (other
-            # parametrizations have none, and keep 0 so a grown grid leaves their ids alone)
-            if v.get("param") == "mup":
-                v["base_width"] = v.get("base_width") or smallest
+            _one_spelling(v, smallest)
+        return out
+
+    def _series_cells(self, label: str, overrides: dict) -> list[dict]:
+        """The cells of one series: its overrides over the fixed keys and the grid, crossed."""
+        fixed = {**self.model, **self.train}
+        grid = dict(self.grid)
+        for key, value in overrides.items():
+            if isinstance(value, list):
+                grid[key] = value
             else:
-                v["base_width"] = 0
+                fixed[key] = value
+                grid.pop(key, None)
+        keys = list(grid)
+        out = []
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            values = {**fixed, **dict(zip(keys, combo))}
+            values = {"series": label, **{f"data.{k}": v for k, v in self.data.items()}, **values}
+            why = spec.check_combination(values)
+            if why:
+                raise ConfigError(f"series {label}: {why}")
+            out.append(values)
         return out
 
     def scale_axes(self) -> list[str]:
@@ -131,6 +121,20 @@ class Experiment:
         """What makes two sweeps the same experiment (one results directory): its name, its
         dataset and its architecture. Grids, LRs and seeds may grow; these may not change."""
         return {"name": self.name, "dataset": self.data.get("dataset"), "arch": self.model.get("arch")}
+
+
+def _one_spelling(v: dict, smallest: int) -> None:
+    """Give a resolved cell one spelling per run, so equal runs share a run id."""
+    # `normalize = true` and `update = "normalize"` are the same run
+    if v.get("normalize"):
+        v["update"] = "normalize"
+    v["normalize"] = v.get("update") == "normalize"
+    # μP's base shapes: the experiment's smallest width unless given (other
+    # parametrizations have none, and keep 0 so a grown grid leaves their ids alone)
+    if v.get("param") == "mup":
+        v["base_width"] = v.get("base_width") or smallest
+    else:
+        v["base_width"] = 0
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -152,25 +156,10 @@ def expand_values(key: str, value, where: str):
     return value
 
 
-def _arch_option_key(name: str) -> spec.Key | None:
-    """Architecture options (block_depth, heads, ...) are typed by their defaults: ints are
-    positive counts, floats non-negative masses."""
-    from ..models import ARCHS
-    for arch in ARCHS:
-        default = model_options(arch).get(name)
-        if isinstance(default, bool):
-            return spec.Key(name, bool, default, "", "models", "model")
-        if isinstance(default, int):
-            return spec.Key(name, int, default, "", "models", "model", positive=True)
-        if isinstance(default, float):
-            return spec.Key(name, float, default, "", "models", "model", minimum=0)
-    return None
-
-
 def _check_value(key: str, value, where: str):
     """``value`` checked against the run spec's entry for ``key`` (type, choices, bounds)."""
     name = f"{where}.{key}"
-    k = spec.BY_NAME.get(key) or _arch_option_key(key)
+    k = spec.BY_NAME.get(key) or family_key(key)
     if k is None:
         return value
     if k.choices is not None:
@@ -199,7 +188,12 @@ def _check_value(key: str, value, where: str):
 
 
 def _allowed_model_keys(arch: str) -> set[str]:
-    return set(MODEL_DEFAULTS) | (set(model_options(arch)) - DATA_DERIVED)
+    return set(spec.defaults("model")) | {k.name for k in family(arch).keys}
+
+
+def _any_model_keys() -> set[str]:
+    """The model keys of any family: what a bare ``--set`` key may name."""
+    return set(spec.defaults("model")) | {k.name for f in FAMILIES.values() for k in f.keys}
 
 
 def _check_section(section: str, values: dict, allowed: set[str]) -> dict:
@@ -235,59 +229,68 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source: str = "",
-                         base_dir: str | Path | None = None) -> Experiment:
-    """Resolve a parsed experiment file (plus ``--set`` overrides) into an ``Experiment``.
+def _set_series_key(raw: dict, key: str, value) -> None:
+    """``--set series.<label>.<key>=…``: the series must exist."""
+    declared = set(raw.get("series", {}) or {}) if isinstance(raw.get("series", {}), dict) else set()
+    label = key.split(".")[1] if key.count(".") >= 1 else ""
+    if label not in declared:
+        raise ConfigError(f"--set {key}: no series {label!r} in this experiment{nearest(label, declared)}; "
+                          f"series: {', '.join(sorted(declared)) or 'none'}")
+    _set_path(raw, key, value)
 
-    ``base_dir``: the experiment file's folder, against which a relative ``data.path`` is read.
-    """
-    raw = json.loads(json.dumps(raw))  # a private copy
-    declared_series = set(raw.get("series", {}) or {}) if isinstance(raw.get("series", {}), dict) else set()
-    model_keys_any = set(MODEL_DEFAULTS) | {k for a in spec.ARCHS for k in model_options(a)} - DATA_DERIVED
-    for text in overrides:
-        key, value = parse_override(text)
-        head = key.split(".")[0]
-        if head == "series":
-            label = key.split(".")[1] if key.count(".") >= 1 else ""
-            if label not in declared_series:
-                raise ConfigError(f"--set {key}: no series {label!r} in this experiment{nearest(label, declared_series)}; "
-                                  f"series: {', '.join(sorted(declared_series)) or 'none'}")
-            _set_path(raw, key, value)
-        elif head in ("data", "model", "train", "grid", "name", "description", "seeds"):
-            if key == "seeds":  # replaces a seed list as a whole
-                raw.get("grid", {}).pop("seed", None)
-            if key == "data.path" and isinstance(value, str):  # typed on the command line: from the cwd
-                value = str(Path(value).expanduser().resolve())
-            _set_path(raw, key, value)
-        elif key in TRAIN_DEFAULTS or key in model_keys_any:
-            # A bare key applies to every cell: a list (or log2 range) becomes the grid's axis,
-            # a single value fixes the key; either way it replaces the series' own values.
-            for overrides in raw.get("series", {}).values():
-                if isinstance(overrides, dict):
-                    overrides.pop(key, None)
-            raw.get("grid", {}).pop(key, None)
-            if key == "seed":
-                raw.pop("seeds", None)
-            if isinstance(value, (list, dict)):
-                _set_path(raw, f"grid.{key}", value)
-            else:
-                _set_path(raw, f"{'train' if key in TRAIN_DEFAULTS else 'model'}.{key}", value)
-        else:
-            known = set(TRAIN_DEFAULTS) | model_keys_any | {"seeds"}
-            raise ConfigError(f"--set {key}: unknown key{nearest(key, known)}; use a model or train key "
-                              f"(lr, width, ...), seeds, or a dotted path (data.samples, series.adam.lr)")
 
-    top = {"name", "description", "data", "model", "train", "grid", "series", "seeds"}
+def _set_bare_key(raw: dict, key: str, value) -> None:
+    """A bare key applies to every cell: a list (or log2 range) becomes the grid's axis, a
+    single value fixes the key; either way it replaces the series' own values."""
+    for overrides in raw.get("series", {}).values():
+        if isinstance(overrides, dict):
+            overrides.pop(key, None)
+    raw.get("grid", {}).pop(key, None)
+    if key == "seed":
+        raw.pop("seeds", None)
+    if isinstance(value, (list, dict)):
+        _set_path(raw, f"grid.{key}", value)
+    else:
+        _set_path(raw, f"{'train' if key in spec.defaults('train') else 'model'}.{key}", value)
+
+
+def _apply_override(raw: dict, text: str) -> None:
+    """One ``--set key=value`` written into the parsed experiment ``raw``."""
+    key, value = parse_override(text)
+    head = key.split(".")[0]
+    bare = set(spec.defaults("train")) | _any_model_keys()
+    if head == "series":
+        _set_series_key(raw, key, value)
+    elif head in TOP_LEVEL:
+        if key == "seeds":  # replaces a seed list as a whole
+            raw.get("grid", {}).pop("seed", None)
+        if key == "data.path" and isinstance(value, str):  # typed on the command line: from the cwd
+            value = str(Path(value).expanduser().resolve())
+        _set_path(raw, key, value)
+    elif key in bare:
+        _set_bare_key(raw, key, value)
+    else:
+        raise ConfigError(f"--set {key}: unknown key{nearest(key, bare | {'seeds'})}; use a model or train key "
+                          f"(lr, width, ...), seeds, or a dotted path (data.samples, series.adam.lr)")
+
+
+def _check_layout(raw: dict, name: str) -> str:
+    """The top-level keys and tables; the experiment's name."""
     for key in raw:
-        if key not in top:
-            raise ConfigError(f"{key}: unknown top-level key{nearest(key, top)}; allowed: {', '.join(sorted(top))}")
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{key}: unknown top-level key{nearest(key, TOP_LEVEL)}; "
+                              f"allowed: {', '.join(sorted(TOP_LEVEL))}")
     for sect in ("data", "model", "train", "grid", "series"):
         if not isinstance(raw.get(sect, {}), dict):
             raise ConfigError(f"[{sect}] must be a table")
     name = raw.get("name", name)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name: must be a non-empty string without '/', got {name!r}")
+    return name
 
+
+def _data_section(raw: dict, base_dir: str | Path | None) -> dict:
+    """[data], its relative ``path`` read from ``base_dir`` (the experiment file's folder)."""
     data = dict(raw.get("data", {}))
     if isinstance(data.get("path"), str) and base_dir is not None:
         path = Path(data["path"]).expanduser()
@@ -295,41 +298,38 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
             data["path"] = str((Path(base_dir) / path).resolve())
     if "dataset" not in data:
         raise ConfigError("data.dataset: missing; e.g. dataset = \"mnist1d\"")
-    from ..data import DATASETS
     if data["dataset"] not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {data['dataset']!r}; allowed: {', '.join(DATASETS)}")
+    return data
 
-    model = {**MODEL_DEFAULTS, **raw.get("model", {})}
-    arch = model["arch"]
-    _check_value("arch", arch, "model")
-    model_allowed = _allowed_model_keys(arch)
-    model = _check_section("model", model, model_allowed)
-    train = _check_section("train", {**TRAIN_DEFAULTS, **raw.get("train", {})}, set(TRAIN_DEFAULTS))
-    grid_allowed = (model_allowed | set(TRAIN_DEFAULTS)) - {"arch"}
 
-    def check_grid(values: dict, where: str) -> dict:
-        out = {}
-        for key, value in values.items():
-            if key not in grid_allowed:
-                raise ConfigError(f"{where}.{key}: unknown key{nearest(key, grid_allowed)}; allowed: {', '.join(sorted(grid_allowed))}")
-            value = expand_values(key, value, where)
-            if isinstance(value, list):
-                out[key] = [_check_value(key, v, where) for v in value]
-            else:
-                out[key] = _check_value(key, value, where)
-        return out
+def _check_grid(values: dict, where: str, allowed: set[str]) -> dict:
+    """Grid axes (or a series' overrides): known keys, ranges expanded, each value checked."""
+    out = {}
+    for key, value in values.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key{nearest(key, allowed)}; "
+                              f"allowed: {', '.join(sorted(allowed))}")
+        value = expand_values(key, value, where)
+        if isinstance(value, list):
+            out[key] = [_check_value(key, v, where) for v in value]
+        else:
+            out[key] = _check_value(key, value, where)
+    return out
 
-    grid = check_grid(raw.get("grid", {}), "grid")
-    for key, value in grid.items():
-        if not isinstance(value, list):
-            grid[key] = [value]
-    if "seeds" in raw:
-        seeds = raw["seeds"]
-        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-            raise ConfigError(f"seeds: must be a positive integer (runs every cell with seeds 0 … seeds−1), got {seeds!r}")
-        if "seed" in grid or any("seed" in (o or {}) for o in raw.get("series", {}).values() if isinstance(o, dict)):
-            raise ConfigError("seeds: give either seeds = N or a seed list in [grid], not both")
-        grid["seed"] = list(range(seeds))
+
+def _seed_axis(raw: dict, grid: dict) -> None:
+    """``seeds = N``: the grid's seed axis 0 … N−1."""
+    seeds = raw["seeds"]
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds: must be a positive integer (runs every cell with seeds 0 … seeds−1), got {seeds!r}")
+    if "seed" in grid or any("seed" in (o or {}) for o in raw.get("series", {}).values() if isinstance(o, dict)):
+        raise ConfigError("seeds: give either seeds = N or a seed list in [grid], not both")
+    grid["seed"] = list(range(seeds))
+
+
+def _series_sections(raw: dict, allowed: set[str]) -> tuple[dict, dict]:
+    """The checked [series.*] overrides and the display labels they name."""
     series, labels = {}, {}
     for label, overrides in raw.get("series", {}).items():
         if not isinstance(overrides, dict):
@@ -341,14 +341,47 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
                 raise ConfigError(f"series.{label}.label: must be a non-empty string (the name figures show), "
                                   f"got {shown!r}")
             labels[label] = shown.strip()
-        series[label] = check_grid(overrides, f"series.{label}")
-    exp = Experiment(name=name, data=data, model=model, train=train, grid=grid, series=series,
-                     description=str(raw.get("description", "")), source=source, labels=labels)
-    for v in exp._resolved():  # cross-key checks on every resolved cell
+        series[label] = _check_grid(overrides, f"series.{label}", allowed)
+    return series, labels
+
+
+def _check_cells(exp: Experiment) -> None:
+    """Cross-key checks on every resolved cell: the schedule's and the model family's."""
+    for v in exp._resolved():
         if v["warmup"] >= v["steps"] and v["warmup"] > 0:
             raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {v['series']})")
-        if v["arch"] == "gpt" and v["width"] % v.get("heads", 4):
-            raise ConfigError(f"model.width: {v['width']} is not divisible by heads={v.get('heads', 4)} (series {v['series']})")
+        check = FAMILIES[v["arch"]].check
+        why = check(v) if check is not None else None
+        if why:
+            raise ConfigError(f"{why} (series {v['series']})")
+
+
+def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source: str = "",
+                         base_dir: str | Path | None = None) -> Experiment:
+    """Resolve a parsed experiment file (plus ``--set`` overrides) into an ``Experiment``.
+
+    ``base_dir``: the experiment file's folder, against which a relative ``data.path`` is read.
+    """
+    raw = json.loads(json.dumps(raw))  # a private copy
+    for text in overrides:
+        _apply_override(raw, text)
+    name = _check_layout(raw, name)
+    data = _data_section(raw, base_dir)
+    model = {**spec.defaults("model"), **raw.get("model", {})}
+    _check_value("arch", model["arch"], "model")
+    model_allowed = _allowed_model_keys(model["arch"])
+    model = _check_section("model", model, model_allowed)
+    train_defaults = spec.defaults("train")
+    train = _check_section("train", {**train_defaults, **raw.get("train", {})}, set(train_defaults))
+    grid_allowed = (model_allowed | set(train_defaults)) - {"arch"}
+    grid = {k: v if isinstance(v, list) else [v]
+            for k, v in _check_grid(raw.get("grid", {}), "grid", grid_allowed).items()}
+    if "seeds" in raw:
+        _seed_axis(raw, grid)
+    series, labels = _series_sections(raw, grid_allowed)
+    exp = Experiment(name=name, data=data, model=model, train=train, grid=grid, series=series,
+                     description=str(raw.get("description", "")), source=source, labels=labels)
+    _check_cells(exp)
     return exp
 
 

@@ -1,30 +1,11 @@
-"""How long a sweep will take here: measured run costs, scheduled onto the workers.
-
-A run's cost is measured, not guessed: for each distinct *shape* of run (every key that changes
-the work done per step; the LR, seed, decay and the like do not) a warm ``execute`` is timed at
-two short lengths, n₁ and n₂ steps, with the run's own logging, diagnostics and final
-evaluation. Their difference gives the seconds per step, the rest the fixed cost (model
-build, final evaluation, the result row); evaluations during training (``eval_every``) add
-one evaluation's cost each, measured alongside. A run of ``steps`` steps then costs
-
-    fixed + per_step · steps + evaluations · per_evaluation,
-
-plus the time to record it (the three parquet files, timed on a real write, and the queue's
-claim and tell). The wall time is the longest worker's load when the runs are handed out
-longest first (what the queue does, near enough) to ``jobs`` workers; workers beyond the
-cores (jobs × threads > cores) share them, and workers that fill every core are slowed by
-``PARALLEL_SLOWDOWN`` (memory bandwidth; benchmarks/jobs_speedup.py measured --jobs 2 at 0.56×
-the wall time of --jobs 1 on 2 cores, i.e. 1.12× per run). Worker processes pay their start-up
-(``WORKER_START_SECONDS``, an import of torch) once. A diverging run stops early, so a grid
-with many diverging cells finishes sooner than estimated.
-
-Cells the sweep trains together (``lrtransfer.run.batched``) are estimated as it trains them: the
-bundles ``plan_bundles`` makes, each shape timed as a bundle of its largest size (a smaller
-bundle costs its share of that), each bundle handed to one worker.
+"""How long a sweep will take here: each distinct run shape timed on short warm runs, the runs
+scaled to their length and handed out longest first to the workers. The model and its measured
+constants are explained in docs/time_estimates.md.
 """
 from __future__ import annotations
 
 import heapq
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,7 +20,7 @@ from ..run.train import execute
 COST_FREE = ("lr", "elr", "seed", "weight_decay", "momentum", "beta1", "beta2", "eps", "warmup", "schedule",
              "diverge_factor", "final_k", "series", "muon_momentum", "muon_adam_ratio", "steps",
              "data_fingerprint", "code_fingerprint")
-PARALLEL_SLOWDOWN = 1.12     # per-run slowdown when every core runs a worker (see module doc)
+PARALLEL_SLOWDOWN = 1.12     # per-run slowdown when every core runs a worker (docs/time_estimates.md)
 WORKER_START_SECONDS = 2.5   # a worker process: python, torch and lrtransfer imported
 QUEUE_SECONDS = 0.02         # a claim and a tell on the journal queue
 
@@ -79,7 +60,7 @@ def _timed(values: dict, steps: int, device, cells: int = 1) -> tuple[float, obj
 
 def measure(values: dict, device, short: int | None = None, cells: int = 1) -> RunCost:
     """The cost of a run shaped like ``values`` (of a bundle of ``cells`` such runs trained
-    together), from warm short runs (see the module doc).
+    together), from warm short runs (docs/time_estimates.md).
 
     n₁ is one logging interval (so the diagnostics and the curve are paid as in the real run)
     and n₂ four, both capped by the run's own length; the shorter of two timings of each
@@ -121,6 +102,17 @@ def wall_seconds(durations: list[float], jobs: int, threads: int, cores: int) ->
     demand = jobs * threads
     slowdown = max(1.0, demand / cores) * (PARALLEL_SLOWDOWN if demand >= cores else 1.0)
     return makespan([d * slowdown for d in durations], jobs) + WORKER_START_SECONDS
+
+
+def duration_text(seconds: float) -> str:
+    """A wall time as a sweep's estimates show it: 42 s, 12.5 min, 3.2 h (``unknown`` if not finite)."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def planned_jobs(cells: list[dict], device) -> list[list[int]]:

@@ -1,19 +1,10 @@
 """The grid as an optuna study: optuna's storage is the work queue.
 
-Every cell is an enqueued trial (state WAITING) carrying its run id and resolved config in
-user attributes. A worker claims a cell by moving a WAITING trial to RUNNING through the
-storage — optuna's storages make that transition atomic, so two workers never get the same
-trial — runs it, and reports back with ``study.tell`` (objective: the run's final loss).
-
-Liveness: a running worker writes a heartbeat (a trial system attribute) every few
-seconds. A RUNNING trial whose worker is gone — its process is dead on this host, or its
-heartbeat is older than the grace period — is marked FAIL ("lost") and its cell enqueued
-again. A run that raises is marked FAIL with its error and re-enqueued up to ``retries``
-times. Cells that train together (``lrtransfer.run.batched``) are grouped into bundles when
-they are enqueued; a worker claims a bundle's cells one by one as above, so every cell still
-runs exactly once, and a dead worker's unreported cells are all declared lost. Storage: a journal file
-under the results directory by default (no server), or any
-SQLAlchemy URL optuna supports (``postgresql://user:pass@host/db``) for many machines.
+Every cell is an enqueued trial (WAITING) carrying its run id and config as user attributes;
+a worker claims it by moving it to RUNNING (atomic in every optuna storage, so exactly one
+worker gets it), keeps a heartbeat on it, and reports with ``Study.tell``. Cells of dead or
+silent workers are declared lost and enqueued again. Storage: a journal file under the
+results directory, or an SQLAlchemy URL (``postgresql://...``) for many machines.
 """
 from __future__ import annotations
 
@@ -112,11 +103,60 @@ def _alive_here(owner: dict | None) -> bool | None:
         return True
 
 
+class StorageAdapter:
+    """The storage calls a bundle claim needs beyond ``Study``'s API, by trial number.
+
+    ``Study.ask`` takes whichever trial waits first (and makes a new one when none waits),
+    but a bundle's cells are taken by name, and a running trial's attributes are set on the
+    storage. Each call is a documented public ``optuna.storages.BaseStorage`` method; ``USES``
+    names them with their parameters (tests check them against the installed optuna).
+    """
+
+    USES = {"get_study_id_from_name": ("study_name",),
+            "get_trial_id_from_study_id_trial_number": ("study_id", "trial_number"),
+            "get_trial": ("trial_id",),
+            "set_trial_state_values": ("trial_id", "state", "values"),
+            "set_trial_user_attr": ("trial_id", "key", "value"),
+            "set_trial_system_attr": ("trial_id", "key", "value")}
+
+    def __init__(self, storage: BaseStorage, study_name: str):
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+        self.ids: dict[int, int] = {}   # trial number -> storage id, fixed once the trial exists
+
+    def trial_id(self, number: int) -> int:
+        if number not in self.ids:
+            self.ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self.ids[number]
+
+    def take(self, number: int) -> bool:
+        """Move waiting trial ``number`` to RUNNING; False when another worker took (or
+        ended) it first."""
+        try:
+            return self.storage.set_trial_state_values(self.trial_id(number), state=TrialState.RUNNING)
+        except UpdateFinishedTrialError:
+            return False
+
+    def get(self, number: int):
+        return self.storage.get_trial(self.trial_id(number))
+
+    def set_user_attr(self, number: int, key: str, value) -> None:
+        self.storage.set_trial_user_attr(self.trial_id(number), key, value)
+
+    def set_system_attr(self, number: int, key: str, value) -> None:
+        self.storage.set_trial_system_attr(self.trial_id(number), key, value)
+
+
 class Queue:
-    """An optuna study holding the cells of one experiment."""
+    """An optuna study holding the cells of one experiment.
+
+    A worker claims a cell (``claim``; a bundle's lead brings the rest, ``claim_bundle``), keeps
+    its heartbeat fresh (``Heartbeat``) and reports it (``finish``; ``fail`` enqueues it again
+    up to ``retries`` times). ``reap`` declares the cells of dead or silent workers lost (the
+    process gone on this host, or no heartbeat for the grace period) and enqueues them again.
+    """
 
     def __init__(self, storage: BaseStorage, study_name: str, create: bool = True):
-        self.storage = storage
         try:
             if create:
                 self.study = optuna.create_study(study_name=study_name, storage=storage,
@@ -127,6 +167,7 @@ class Queue:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             raise UserError(f"--study {study_name}: no such study in this storage; studies: {', '.join(names) or 'none'}") from None
         self.name = study_name
+        self.adapter = StorageAdapter(storage, study_name)
 
     # -- reading ----------------------------------------------------------------------------
     def trials(self, states=None):
@@ -187,11 +228,7 @@ class Queue:
     def release(self, trial, why: str = "interrupted") -> bool:
         """Give a claimed cell back: end its trial (FAIL, ``failure=why``) and enqueue the cell
         again with the same attempt count (and bundle), so it waits for the next worker."""
-        try:
-            self.storage.set_trial_user_attr(trial._trial_id, "failure", why)
-            if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                return False
-        except UpdateFinishedTrialError:
+        if not self.finish(trial, None, TrialState.FAIL, failure=why):
             return False
         self._push_again(trial, trial.user_attrs.get("attempt", 0))
         return True
@@ -232,24 +269,21 @@ class Queue:
         return taken
 
     def _take(self, t):
-        try:
-            if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                return None  # another worker took it first
-        except UpdateFinishedTrialError:
+        if not self.adapter.take(t.number):
             return None
-        self.storage.set_trial_system_attr(t._trial_id, "lrtransfer_owner",
-                                           {"host": platform.node(), "pid": os.getpid()})
-        self.beat(t._trial_id)
-        return self.storage.get_trial(t._trial_id)
+        self.adapter.set_system_attr(t.number, "lrtransfer_owner", {"host": platform.node(), "pid": os.getpid()})
+        self.beat(t.number)
+        return self.adapter.get(t.number)
 
-    def beat(self, trial_id: int) -> None:
-        self.storage.set_trial_system_attr(trial_id, "lrtransfer_heartbeat", time.time())
+    def beat(self, number: int) -> None:
+        """Refresh the heartbeat of trial ``number``."""
+        self.adapter.set_system_attr(number, "lrtransfer_heartbeat", time.time())
 
     def finish(self, trial, value: float | None, state: TrialState = TrialState.COMPLETE, **attrs) -> bool:
         """Report a cell; False if the trial was already ended (e.g. declared lost)."""
         try:
             for key, val in attrs.items():
-                self.storage.set_trial_user_attr(trial._trial_id, key, val)
+                self.adapter.set_user_attr(trial.number, key, val)
             self.study.tell(trial.number, value if state == TrialState.COMPLETE else None, state=state)
             return True
         except (UpdateFinishedTrialError, RuntimeError, ValueError):
@@ -282,19 +316,19 @@ class Queue:
 
 
 class Heartbeat:
-    """A background thread that keeps claimed trials' heartbeats fresh while they run."""
+    """A background thread that keeps claimed trials' heartbeats (by trial number) fresh while they run."""
 
-    def __init__(self, queue: Queue, trial_ids, every: float = HEARTBEAT_SECONDS):
+    def __init__(self, queue: Queue, numbers, every: float = HEARTBEAT_SECONDS):
         self.queue, self.every = queue, every
-        self.trial_ids = [trial_ids] if isinstance(trial_ids, int) else list(trial_ids)
+        self.numbers = [numbers] if isinstance(numbers, int) else list(numbers)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(self.every):
-            for trial_id in self.trial_ids:
+            for number in self.numbers:
                 try:
-                    self.queue.beat(trial_id)
+                    self.queue.beat(number)
                 except Exception:  # a missed beat (or a cell already reported) is survivable
                     pass
 

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..results.store import ResultStore
+from ..run.spec import BY_NAME
+from .estimate import duration_text, makespan, shape_key
 from .queue import JOURNAL_NAME, Queue, open_storage, redact
-from .sweep import _fmt_seconds, distinct_errors
+from .sweep import distinct_errors
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
 
@@ -34,12 +36,11 @@ def _scale(values: dict) -> tuple:
     return (values.get("width"), values.get("depth"))
 
 
-def _eta(left: list[dict], runs, workers: int) -> str:
+def eta(left: list[dict], runs, workers: int) -> str:
     """Time to finish ``left`` (run values) on ``workers`` workers, as ``--dry-run`` estimates it
-    (sweep/estimate.py) but from what this sweep measured: each cell costs the mean wall time of
-    the finished runs of its shape (of all finished runs, for a shape not seen yet), and the
-    cells go longest first to the least loaded worker."""
-    from .estimate import makespan, shape_key
+    but from what this sweep measured: each cell costs the mean wall time of the finished runs
+    of its shape (of all finished runs, for a shape not seen yet), and the cells go longest
+    first to the least loaded worker."""
     if runs is None or runs.empty or "wall_seconds" not in runs:
         return "unknown (no finished run yet)"
     finished = runs[runs["status"].isin(["done", "diverged"]) & runs["wall_seconds"].map(
@@ -51,12 +52,11 @@ def _eta(left: list[dict], runs, workers: int) -> str:
         by_shape.setdefault(shape_key(_run_values(row)), []).append(row["wall_seconds"])
     overall = float(finished["wall_seconds"].mean())
     durations = [sum(v) / len(v) if (v := by_shape.get(shape_key(_run_values(c)))) else overall for c in left]
-    return _fmt_seconds(makespan(durations, workers))
+    return duration_text(makespan(durations, workers))
 
 
 def _run_values(row: dict) -> dict:
     """The config part of a run row (a row also holds its metrics and provenance)."""
-    from ..run.spec import BY_NAME
     return {k: v for k, v in row.items() if k in BY_NAME or k.startswith("data.") or k in ("series",)}
 
 
@@ -67,6 +67,23 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
     A cell is counted once, in its latest state: a recorded result (done / diverged) wins; a
     cell that failed and is waiting for its retry counts as waiting.
     """
+    name, trials, source, root = _study_trials(results_dir, storage, study)
+    runs = ResultStore(root).load_runs() if root is not None else None
+    cells = _latest_states(trials, runs)
+    rows = _count_rows(cells)
+    totals = {s: sum(r[s] for r in rows) for s in STATES}
+    left = [c["values"] for c in cells.values() if c["state"] in ("waiting", "running")]
+    errors = []
+    if runs is not None and not runs.empty:
+        errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
+    return {"study": name, "storage": source, "rows": rows, "totals": totals,
+            "eta": eta(left, runs, workers=max(totals["running"], 1)) if left else "nothing left",
+            "errors": errors, "time": time.time()}
+
+
+def _study_trials(results_dir, storage: str | None, study: str | None) -> tuple[str, list, str, Path | None]:
+    """The study's name, its trials, where they were read (said in the title) and the results
+    directory (the one the study records when only ``storage`` is given)."""
     if results_dir is None and storage is None:
         raise UserError("status: give a results directory or --storage URL --study NAME")
     root = Path(results_dir) if results_dir is not None else None
@@ -82,15 +99,17 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
             and not ResultStore(root).load_runs().empty:
         # committed or copied results keep the tables but not the queue: nothing is waiting or
         # running, and the recorded runs say the rest
-        trials, source = [], "no queue here: the recorded runs"
-    else:
-        trials, source = Queue(open_storage(storage, root, create=False), name, create=False).trials(), redact(storage)
+        return name, [], "no queue here: the recorded runs", root
+    queue = Queue(open_storage(storage, root, create=False), name, create=False)
     if root is None:
-        recorded = Queue(open_storage(storage, root, create=False), name, create=False).study.user_attrs.get("results_dir")
+        recorded = queue.study.user_attrs.get("results_dir")
         root = Path(recorded) if recorded and Path(recorded).is_dir() else None
-    runs = ResultStore(root).load_runs() if root is not None else None
+    return name, queue.trials(), redact(storage), root
 
-    cells: dict[str, dict] = {}   # run_id -> {"series", "scale", "state"}
+
+def _latest_states(trials: list, runs) -> dict[str, dict]:
+    """run_id -> {"series", "scale", "state", "values"}: each cell in its latest state."""
+    cells: dict[str, dict] = {}
     for t in trials:
         rid = t.user_attrs.get("run_id")
         if rid is None:
@@ -110,33 +129,26 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
             if row["status"] in ("done", "diverged") or row["run_id"] not in cells:
                 cells[row["run_id"]] = {"series": row["series"], "scale": _scale(row), "state": row["status"],
                                         "values": row}
+    return cells
 
+
+def _count_rows(cells: dict[str, dict]) -> list[dict]:
+    """A row of counts per state for each (series, scale), scales labelled by the axes that
+    vary (width, depth or both), in numeric order."""
     table: dict[tuple, dict] = {}
     for c in cells.values():
         key = (c["series"], c["scale"])
         table.setdefault(key, {s: 0 for s in STATES})
         if c["state"] in STATES:
             table[key][c["state"]] += 1
-    # label scales by the axes that vary (width, depth or both), in numeric order
     varying = [i for i in (0, 1) if len({sc[i] for _, sc in table}) > 1] or [0]
     names = ("width", "depth")
 
     def label(sc):
         return " ".join(f"{names[i]}={sc[i]}" for i in varying)
 
-    rows = [{"series": s, "scale": label(sc), **counts}
+    return [{"series": s, "scale": label(sc), **counts}
             for (s, sc), counts in sorted(table.items(), key=lambda kv: (kv[0][0], tuple(x or 0 for x in kv[0][1])))]
-    totals = {s: sum(r[s] for r in rows) for s in STATES}
-
-    eta = "nothing left"
-    left = [c["values"] for c in cells.values() if c["state"] in ("waiting", "running")]
-    if left:
-        eta = _eta(left, runs, workers=max(totals["running"], 1))
-    errors = []
-    if runs is not None and not runs.empty:
-        errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
-    return {"study": name, "storage": source, "rows": rows, "totals": totals, "eta": eta,
-            "errors": errors, "time": time.time()}
 
 
 def status_table(st: dict) -> Table:

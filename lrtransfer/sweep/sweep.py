@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -25,11 +26,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from ..errors import UserError
 from ..results.store import ResultStore, write_json
-from optuna.trial import TrialState
-
-from .config import Experiment, RunConfig
-from .estimate import planned_jobs
 from ..run.train import dataset_for, resolve_device
+from .config import Experiment, RunConfig
+from .estimate import duration_text, planned_jobs
+from .estimate import estimate as estimate_wall
 from .queue import GRACE_SECONDS, STORAGE_ENV, Queue, open_storage, redact
 from .worker import work
 
@@ -116,20 +116,10 @@ class Plan:
         text = (f"{self.total} cells ({', '.join(f'{k}: {v}' for k, v in self.series.items())}); "
                 f"{self.finished} already finished, {self.todo} to run")
         if self.todo and math.isfinite(self.estimate_seconds):
-            text += (f"; estimated {_fmt_seconds(self.estimate_seconds)} here with --jobs {self.jobs} "
-                     f"({_fmt_seconds(self.compute_seconds)} of compute; {self.shapes} run shape"
+            text += (f"; estimated {duration_text(self.estimate_seconds)} here with --jobs {self.jobs} "
+                     f"({duration_text(self.compute_seconds)} of compute; {self.shapes} run shape"
                      f"{'s' if self.shapes != 1 else ''} timed)")
         return text
-
-
-def _fmt_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "unknown"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimate: bool = True,
@@ -137,7 +127,6 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
     """What a sweep would do: grid size, cells already finished (current ones: same config,
     data and code), and the wall time it would take here with ``jobs`` workers (default as
     ``run_sweep``), from measured run costs (estimate.py). Writes nothing."""
-    from .estimate import estimate as estimate_wall
     root = results_dir_for(experiment, results_dir)
     check_same_experiment(experiment, root)
     cells = experiment.cells()
@@ -198,83 +187,106 @@ def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = No
     the results directory). Ctrl-C gives the cells in hand back to the queue and raises
     ``SweepInterrupted``.
     """
-    if jobs is None:
-        jobs = default_jobs(experiment)
+    jobs = default_jobs(experiment) if jobs is None else jobs
     if jobs < 0:
         raise UserError(f"--jobs: must be >= 0 (0: only enqueue the cells for workers), got {jobs}")
     console = console or Console(stderr=True)
-
-    def notice(message: str) -> None:
-        console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
-
     # Local workers start before the cells are enqueued: importing torch and the training code
     # takes each a few seconds, which overlap the checks and the batching probe here; they
     # wait for a "go" on stdin (none if prepare fails: they exit without touching anything).
     root = results_dir_for(experiment, results_dir)
     procs = _start_local_workers(experiment.name, root, jobs, device, storage, grace) if jobs > 1 else []
     try:
-        queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device, rerun, notice)
+        queue, store, enqueued = prepare(experiment, results_dir, storage, retries, grace, device, rerun,
+                                         lambda message: _say(console, f"warning: {message}", soft_wrap=True))
     except BaseException:
         _release(procs, go=False)
         raise
     cells = experiment.cells()
-    ids = {c.run_id for c in cells}
-    already = len(ids & store.finished_ids()) if not rerun else 0
+    tally = _Tally(ids={c.run_id for c in cells}, store=store, rerun=rerun)
     if progress:
-        console.print(f"{experiment.name}: {len(cells)} cells, {already} already finished, {enqueued} queued, "
-                      f"{jobs} worker{'s' if jobs != 1 else ''}; study {experiment.name!r} in {redact(storage)}",
-                      markup=False, highlight=False)
+        _say(console, f"{experiment.name}: {len(cells)} cells, {tally.finished()} already finished, {enqueued} "
+                      f"queued, {jobs} worker{'s' if jobs != 1 else ''}; study {experiment.name!r} in {redact(storage)}")
     if jobs == 0:  # workers elsewhere (`lrtransfer worker --study NAME`) will run them
         if progress:
-            console.print(f"enqueued only; start workers with: lrtransfer worker --study {experiment.name}"
-                          + ("" if storage else f" --results {store.root}"), markup=False, highlight=False)
+            _say(console, f"enqueued only; start workers with: lrtransfer worker --study {experiment.name}"
+                          + ("" if storage else f" --results {store.root}"))
         return SweepResult(store.load_runs(), jobs=0)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    ran: set[str] = set()
     try:
-        with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
-            task = bar.add_task("starting", total=len(cells), completed=already)
-
-            def finished_now() -> int:
-                return len(ids & store.finished_ids()) if not rerun else len(ran)
-
-            def on_start(trial, values):
-                bar.update(task, description=escape(RunConfig(values).describe()))
-
-            def on_finish(trial, row):
-                ran.add(row["run_id"])
-                bar.update(task, completed=finished_now())
-
-            while True:
-                if jobs == 1:
-                    work(queue, store, device, grace=grace, on_start=on_start, on_finish=on_finish)
-                else:
-                    procs = procs or _start_local_workers(queue.name, store.root, jobs, device, storage, grace)
-                    _release(procs, go=True)
-                    _run_local_workers(procs, queue, jobs, bar, task, finished_now)
-                    procs = []
-                # Cells still running belong to other workers (another machine, or the orphaned
-                # workers of a killed sweep): wait for them, or for them to be declared lost.
-                queue.reap(grace)
-                running = queue.trials(states=(TrialState.RUNNING,))
-                if not running and not queue.trials(states=(TrialState.WAITING,)):
-                    break
-                if running:
-                    bar.update(task, completed=finished_now(),
-                               description=f"waiting for {len(running)} cells running elsewhere")
-                    time.sleep(1.0)
-            bar.update(task, completed=finished_now(), description="done")
+        with _progress_bar(console, progress) as bar:
+            tally.show_on(bar, total=len(cells))
+            _run_until_drained(queue, store, jobs, device, storage, grace, procs, tally)
+            tally.show("done")
     except KeyboardInterrupt:
         _release(procs, go=False)
         queue.reap(grace)  # cells of this host's workers that are gone go back to waiting at once
-        waiting = len({t.user_attrs.get("run_id") for t in queue.trials(states=(TrialState.WAITING,))} & ids)
-        done = len(ids & store.finished_ids())
-        raise SweepInterrupted(f"interrupted: {done} of {len(cells)} cells finished, {waiting} waiting in the "
-                               f"queue; run the same command to resume") from None
+        waiting = len({t.user_attrs.get("run_id") for t in queue.trials(states=(TrialState.WAITING,))} & tally.ids)
+        raise SweepInterrupted(f"interrupted: {len(tally.ids & store.finished_ids())} of {len(cells)} cells "
+                               f"finished, {waiting} waiting in the queue; run the same command to resume") from None
     runs = store.consolidate()
-    failed = runs[runs["run_id"].isin(ids) & (runs["status"] == "failed")] if len(runs) else runs
+    failed = runs[runs["run_id"].isin(tally.ids) & (runs["status"] == "failed")] if len(runs) else runs
     return SweepResult(runs, failed, jobs=jobs)
+
+
+def _say(console: Console, text: str, soft_wrap: bool | None = None) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=soft_wrap)
+
+
+def _progress_bar(console: Console, show: bool) -> Progress:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, disable=not show, transient=False)
+
+
+@dataclass
+class _Tally:
+    """The cells of this sweep finished so far, and the progress bar that shows them."""
+    ids: set
+    store: ResultStore
+    rerun: bool
+    ran: set = field(default_factory=set)
+    bar: Progress | None = None
+    task: int | None = None
+
+    def finished(self) -> int:
+        """Finished cells of this grid; with ``rerun``, only those run since this sweep began."""
+        return len(self.ids & self.store.finished_ids()) if not self.rerun else len(self.ran)
+
+    def show_on(self, bar: Progress, total: int) -> None:
+        self.bar, self.task = bar, bar.add_task("starting", total=total, completed=self.finished())
+
+    def show(self, description: str) -> None:
+        self.bar.update(self.task, completed=self.finished(), description=description)
+
+    def on_start(self, trial, values: dict) -> None:
+        self.bar.update(self.task, description=escape(RunConfig(values).describe()))
+
+    def on_finish(self, trial, row: dict) -> None:
+        self.ran.add(row["run_id"])
+        self.bar.update(self.task, completed=self.finished())
+
+
+def _run_until_drained(queue: Queue, store: ResultStore, jobs: int, device: str, storage, grace: float,
+                       procs: list[subprocess.Popen], tally: _Tally) -> None:
+    """Run the queue's cells in this process (``jobs`` 1) or on ``jobs`` local workers (``procs``,
+    started already, or new ones) until no cell waits or runs."""
+    while True:
+        if jobs == 1:
+            work(queue, store, device, grace=grace, on_start=tally.on_start, on_finish=tally.on_finish)
+        else:
+            procs = procs or _start_local_workers(queue.name, store.root, jobs, device, storage, grace)
+            _release(procs, go=True)
+            _run_local_workers(procs, queue, jobs, tally)
+            procs = []
+        # Cells still running belong to other workers (another machine, or the orphaned
+        # workers of a killed sweep): wait for them, or for them to be declared lost.
+        queue.reap(grace)
+        running = queue.trials(states=(TrialState.RUNNING,))
+        if not running and not queue.trials(states=(TrialState.WAITING,)):
+            return
+        if running:
+            tally.show(f"waiting for {len(running)} cells running elsewhere")
+            time.sleep(1.0)
 
 
 def worker_command(study: str, results_dir: Path, device: str, grace: float) -> list[str]:
@@ -299,17 +311,18 @@ def _release(procs: list[subprocess.Popen], go: bool) -> None:
             p.stdin.close()
         except (BrokenPipeError, OSError):   # a worker that already died: _run_local_workers reports it
             pass
+        except ValueError:   # its stdin is closed: released before (Ctrl-C after the "go")
+            pass
     if not go:
         for p in procs:
             p.wait()
 
 
-def _run_local_workers(procs, queue, jobs, bar, task, finished_now) -> None:
+def _run_local_workers(procs, queue: Queue, jobs: int, tally: _Tally) -> None:
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(0.5)
-            running = len(queue.trials(states=(TrialState.RUNNING,)))
-            bar.update(task, completed=finished_now(), description=f"{jobs} workers, {running} running")
+            tally.show(f"{jobs} workers, {len(queue.trials(states=(TrialState.RUNNING,)))} running")
     except BaseException:
         # Ctrl-C reaches the workers too (same process group); a signal sent to this process
         # alone is passed on. Each worker gives its cell back to the queue and exits.

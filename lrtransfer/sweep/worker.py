@@ -124,7 +124,7 @@ def _run(queue: Queue, store: ResultStore, trials: list, device, heartbeat, on_s
         log_event(store.root, event="start", run_id=trial.user_attrs["run_id"], trial=trial.number,
                   bundle=len(trials))
     try:
-        with Heartbeat(queue, [t._trial_id for t in trials], heartbeat):
+        with Heartbeat(queue, [t.number for t in trials], heartbeat):
             results = None
             if len(trials) > 1:
                 try:
@@ -143,10 +143,10 @@ def _run(queue: Queue, store: ResultStore, trials: list, device, heartbeat, on_s
                     except Exception as e:  # the run raised: record it, retry within the budget
                         result, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
                     _report(queue, store, trial, values, result, error, on_finish)
-                reported.add(trial._trial_id)
+                reported.add(trial.number)
     except KeyboardInterrupt:
         for trial in trials:
-            if trial._trial_id not in reported:
+            if trial.number not in reported:
                 queue.release(trial, "interrupted")
                 log_event(store.root, event="interrupted", run_id=trial.user_attrs["run_id"], trial=trial.number)
         raise

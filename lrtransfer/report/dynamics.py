@@ -1,0 +1,177 @@
+"""The training-dynamics sections of a report: regimes and lr·wd invariance as JSON-able
+summaries (the report's JSON) and as markdown, from ``analysis.dynamics``'s tables."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.dynamics import (LRWD_METRICS, REGIMES, RegimeOptions, default_x, lrwd_cells, lrwd_table,
+                                 regime_boundaries, regimes, seed_boundaries, with_dynamics_columns, x_values)
+from ..run.provenance import SCALE_AXES
+from .render import num, pct, pow2, records, signed
+from .transfer import label
+
+
+def seed_note(row: dict, x: str) -> str:
+    """What to know about one seed's regimes: those never met, and where they step back along x."""
+    notes = []
+    if row["absent"]:
+        notes.append("no " + " / ".join(row["absent"]) + " runs")
+    if row["steps_back"]:
+        notes.append("out of order: " + ", ".join(f"{name} at {x}={pow2(at)} above {below} at {pow2(below_at)}"
+                                                  for name, at, below, below_at in row["steps_back"]))
+    return "; ".join(notes)
+
+
+def _group_notes(per_seed: pd.DataFrame) -> list[str]:
+    """Per group of ``regime_boundaries`` (same keys, same order): its seeds' notes, each with
+    the seeds it holds for."""
+    keys = [k for k in per_seed.columns if k in ("series", *SCALE_AXES)]
+    out = []
+    for _, g in per_seed.groupby(keys, sort=False, dropna=False):
+        notes = g.groupby("note", sort=False)["seed"].apply(list)
+        out.append("; ".join(f"seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}: {n}"
+                             for n, s in notes.items() if n))
+    return out
+
+
+def regime_summary(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.DataFrame | None = None, *,
+                   x: str | None = None, options: RegimeOptions = RegimeOptions()) -> dict:
+    """Regimes, per-seed and summarised boundaries, JSON-able. ``x`` defaults to ``default_x``.
+    Keys: x, window, chance_fraction, slope, angle, counts (runs per regime), runs (``regimes``
+    rows with series, seed, scale and x), seed_boundaries, boundaries (each with a ``note``)."""
+    table = regimes(runs, curves, diagnostics, options)
+    x = x or default_x(runs)
+    full = with_dynamics_columns(runs).assign(_x=x_values(runs, x))
+    cols = [c for c in ("run_id", "series", *SCALE_AXES, "seed", "status") if c in full]
+    per_run = full[cols + ["_x"]].rename(columns={"_x": x}).merge(table, on="run_id")
+    per_seed = seed_boundaries(runs, table, x)
+    per_seed["note"] = [seed_note(row, x) for row in per_seed.to_dict("records")]
+    boundaries = regime_boundaries(runs, table, x)
+    boundaries["note"] = _group_notes(per_seed)
+    return {"x": x, "window": options.window, "chance_fraction": options.chance_fraction, "slope": options.slope,
+            "angle": options.angle, "counts": {name: int((table["regime"] == name).sum()) for name in REGIMES},
+            "runs": records(per_run), "seed_boundaries": records(per_seed.drop(columns=["absent", "steps_back"])),
+            "boundaries": records(boundaries)}
+
+
+def _octave_range(row: dict, name: str) -> str:
+    lo, hi = row.get(f"{name}_log2_min"), row.get(f"{name}_log2_max")
+    return "—" if lo is None or hi is None else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _boundary_sentence(b: dict, x: str) -> str:
+    """Where one group's regimes switch, in a sentence."""
+    def at(name):
+        if b[f"{name}_n"] == 0:
+            return "not seen"
+        std = b[f"{name}_log2_std"]
+        return (f"{x} ≈ {pow2(b[name])} (log2 {b[f'{name}_log2']:.2f}"
+                + (f" ± {std:.2f} octaves" if std is not None else "") + f", {b[f'{name}_n']} seed"
+                + ("s" if b[f"{name}_n"] != 1 else "") + ")")
+    order = "in order" if b["monotone"] else f"out of order in {b['n_out_of_order']} seed(s)"
+    return (f"- {label(b, SCALE_AXES)}: converge→chaotic at {at('to_chaotic')}, chaotic→diverge at "
+            f"{at('to_diverge')}; regimes {order}" + (f" ({b['note']})" if b["note"] else "") + ".")
+
+
+def _evidence_table(summary: dict) -> list[str]:
+    """Per (group, x): the regimes of its seeds and the evidence, seed means."""
+    x = summary["x"]
+    per_run = pd.DataFrame(summary["runs"])
+    keys = [k for k in SCALE_AXES if k in per_run and per_run.groupby("series")[k].nunique().max() > 1]
+    keys = ["series", *keys]
+    lines = [f"| series | {x} | regimes (seeds) | late loss | late slope | late angle (rad/step) "
+             f"| chance loss |", "|---|---:|---|---:|---:|---:|---:|"]
+    for gkey, g in per_run.groupby([*keys, x], sort=False):
+        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+        names = dict(zip(keys, gkey))
+        regs = g["regime"].value_counts()
+        text = ", ".join(f"{name} {regs[name]}" for name in REGIMES if name in regs)
+        lines.append(f"| {label(names, keys[1:])} | {pow2(gkey[-1])} | {text} | {num(_mean(g['late_loss']))} "
+                     f"| {signed(_mean(g['late_slope']), 3)} | {num(_mean(g['late_angle']), 5)} "
+                     f"| {num(_mean(g['chance_loss']))} |")
+    return lines
+
+
+def regime_report(summary: dict) -> str:
+    """Markdown for a ``regime_summary``: one sentence per group, the boundary table, then the
+    regime of every (group, x) with the evidence (seed means)."""
+    x = summary["x"]
+    counts = summary["counts"]
+    lines = ["## Regimes", "",
+             f"Runs by regime: {counts['converge']} converge, {counts['chaotic']} chaotic, "
+             f"{counts['diverge']} diverge (late window: last {summary['window']:g} of the logged points; "
+             f"diverge at ≥ {summary['chance_fraction']:g} × chance loss; converge while ln(loss) falls at "
+             f"≤ {summary['slope']:g} per ln(step); chaotic when it has stopped falling and the scale-invariant "
+             f"weights still turn ≥ {summary['angle']:g} rad per step, or the angle is not recorded).", ""]
+    lines += [_boundary_sentence(b, x) for b in summary["boundaries"]]
+    lines += ["", f"| series | seeds | converge→chaotic {x} | log2 (min, max) | chaotic→diverge {x} "
+                  f"| log2 (min, max) | in order |", "|---|---:|---:|---:|---:|---:|---|"]
+    for b in summary["boundaries"]:
+        lines.append(f"| {label(b, SCALE_AXES)} | {b['n_seeds']} | {pow2(b['to_chaotic'])} | {_octave_range(b, 'to_chaotic')} "
+                     f"| {pow2(b['to_diverge'])} | {_octave_range(b, 'to_diverge')} "
+                     f"| {'yes' if b['monotone'] else 'no'} |")
+    lines += [""] + _evidence_table(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values) -> float:
+    v = pd.to_numeric(pd.Series(list(values)), errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def lrwd_invariance(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1, metric: str = "train_loss",
+                    ci: float = 0.9, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The lr·wd invariance numbers (docs/analysis.md §8), JSON-able. Keys: metric, column, early,
+    ci, n_boot, seed, n_runs, n_diverged, n_failed, n_zero_wd, skipped (groups without a usable
+    wd axis), groups (``lrwd_table`` rows, CIs as ``<ratio>_ci: [lo, hi]``), cells (``lrwd_cells``).
+    UserError when no group has a weight_decay that varies and ≥ 2 products with ≥ 2 cells."""
+    table, counts = lrwd_table(runs, curves, early=early, metric=metric, ci=ci, n_boot=n_boot, seed=seed)
+    cells = lrwd_cells(runs, curves, early=early, metric=metric)
+    return {"metric": metric, "column": LRWD_METRICS[metric], "early": early, "ci": ci, "n_boot": n_boot,
+            "seed": seed, **counts, "groups": records(table), "cells": records(cells)}
+
+
+def _ratio_interval(group: dict, name: str) -> str | None:
+    """A ratio's CI as "[lo, hi]", or None without one (one seed per cell)."""
+    lo, hi = group[f"{name}_ci"]
+    return None if lo is None or hi is None else f"[{num(lo, 2)}, {num(hi, 2)}]"
+
+
+def lrwd_report(result: dict) -> str:
+    """Markdown for an ``lrwd_invariance`` result: one sentence per group, then the table."""
+    p = pct(result["ci"])
+    lines = ["## lr·wd invariance", ""]
+    for g in result["groups"]:
+        def ci(name):
+            interval = _ratio_interval(g, name)
+            return "no CI" if interval is None else f"{p} CI {interval}"
+        lines.append(f"- {label(g, SCALE_AXES)}: late {result['metric'].replace('_', ' ')} follows lr·wd: "
+                     f"**{g['late_verdict']}** — spread at equal lr·wd / at equal lr = {num(g['late_ratio'], 2)} "
+                     f"({ci('late_ratio')}); early loss follows lr: **{g['early_verdict']}** — spread at equal lr / "
+                     f"at equal lr·wd = {num(g['early_ratio'], 2)} ({ci('early_ratio')}); {g['n_cells']} (lr, wd) "
+                     f"cells, {g['n_seeds']}+ seeds each.")
+    excluded = [f"{result[k]} {k[2:].replace('_', ' ')}" for k in ("n_diverged", "n_failed") if result[k]]
+    if result["n_zero_wd"]:
+        excluded.append(f"{result['n_zero_wd']} with weight_decay 0")
+    lines += ["", (f"Late loss = {result['column']}; early loss = mean train loss over the first "
+                   f"{result['early']:g} of the steps. Spread = mean over groups of ≥ 2 cells of the std of the "
+                   f"seed-mean loss across the group's cells; a ratio < 1 supports the statement, verdict from the "
+                   f"{p} bootstrap CI over seeds ({result['n_boot']} replicates): holds (below 1), fails "
+                   f"(above 1), inconclusive. Runs: {result['n_runs']}"
+                   + (f", excluded {', '.join(excluded)}" if excluded else "") + "."
+                   + (f" Skipped: {'; '.join(result['skipped'])}." if result["skipped"] else "")), "",
+              f"| series | late: spread equal lr·wd | spread equal lr | ratio | {p} CI | verdict "
+              f"| early: spread equal lr | spread equal lr·wd | ratio | {p} CI | verdict | cells |",
+              "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+    for g in result["groups"]:
+        late, early = (_ratio_interval(g, name) or "—" for name in ("late_ratio", "early_ratio"))
+        lines.append(f"| {label(g, SCALE_AXES)} | {num(g['late_spread_equal_product'])} | {num(g['late_spread_equal_lr'])} "
+                     f"| {num(g['late_ratio'], 2)} | {late} | {g['late_verdict']} "
+                     f"| {num(g['early_spread_equal_lr'])} | {num(g['early_spread_equal_product'])} "
+                     f"| {num(g['early_ratio'], 2)} | {early} | {g['early_verdict']} "
+                     f"| {g['n_cells']} |")
+    return "\n".join(lines) + "\n"
