@@ -28,7 +28,7 @@ class ScaledSGD:
         self.scale = scale
 
     def direction(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        return torch._foreach_mul(grads, self.scale)
+        return [g * self.scale for g in grads]
 
     def state_dict(self) -> dict:
         return {}

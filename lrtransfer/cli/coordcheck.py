@@ -8,10 +8,8 @@ from typing import List, Optional
 import typer
 
 from .. import plots
+from ..report.coordcheck import FORMATS
 from .common import Device, Overrides, Quiet, app, choice_help, err, say, user_errors
-
-# report.coordcheck.FORMATS, named here so that --help needs no torch (that module imports it)
-COORDCHECK_FORMATS = ("markdown", "json")
 
 
 @app.command(examples=(
@@ -27,7 +25,7 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
                                                "that passes"),
                series: List[str] = typer.Option([], "--series", help="series to check (default: all)"),
                format: str = typer.Option("markdown", "--format", metavar="FORMAT",
-                                          help=choice_help(COORDCHECK_FORMATS, "verdicts and slopes as markdown "
+                                          help=choice_help(FORMATS, "verdicts and slopes as markdown "
                                                                               "tables or JSON")),
                out_: Optional[Path] = typer.Option(None, "--out", help="also draw RMS vs width per atom at the last "
                                                    "step (.png/.svg/.pdf)"),
@@ -40,7 +38,7 @@ def coordcheck(experiment: Path = typer.Argument(..., help="experiment TOML file
     their change may shrink, not grow). Verdicts are data: the exit code is 0 whether series
     pass or fail (2 for bad input)."""
     from ..analysis.coordcheck import coordcheck as check
-    from ..report.coordcheck import FORMATS, render
+    from ..report.coordcheck import render
     from ..report.render import check_format
     from ..sweep import load_experiment
     check_format(format, FORMATS)

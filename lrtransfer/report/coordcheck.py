@@ -3,11 +3,14 @@ slope per quantity) or JSON (every fitted slope)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from ..analysis.coordcheck import QUANTITIES, CoordCheck, violation
 from .render import FORMATS as REPORT_FORMATS, check_format, pow2, to_json
 
 FORMATS = REPORT_FORMATS[:2]   # markdown and JSON: the slopes are no single table for a CSV
+
+if TYPE_CHECKING:  # the check itself trains (torch); its output renders without it
+    from ..analysis.coordcheck import CoordCheck
 
 
 def to_dict(cc: CoordCheck) -> dict:
@@ -24,6 +27,7 @@ def to_dict(cc: CoordCheck) -> dict:
 def to_markdown(cc: CoordCheck) -> str:
     """Per series: the verdict, then per quantity the worst slope (the row closest to failing,
     or failing by most), where it is and how many rows fail."""
+    from ..analysis.coordcheck import QUANTITIES, violation
     lines = [f"Coordinate check: slope of log RMS vs log width over {cc.steps} steps on one fixed batch; "
              f"a row passes at |slope| <= {cc.threshold:g} (the logits and their change: "
              f"slope <= {cc.threshold:g}; ΔW·x of every atom: |slope|).", ""]

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UserError
+from ..run.provenance import SCALE_AXES
 
 FINISHED = ("done", "diverged")   # statuses a sweep does not run again
 PER_RUN = ("curves", "diagnostics")  # the tables each run writes beside its summary row
@@ -255,7 +256,7 @@ class ResultStore:
             return runs
         listed = list((self.experiment() or {}).get("series") or {})
         order = {name: i for i, name in enumerate(listed + sorted(set(runs["series"]) - set(listed)))}
-        keys = [k for k in ("width", "depth", "lr", "seed") if k in runs]
+        keys = [k for k in (*SCALE_AXES, "lr", "seed") if k in runs]
         runs = runs.assign(_order=runs["series"].map(order)).sort_values(["_order", *keys], kind="stable")
         return runs.drop(columns="_order").reset_index(drop=True)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..results.store import ResultStore
+from ..run.provenance import SCALE_AXES
 from ..run.spec import BY_NAME
 from .estimate import duration_text, makespan, shape_key
 from .queue import JOURNAL_NAME, Queue, open_storage, redact
@@ -33,7 +34,7 @@ def recorded_storage(experiment: dict | None, root: Path) -> str | None:
 
 
 def _scale(values: dict) -> tuple:
-    return (values.get("width"), values.get("depth"))
+    return tuple(values.get(axis) for axis in SCALE_AXES)
 
 
 def eta(left: list[dict], runs, workers: int) -> str:
@@ -141,11 +142,10 @@ def _count_rows(cells: dict[str, dict]) -> list[dict]:
         table.setdefault(key, {s: 0 for s in STATES})
         if c["state"] in STATES:
             table[key][c["state"]] += 1
-    varying = [i for i in (0, 1) if len({sc[i] for _, sc in table}) > 1] or [0]
-    names = ("width", "depth")
+    varying = [i for i in range(len(SCALE_AXES)) if len({sc[i] for _, sc in table}) > 1] or [0]
 
     def label(sc):
-        return " ".join(f"{names[i]}={sc[i]}" for i in varying)
+        return " ".join(f"{SCALE_AXES[i]}={sc[i]}" for i in varying)
 
     return [{"series": s, "scale": label(sc), **counts}
             for (s, sc), counts in sorted(table.items(), key=lambda kv: (kv[0][0], tuple(x or 0 for x in kv[0][1])))]

@@ -22,6 +22,7 @@ from ..analysis.transfer import metric_spec, optimum
 from ..errors import UserError, nearest
 from ..results.store import FINISHED, ResultStore
 from ..run.flops import FlopCounter
+from ..run.provenance import SCALE_AXES
 from ..run.train import execute, resolve_device
 from .config import Experiment, run_id
 from .queue import open_storage
@@ -187,7 +188,7 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
     session = TuneSession.check(experiment, series, trials, sampler, seed, metric, device, on_run)
     axis = _transfer_axis(experiment.scale_axes(), axis)
     for p in params:
-        if p.name not in session.cells[0].values or p.name in ("lr", "width", "depth", "series", "seed"):
+        if p.name not in session.cells[0].values or p.name in ("lr", "series", "seed", *SCALE_AXES):
             raise UserError(f"--param {p.name}: not a searchable train/model key of this experiment")
     session.open(results_dir, storage)
     flops = FlopCounter(str(resolve_device(device)))
