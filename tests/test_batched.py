@@ -170,7 +170,7 @@ def test_cells_are_enqueued_in_the_planned_order(tmp_path):
 def test_normalized_mlp_bundles_step_as_one_stacked_update(tmp_path):
     # the identity test above for mlp-normalize then checks StackedNormalized, not a fallback
     import torch
-    from lrtransfer.run.batched import _Stack, stacked_update
+    from lrtransfer.run.batched import CellStack, stacked_update
     from lrtransfer.optim.stacked import StackedNormalized, StackedPlain
     from lrtransfer.run.train import Training
     kinds = {}
@@ -178,6 +178,6 @@ def test_normalized_mlp_bundles_step_as_one_stacked_update(tmp_path):
         where = tmp_path / f"{arch}-{update}"
         where.mkdir()
         runs = [Training(v, torch.device("cpu")) for v in _cells(where, arch, LRS[update], **UPDATES[update])]
-        kinds[arch, update] = type(stacked_update([r.opt for r in runs], _Stack(runs).params))
+        kinds[arch, update] = type(stacked_update([r.opt for r in runs], CellStack(runs).params))
     assert kinds == {("mlp", "normalize"): StackedNormalized, ("mlp", "plain"): StackedPlain,
                      ("gpt", "normalize"): type(None), ("mlp", "dualize"): type(None)}

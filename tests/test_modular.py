@@ -210,12 +210,12 @@ def test_power_iteration_is_a_lower_bound_that_converges_when_warm():
     lin = Linear(64, 48)
     assert lin.atom_norm(torch.zeros(64, 48), exact=False) == 0
     assert torch.equal(lin.normalize([torch.zeros(64, 48)], 1.0)[0], torch.zeros(64, 48))
-    assert not lin._power_warm  # a zero update leaves the atom cold
+    assert not lin.tracking_state()[1]  # a zero update leaves the atom cold
     nan = torch.full((64, 48), float("nan"))
     lin.normalize(torch.randn(64, 48), 1.0)
-    kept = lin._power_q.clone()
+    kept = lin.tracking_state()[0].clone()
     assert torch.isnan(lin.normalize(nan, 1.0)).all()  # stays visibly non-finite (the optimizer raises)
-    assert torch.equal(lin._power_q, kept)  # a NaN update does not poison the warm block
+    assert torch.equal(lin.tracking_state()[0], kept)  # a NaN update does not poison the warm block
 
 
 def test_block_step_is_a_lower_bound_exact_on_its_subspace():
@@ -254,10 +254,10 @@ def test_cold_tracked_norm_is_exact_and_reset_makes_cold(arch, kw):
     ratios = _cold_step_ratios(model, grads, 0.5)
     assert ratios and all(abs(r - 1) < 1e-3 for r in ratios)
     tracked = [a for a in model.atoms() if isinstance(a, (Linear, Conv2D))]
-    assert all(a._power_warm for a in tracked)
+    assert all(a.tracking_state()[1] for a in tracked)
     for a in tracked:
         a.reset_parameters()
-    assert not any(a._power_warm for a in tracked)
+    assert not any(a.tracking_state()[1] for a in tracked)
     grads = [torch.randn_like(a.weight) for a in model.atoms()]  # unrelated: cold again, exact again
     assert all(abs(r - 1) < 1e-3 for r in _cold_step_ratios(model, grads, 0.5))
 

@@ -79,8 +79,8 @@ def test_training_flops_match_a_hand_count_for_a_small_mlp(tmp_path):
 
 def test_normalized_training_flops_count_the_cold_start_once(tmp_path, monkeypatch):
     from lrtransfer.run.flops import FlopCounter, run_step_flops
-    from lrtransfer.modular.atoms import _Tracked
-    monkeypatch.setattr(_Tracked, "align_floor", 0.0)   # no data-dependent refinement on the counted step
+    from lrtransfer.modular.atoms import Tracked
+    monkeypatch.setattr(Tracked, "align_floor", 0.0)   # no data-dependent refinement on the counted step
     values = {**_mlp_values(tmp_path), "update": "normalize"}
     forward = 2 * 5 * (40 * 16 + 16 * 16 + 16 * 10)
     plain = forward + forward + 2 * 5 * (16 * 16 + 16 * 10)

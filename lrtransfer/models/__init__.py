@@ -68,7 +68,7 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
     global random stream: a seed gives the same weights whatever the base width. ``mup_rule``
     (``MUP_RULES``) picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``mup_rule``.
     ``condition``: every Linear and Conv2D uses its row-equilibrated weight (weight
-    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms._Tracked``).
+    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms.Tracked``).
     """
     _check_arguments(arch, width, depth, param, base_width, kw)
     builder = FAMILIES[arch].builder

@@ -27,7 +27,7 @@ def _inverse(sigma: torch.Tensor) -> torch.Tensor:
     return torch.where(sigma > 0, sigma.reciprocal(), 0.0)  # NaN (0/0 of a zero update) is not > 0
 
 
-class _Tracked(Atom):
+class Tracked(Atom):
     """An atom whose norm is a spectral norm (of the weight, or of each kernel slice).
 
     Exact mode uses SVDs. Otherwise a block of ``block_rank`` vectors per matrix is kept as
@@ -227,11 +227,11 @@ def tracked_estimates(atoms, updates):
 
 
 
-class Linear(_Tracked):
+class Linear(Tracked):
     """y = sqrt(d_out/d_in) · W x, W (d_out, d_in) orthogonal at init; norm ‖W‖₂ (RMS→RMS).
 
     ``normalize`` with ``exact=False`` divides by a tracked estimate of ‖update‖₂ (see
-    ``_Tracked``). On a cold atom (first update, or after ``reset_parameters``) the estimate
+    ``Tracked``). On a cold atom (first update, or after ``reset_parameters``) the estimate
     is exact to about 1e-5. After that it is a lower bound, close to the SVD norm on
     the quickstart (1.017 at most) but not guaranteed. ``exact=True`` uses an SVD.
     """
@@ -249,9 +249,8 @@ class Linear(_Tracked):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             nn.init.orthogonal_(self.weight)
-            # Unused draw: it keeps torch's global random stream, and so every later atom's
-            # initial weights, the same as before the tracking block replaced the random
-            # start vector (the block now starts from an exact cold start).
+            # Drawn and discarded: a seed's global random stream, and so every later atom's
+            # initial weights, stay what the recorded runs of that seed were trained from.
             torch.randn(self.d_in, device=self.weight.device)
         self._reset_tracking((), min(self.d_out, self.d_in))
 
@@ -314,12 +313,12 @@ class Embed(Atom):
         return f"vocab={self.vocab}, d={self.d}, mass={self.mass:g}"
 
 
-class Conv2D(_Tracked):
+class Conv2D(Tracked):
     """y = (sqrt(c_out/c_in)/k²) · conv(x, W), each k×k position's slice W[:,:,i,j] orthogonal.
 
     Norm: max over positions of the slice's spectral norm; an update is normalized slice by
     slice. Padding keeps the spatial size ("same" for odd k). With ``exact=False`` each
-    slice's norm is tracked like Linear's (``_Tracked``): exact on a cold atom, then a lower
+    slice's norm is tracked like Linear's (``Tracked``): exact on a cold atom, then a lower
     bound that is not guaranteed.
     """
 
@@ -339,7 +338,7 @@ class Conv2D(_Tracked):
             for i in range(self.k):
                 for j in range(self.k):
                     self.weight[:, :, i, j] = nn.init.orthogonal_(torch.empty(self.c_out, self.c_in))
-            # Unused draw, kept so the global random stream is unchanged (see Linear).
+            # Drawn and discarded, as in Linear: the seed's random stream stays the recorded one.
             torch.randn(self.k * self.k, self.c_in, device=self.weight.device)
         self._reset_tracking((self.k * self.k,), min(self.c_out, self.c_in))
 

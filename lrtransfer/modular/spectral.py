@@ -14,7 +14,7 @@ What is exact and what is an estimate:
   along that direction, so it stays on the old one for many steps (the estimate was up to
   2× low on the MNIST-1D quickstart). The block keeps the next r−1 directions, one of
   which usually becomes the new top.
-* ``power_step`` — the old single-vector step, kept for callers and tests.
+* ``power_step`` — one step of single-vector power iteration, the block step with r = 1.
 
 ``block_power_step`` also returns an alignment measure: a/b, where a = ‖Mx‖ (the Ritz value)
 and b = ‖MᵀMx‖/‖Mx‖ for the best x. Both are lower bounds of σ₁ and a <= b, with equality

@@ -108,7 +108,7 @@ class StackedNormalized(_Stacked):
 
     Cell i's update of atom k is rescaled to its share of the cell's LR over the tracked
     spectral norm, on the cell's own tracking block, cold or warm as the cell alone would be
-    (``atoms._Tracked``): cold cells take the exact cold start, warm ones one block power
+    (``atoms.Tracked``): cold cells take the exact cold start, warm ones one block power
     step, batched over the cells; the alignments of all cells and atoms are read back with one
     host sync, and the cell-atoms below ``align_floor`` are refined, as alone. The blocks live
     here, stacked (cells, r, cols) per atom, not in the cells' atoms.
@@ -122,8 +122,9 @@ class StackedNormalized(_Stacked):
             raise ValueError("StackedNormalized: the cells' rules must agree")
         super().__init__(opts, params)
         self.atoms = first.atoms          # the cells' atoms agree in everything but their weights
-        self.blocks = [torch.stack([o.atoms[k]._power_q for o in opts]) for k in range(len(self.atoms))]
-        self.warm = [[o.atoms[k]._power_warm for o in opts] for k in range(len(self.atoms))]
+        states = [[o.atoms[k].tracking_state() for o in opts] for k in range(len(self.atoms))]   # (block, warm)
+        self.blocks = [torch.stack([block for block, _ in cells]) for cells in states]
+        self.warm = [[warm for _, warm in cells] for cells in states]
         self.unit_shares = torch.tensor([o.model.targets(1.0) for o in opts], dtype=torch.float64)   # (cells, atoms)
 
     @torch.no_grad()
@@ -191,7 +192,7 @@ class StackedNormalized(_Stacked):
             self.blocks[k][cells] = q.to(self.blocks[k].dtype)
 
     def _cold_start(self, k: int, i: int, m: torch.Tensor) -> torch.Tensor:
-        """``_Tracked._cold_start`` for cell i's atom k: exact σ₁ and block; cold stays cold on
+        """``Tracked._cold_start`` for cell i's atom k: exact σ₁ and block; cold stays cold on
         a zero or non-finite update."""
         sigma, q = cold_start(m, self.blocks[k].shape[-2])
         if q is not None:

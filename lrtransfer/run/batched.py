@@ -48,7 +48,7 @@ def bundle_size(waiting: int, limit: int = MAX_BUNDLE) -> int:
     return math.ceil(waiting / bundles)
 
 
-class _Stack:
+class CellStack:
     """The bundle's weights: one (cells, …) tensor per atom; each cell's atoms point into it."""
 
     def __init__(self, runs: list[Training]):
@@ -115,7 +115,7 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
         return [execute(cells[0], device, on_step=on_step)]
     started = time.perf_counter()
     runs = [Training(v, device) for v in cells]
-    stack = _Stack(runs)
+    stack = CellStack(runs)
     fused = stacked_update([r.opt for r in runs], stack.params)
     losses_of = _losses(runs[0].model, stack.names)
     steps = runs[0].steps
@@ -150,7 +150,7 @@ def execute_bundle(cells: list[dict], device: str | torch.device = "cpu", on_ste
     return _results(runs, stack, time.perf_counter() - started)
 
 
-def _update(live: list[Training], stack: _Stack, fused, step: int, dropped: list[int]) -> list[int]:
+def _update(live: list[Training], stack: CellStack, fused, step: int, dropped: list[int]) -> list[int]:
     """One update of every live cell not yet ``dropped``: the stacked update, else each cell's
     own optimizer on its slice. Returns the cells whose update diverged (they stop)."""
     diverged = []
@@ -175,7 +175,7 @@ def _update(live: list[Training], stack: _Stack, fused, step: int, dropped: list
     return diverged
 
 
-def _results(runs: list[Training], stack: _Stack, wall: float) -> list[RunResult]:
+def _results(runs: list[Training], stack: CellStack, wall: float) -> list[RunResult]:
     """Every cell's result: the finished ones evaluated together, the bundle's time shared."""
     finished = [run for run in stack.runs if run.status == "done"]
     evaluations = {}
@@ -199,7 +199,7 @@ def _unbatched_attention_allowed():
 
 
 @torch.no_grad()
-def _evaluate(stack: _Stack, first: Training) -> list[tuple[float, float]]:
+def _evaluate(stack: CellStack, first: Training) -> list[tuple[float, float]]:
     """``train.evaluate`` for every cell of the stack at once: (mean test loss, accuracy) each.
     The cells see the same test batches, so each batch goes through all of them in one call."""
     values, model = first.values, first.model
