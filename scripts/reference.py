@@ -284,13 +284,17 @@ def dynamics_section() -> str:
     if (RESULTS / LRWD).exists():
         runs, curves = load_results(RESULTS / LRWD)
         res = dynamics_report.lrwd_invariance(runs, curves, ci=CI)
+        def fit(g, name, stated):
+            lo, hi = g[f"{name}_c_ci"]
+            p = g[f"{name}_lof_p"]
+            return (f"c = {g[f'{name}_c']:.2f} (90% CI [{lo:.2f}, {hi:.2f}]; c = {stated}), lack-of-fit "
+                    f"F({g[f'{name}_lof_df']:g}, {g[f'{name}_pe_df']:g}) = {g[f'{name}_lof_f']:.1f}, "
+                    + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}"))
         for g in res["groups"]:
-            late, early = g["late_ratio_ci"], g["early_ratio_ci"]
-            lines.append(f"`{LRWD}` ({g['n_cells']} lr × wd cells, {res['n_runs']} runs): late loss follows "
-                         f"lr·wd — **{g['late_verdict']}**: spread at equal lr·wd / at equal lr = "
-                         f"{g['late_ratio']:.2f} (90% CI [{late[0]:.2f}, {late[1]:.2f}]); early loss follows lr — "
-                         f"**{g['early_verdict']}**: spread at equal lr / at equal lr·wd = {g['early_ratio']:.2f} "
-                         f"(90% CI [{early[0]:.2f}, {early[1]:.2f}]).")
+            lines.append(f"`{LRWD}` ({g['n_cells']} lr × wd cells, {res['n_runs']} runs), each loss fitted as one "
+                         f"cubic in log2 lr + c·log2 wd: late loss follows lr·wd — **{g['late_verdict']}**: "
+                         f"{fit(g, 'late', '1 is lr·wd')}, {g['late_unexplained']:.1%} of the cell means' variance "
+                         f"left; early loss follows lr — **{g['early_verdict']}**: {fit(g, 'early', '0 is lr alone')}.")
         lines.append("")
     if (RESULTS / CONDITION).exists():
         runs, _ = load_results(RESULTS / CONDITION)

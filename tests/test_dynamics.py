@@ -198,18 +198,19 @@ def test_regime_report_numbers():
 
 # ----------------------------------------------------------------------------- lr·wd
 
-def lrwd_tables(depends_on="product", seeds=(0, 1, 2), diverge_top=False, series="adamw"):
-    """A 4 x 4 octave grid of (lr, wd); late loss a function of lr·wd (or of lr alone), early loss
-    a function of lr; a little per-seed noise."""
+def lrwd_tables(depends_on="product", seeds=(0, 1, 2), diverge_top=False, series="adamw", early_on="lr"):
+    """A 4 x 4 octave grid of (lr, wd); late loss a function of lr·wd (or of lr alone, wd alone,
+    lr·wd², or a constant: "noise"), early loss a function of lr (or of lr·wd: ``early_on``); a
+    little per-seed noise."""
     runs, curves = [], []
     rng = np.random.default_rng(1)
     for a in range(-8, -4):
         for b in range(-6, -2):
             for seed in seeds:
                 rid = f"{series}{a}{b}{seed}"
-                key = a + b if depends_on == "product" else a
+                key = {"product": a + b, "lr": a, "wd": b, "lr_wd2": a + 2 * b, "noise": -10}[depends_on]
                 late = 1.0 + 0.1 * (key + 10) ** 2 / 10 + 0.002 * rng.standard_normal()
-                early = 2.0 - 0.1 * a + 0.002 * rng.standard_normal()
+                early = 2.0 - 0.1 * (a if early_on == "lr" else a + b) + 0.002 * rng.standard_normal()
                 status = "diverged" if diverge_top and a == -5 and b == -3 else "done"
                 runs.append({"run_id": rid, "series": series, "width": 64, "depth": 2, "lr": 2.0 ** a,
                              "weight_decay": 2.0 ** b, "seed": seed, "status": status, "steps": 100,
@@ -227,22 +228,50 @@ def test_lrwd_invariance_holds_when_late_loss_follows_the_product():
     runs, curves = lrwd_tables("product")
     res = dynamics_report.lrwd_invariance(runs, curves, n_boot=300)
     g = res["groups"][0]
-    assert g["n_cells"] == 16 and g["n_seeds"] == 3
-    assert g["n_product_groups"] == 5 and g["n_lr_groups"] == 4  # diagonals of 2..4 cells; 4 rows
-    assert g["late_ratio"] < 0.05 and g["late_verdict"] == "holds" and g["late_ratio_ci"][1] < 0.1
-    assert g["early_ratio"] < 0.05 and g["early_verdict"] == "holds"
-    # spread at equal lr: the late loss over b at fixed a is 1 + (a + b + 10)^2 / 100, b = -6..-3
-    expected = np.mean([np.std([(a + b + 10) ** 2 / 100 for b in range(-6, -2)], ddof=1) for a in range(-8, -4)])
-    assert g["late_spread_equal_lr"] == pytest.approx(expected, abs=0.003)
-    assert res["n_runs"] == 48 and res["n_diverged"] == 0
+    assert g["n_cells"] == 16 and g["n_seeds"] == 3 and g["n_lr"] == 4 and g["n_wd"] == 4
+    lo, hi = g["late_c_ci"]
+    assert g["late_c"] == pytest.approx(1.0, abs=0.02) and 0.95 < lo <= 1 <= hi < 1.05
+    # the cubic in u = log2 lr + log2 wd holds the quadratic surface: what is left is seed noise
+    assert g["late_unexplained"] < 0.01 and g["late_lof_p"] >= 0.05 and g["late_signal_p"] < 0.05
+    assert g["late_lof_df"] == 16 - 4 - 1 and g["late_pe_df"] == 48 - 16
+    assert g["late_verdict"] == "holds" and not g["late_c_at_bound"]
+    lo, hi = g["early_c_ci"]
+    assert abs(g["early_c"]) < 0.02 and -0.05 < lo <= 0 <= hi < 0.05 and g["early_verdict"] == "holds"
+    assert res["n_runs"] == 48 and res["n_diverged"] == 0 and res["degree"] == 3 and res["c_range"] == [-1, 3]
     json.loads(to_json(res))
 
 
-def test_lrwd_invariance_fails_when_late_loss_follows_lr():
-    runs, curves = lrwd_tables("lr")
-    g = dynamics_report.lrwd_invariance(runs, curves, n_boot=300)["groups"][0]
-    assert g["late_ratio"] > 5 and g["late_verdict"] == "fails" and g["late_ratio_ci"][0] > 1
-    assert g["late_spread_equal_lr"] < 0.005
+@pytest.mark.parametrize("depends_on, c", [("lr", 0.0), ("lr_wd2", 2.0)])
+def test_lrwd_invariance_fails_when_late_loss_follows_another_combination(depends_on, c):
+    g = dynamics_report.lrwd_invariance(*lrwd_tables(depends_on), n_boot=300)["groups"][0]
+    lo, hi = g["late_c_ci"]
+    assert g["late_c"] == pytest.approx(c, abs=0.02) and c - 0.05 < lo <= c <= hi < c + 0.05
+    assert not lo <= 1 <= hi and g["late_verdict"] == "fails"
+    # the surface is a function of its own u: the fit leaves only noise, c alone decides
+    assert g["late_lof_p"] >= 0.05 and g["late_signal_p"] < 0.05
+
+
+def test_lrwd_invariance_fails_when_late_loss_follows_wd_alone():
+    g = dynamics_report.lrwd_invariance(*lrwd_tables("wd"), n_boot=300)["groups"][0]
+    lo, _ = g["late_c_ci"]
+    # wd alone is c = ∞: the search stops at its bound, and even there the fit misses far beyond the noise
+    assert g["late_c_at_bound"] and g["late_c"] == pytest.approx(3.0) and lo > 2.5
+    assert g["late_lof_p"] < 1e-6 and g["late_unexplained"] > 0.05 and g["late_verdict"] == "fails"
+
+
+def test_lrwd_invariance_of_pure_noise_is_inconclusive():
+    g = dynamics_report.lrwd_invariance(*lrwd_tables("noise"), n_boot=300)["groups"][0]
+    lo, hi = g["late_c_ci"]
+    # a flat surface fixes no c: the CI spans both lr·wd and lr alone, the fit explains nothing beyond noise
+    assert lo < 0 and hi > 1 and g["late_signal_p"] >= 0.05 and g["late_lof_p"] >= 0.05
+    assert g["late_verdict"] == "inconclusive"
+
+
+def test_lrwd_invariance_early_loss_fails_when_it_follows_the_product():
+    g = dynamics_report.lrwd_invariance(*lrwd_tables("product", early_on="product"), n_boot=300)["groups"][0]
+    lo, _ = g["early_c_ci"]
+    assert g["early_c"] == pytest.approx(1.0, abs=0.02) and lo > 0.9 and g["early_verdict"] == "fails"
+    assert g["late_verdict"] == "holds"
 
 
 def test_lrwd_cells_early_loss_and_exclusions():
@@ -262,8 +291,11 @@ def test_lrwd_invariance_refuses_a_grid_without_a_wd_axis():
     with pytest.raises(UserError, match="weight_decay does not vary"):
         dynamics_report.lrwd_invariance(runs.assign(weight_decay=0.01), curves)
     one_lr = runs[runs["lr"] == 2.0 ** -8]
-    with pytest.raises(UserError, match="0 lr·wd product"):
+    with pytest.raises(UserError, match="adamw: 1 lr value"):
         dynamics_report.lrwd_invariance(one_lr, curves)
+    few = runs[(runs["lr"] <= 2.0 ** -7) & (runs["weight_decay"] <= 2.0 ** -5)]  # 2 x 2: 4 cells, a cubic needs 6
+    with pytest.raises(UserError, match="4 \\(lr, wd\\) cells, need >= 2 and >= 6"):
+        dynamics_report.lrwd_invariance(few, curves)
     with pytest.raises(UserError, match="--metric 'acc'"):
         dynamics_report.lrwd_invariance(runs, curves, metric="acc")
 
@@ -272,9 +304,13 @@ def test_lrwd_single_seed_is_inconclusive_and_report_reads():
     runs, curves = lrwd_tables("product", seeds=(0,))
     res = dynamics_report.lrwd_invariance(runs, curves, n_boot=50)
     g = res["groups"][0]
-    assert g["late_ratio"] < 0.05 and g["late_verdict"] == "inconclusive" and g["late_ratio_ci"] == [None, None]
+    # one seed: c is estimated, but neither its CI nor the noise the fit is judged against exist
+    assert g["late_c"] == pytest.approx(1.0, abs=0.05) and g["late_c_ci"] == [None, None]
+    assert g["late_lof_p"] is None and g["late_verdict"] == "inconclusive" and g["early_verdict"] == "inconclusive"
     text = dynamics_report.lrwd_report(res)
-    assert text.startswith("## lr·wd invariance\n\n- adamw: late train loss follows lr·wd: **inconclusive**")
+    assert text.startswith("## lr·wd invariance\n\n- adamw: late train loss follows lr·wd: **inconclusive** — "
+                           "c = 0.98 (no CI)")
+    assert "no lack-of-fit test" in text and "| adamw | 0.98 | — |" in text
 
 
 # ----------------------------------------------------------------------------- figures

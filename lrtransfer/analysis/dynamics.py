@@ -6,7 +6,6 @@ trained matrices. Pure pandas/numpy (no torch): every function takes the tables
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from ..errors import UserError
 from ..run.provenance import SCALE_AXES
 from .common import check_ci, check_n_boot, check_real, group_rng, missing
-from .transfer import METRIC_SPECS
+from .transfer import METRIC_SPECS, t_interval
 
 REGIMES = ("converge", "chaotic", "diverge")
 REGIME_COLUMNS = ("run_id", "regime", "late_loss", "late_slope", "late_angle", "chance_loss", "n_points")
@@ -291,86 +290,173 @@ def lrwd_cells(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1,
         late=("late", "mean"), early=("early", "mean"), n_seeds=("seed", "nunique")).reset_index()
 
 
-def _mean_group_std(values: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
-    """For (replicates × cells) ``values``: the mean over ``groups`` (column index arrays) of the
-    std (ddof 1) across each group's cells; NaN cells are left out of their group."""
-    stds = []
-    for idx in groups:
-        sub = values[:, idx]
-        n = np.isfinite(sub).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.nanstd(sub, axis=1, ddof=1) if sub.shape[1] > 1 else np.full(len(sub), np.nan)
-        stds.append(np.where(n >= 2, s, np.nan))
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.stack(stds, axis=1), axis=1) if stds else np.full(len(values), np.nan)
+# The 1-D model of the lr·wd statistic (docs/analysis.md §8): loss ≈ f(u), u = log2 lr + c·log2 wd,
+# f a polynomial of degree LRWD_DEGREE in u fitted by least squares to the seed-mean cells, and c
+# the value in LRWD_C_RANGE with the smallest residual sum of squares.
+LRWD_DEGREE = 3
+LRWD_C_RANGE = (-1.0, 3.0)
+LRWD_ALPHA = 0.05               # the lack-of-fit test's level
+_C_GRID = np.linspace(*LRWD_C_RANGE, 201)  # step 0.02; the minimum is refined between grid points
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _basis(u: np.ndarray, degree: int) -> np.ndarray:
+    """Orthonormal columns spanning the polynomials of ``degree`` in ``u`` at the cells (fewer
+    columns where u takes ≤ ``degree`` distinct values: no fit is better than interpolation)."""
+    spread = u.std()
+    z = (u - u.mean()) / (spread if spread > 0 else 1.0)
+    left, s, _ = np.linalg.svd(np.vander(z, degree + 1, increasing=True), full_matrices=False)
+    return left[:, s > s[0] * 1e-9]
+
+
+def _residuals(y: np.ndarray, u: np.ndarray, degree: int) -> tuple[np.ndarray, int]:
+    """The rows of ``y`` (replicates × cells) minus their least-squares polynomial in ``u``; and
+    the number of fitted coefficients."""
+    q = _basis(u, degree)
+    return y - (y @ q) @ q.T, q.shape[1]
+
+
+def _rss(y: np.ndarray, x: np.ndarray, w: np.ndarray, c: float, degree: int) -> np.ndarray:
+    return (_residuals(y, x + c * w, degree)[0] ** 2).sum(axis=-1)
+
+
+def _fit_c(y: np.ndarray, x: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray:
+    """Per row of ``y`` (all cells finite): the c in LRWD_C_RANGE minimising the residual sum of
+    squares of the 1-D fit, from a grid of step 0.02 and the vertex of the parabola through the
+    best grid point and its neighbours (a bound when the best point is one)."""
+    rss = np.stack([_rss(y, x, w, c, degree) for c in _C_GRID], axis=1)
+    best = np.argmin(rss, axis=1)
+    c = _C_GRID[best].copy()
+    inner = np.flatnonzero((best > 0) & (best < len(_C_GRID) - 1))
+    r0, r1, r2 = (rss[inner, best[inner] + k] for k in (-1, 0, 1))
+    h = _C_GRID[1] - _C_GRID[0]
+    curvature = r0 - 2 * r1 + r2
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((num == 0) & (den == 0), np.nan, num / den)
+        shift = np.where(curvature > 0, 0.5 * h * (r0 - r2) / curvature, 0.0)
+    c[inner] += np.clip(shift, -h, h)
+    return c
 
 
-def _verdict(lo: float, hi: float) -> str:
-    if missing(lo) or missing(hi):
-        return "inconclusive"
-    return "holds" if hi < 1 else "fails" if lo > 1 else "inconclusive"
-
-
-def _lrwd_group(g: pd.DataFrame, ci: float, n_boot: int, rng: np.random.Generator) -> dict:
-    cells = list(g.groupby(["lr", "weight_decay"], sort=True))
-    lrs = np.array([k[0] for k, _ in cells], dtype=float)
-    products = np.array([c["log2_product"].iloc[0] for _, c in cells])
-    by_product = [np.flatnonzero(products == p) for p in np.unique(products)]
-    by_lr = [np.flatnonzero(lrs == v) for v in np.unique(lrs)]
-    by_product = [i for i in by_product if len(i) >= 2]
-    by_lr = [i for i in by_lr if len(i) >= 2]
-    seed_counts = np.array([len(c) for _, c in cells])
-    # row 0: the point values (all seeds); rows 1..: each cell's seeds redrawn with replacement
-    late = np.empty((1 + n_boot, len(cells)))
-    early = np.empty_like(late)
-    for j, (_, c) in enumerate(cells):
-        lv, ev = c["late"].to_numpy(float), c["early"].to_numpy(float)
-        late[0, j], early[0, j] = lv.mean(), np.nanmean(ev) if np.isfinite(ev).any() else np.nan
-        draw = rng.integers(0, len(c), size=(n_boot, len(c)))
-        late[1:, j] = lv[draw].mean(axis=1)
-        # an all-NaN early loss is just NaN: numpy's 'mean of empty slice' warning says nothing more
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            early[1:, j] = np.nanmean(ev[draw], axis=1)
-    out = {"n_cells": len(cells), "n_seeds": int(seed_counts.min()) if len(cells) else 0,
-           "n_product_groups": len(by_product), "n_lr_groups": len(by_lr)}
-    stats = {"late_spread_equal_product": _mean_group_std(late, by_product),
-             "late_spread_equal_lr": _mean_group_std(late, by_lr),
-             "early_spread_equal_lr": _mean_group_std(early, by_lr),
-             "early_spread_equal_product": _mean_group_std(early, by_product)}
-    stats["late_ratio"] = _ratio(stats["late_spread_equal_product"], stats["late_spread_equal_lr"])
-    stats["early_ratio"] = _ratio(stats["early_spread_equal_lr"], stats["early_spread_equal_product"])
-    for name, values in stats.items():
-        out[name] = float(values[0])
-    tail = (1 - ci) / 2 * 100
-    for name in ("late_ratio", "early_ratio"):
-        boot = stats[name][1:]
-        boot = boot[~np.isnan(boot)]
-        # with one seed per cell every replicate is the point value: no interval to speak of
-        if out["n_seeds"] < 2 or len(boot) < n_boot / 2:
-            lo = hi = math.nan
-        else:
-            lo, hi = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
-        out[f"{name}_ci_lo"], out[f"{name}_ci_hi"] = lo, hi
-        out[name.replace("_ratio", "_verdict")] = _verdict(lo, hi)
+def _fit_rows(y: np.ndarray, x: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray:
+    """``_fit_c`` of every row of ``y``, each on its finite cells (a replicate that drew no seed
+    of a cell lacks it); NaN where fewer than degree + 3 cells are left or lr or wd stops varying."""
+    out = np.full(len(y), math.nan)
+    finite = np.isfinite(y)
+    patterns, inverse = np.unique(finite, axis=0, return_inverse=True)
+    for k, keep in enumerate(patterns):
+        rows = np.flatnonzero(np.ravel(inverse) == k)
+        if keep.sum() >= degree + 3 and np.ptp(x[keep]) > 0 and np.ptp(w[keep]) > 0:
+            out[rows] = _fit_c(y[np.ix_(rows, keep)], x[keep], w[keep], degree)
     return out
 
 
-LRWD_COLUMNS = ("n_cells", "n_seeds", "n_product_groups", "n_lr_groups", "late_spread_equal_product",
-                "late_spread_equal_lr", "late_ratio", "late_ratio_ci_lo", "late_ratio_ci_hi", "late_verdict",
-                "early_spread_equal_lr", "early_spread_equal_product", "early_ratio", "early_ratio_ci_lo",
-                "early_ratio_ci_hi", "early_verdict")
+def _polish(c: float, y: np.ndarray, x: np.ndarray, w: np.ndarray, degree: int) -> float:
+    """The point estimate to full precision: bounded Brent within a grid step of ``c``."""
+    if not math.isfinite(c):
+        return c
+    from scipy.optimize import minimize_scalar
+    keep = np.isfinite(y)
+    h = _C_GRID[1] - _C_GRID[0]
+    lo, hi = max(LRWD_C_RANGE[0], c - h), min(LRWD_C_RANGE[1], c + h)
+    res = minimize_scalar(lambda v: float(_rss(y[keep], x[keep], w[keep], v, degree)), bounds=(lo, hi),
+                          method="bounded", options={"xatol": 1e-6})
+    return float(res.x) if res.fun <= _rss(y[keep], x[keep], w[keep], c, degree) else c
+
+
+def _lack_of_fit(values: np.ndarray, c: float, x: np.ndarray, w: np.ndarray, degree: int) -> dict:
+    """For (seeds × cells) ``values`` (NaN: no finished seed) and the 1-D fit at ``c``: the
+    fraction of the cell means' variance it leaves unexplained; the lack-of-fit F test —
+    Σ n_j (mean_j − f(u_j))² / (cells − coefficients − 1) against the pure-error mean square
+    Σ (seed − mean_j)² / (seeds − cells), p from scipy.stats.f; and the signal test, the same
+    pure error against what the fit explains, Σ n_j (f(u_j) − mean)² / coefficients (c included)."""
+    out = {"unexplained": math.nan, "lof_f": math.nan, "lof_df": math.nan, "pe_df": math.nan, "lof_p": math.nan,
+           "signal_p": math.nan}
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0)
+    keep = n > 0
+    if not math.isfinite(c) or keep.sum() < degree + 3:
+        return out
+    v, n = values[:, keep], n[keep]
+    mean = np.where(np.isfinite(v), v, 0.0).sum(axis=0) / n
+    resid, k = _residuals(mean, x[keep] + c * w[keep], degree)
+    total = float(((mean - mean.mean()) ** 2).sum())
+    out["unexplained"] = float((resid ** 2).sum()) / total if total > 0 else math.nan
+    ss_lof, df_lof = float((n * resid ** 2).sum()), len(mean) - k - 1   # − 1: c is fitted too
+    ss_pe, df_pe = float(np.nansum((v - mean) ** 2)), int(n.sum() - len(mean))
+    out["lof_df"], out["pe_df"] = df_lof, df_pe
+    if df_lof < 1 or df_pe < 1:
+        return out
+    fitted = mean - resid
+    ss_fit = float((n * (fitted - np.average(mean, weights=n)) ** 2).sum())
+    if ss_pe == 0:  # seeds that agree exactly: any lack of fit, any signal is beyond the noise
+        out["lof_f"], out["lof_p"] = (math.inf, 0.0) if ss_lof > 0 else (math.nan, math.nan)
+        out["signal_p"] = 0.0 if ss_fit > 0 else math.nan
+        return out
+    from scipy.stats import f as f_dist
+    pure = ss_pe / df_pe
+    out["lof_f"] = (ss_lof / df_lof) / pure
+    out["lof_p"] = float(f_dist.sf(out["lof_f"], df_lof, df_pe))
+    out["signal_p"] = float(f_dist.sf((ss_fit / k) / pure, k, df_pe))
+    return out
+
+
+def _verdict(lo: float, hi: float, lof_p: float, signal_p: float, target: float, other: float) -> str:
+    """fails: the 1-D fit leaves more than seed noise, or the surface varies beyond the noise and
+    c's CI excludes ``target``; holds: it varies, the fit leaves no more than noise and the CI
+    holds ``target`` but not ``other``; else inconclusive (a flat surface says nothing of c)."""
+    if any(missing(v) for v in (lo, hi, lof_p, signal_p)):
+        return "inconclusive"
+    if lof_p < LRWD_ALPHA:
+        return "fails"
+    if signal_p >= LRWD_ALPHA:
+        return "inconclusive"
+    if not lo <= target <= hi:
+        return "fails"
+    return "inconclusive" if lo <= other <= hi else "holds"
+
+
+def _lrwd_group(g: pd.DataFrame, ci: float, n_boot: int, rng: np.random.Generator, degree: int) -> dict:
+    cell, cells = pd.factorize(pd.MultiIndex.from_frame(g[["lr", "weight_decay"]]), sort=True)
+    seed, seeds = pd.factorize(g["seed"], sort=True)
+    x = np.log2(cells.get_level_values(0).to_numpy(float))
+    w = np.log2(cells.get_level_values(1).to_numpy(float))
+    n_seed, n_cell = len(seeds), len(cells)
+    # seeds are the units: each replicate redraws the group's seeds with replacement, the same
+    # draw for every cell (multinomial counts of how often each seed is drawn); row 0: all seeds
+    weights = np.vstack([np.ones((1, n_seed)), rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
+    per_cell = np.bincount(cell, minlength=n_cell)
+    out = {"n_cells": n_cell, "n_seeds": int(per_cell.min()) if n_cell else 0,
+           "n_lr": len(np.unique(x)), "n_wd": len(np.unique(w)), "degree": degree}
+    for name, target, other in (("late", 1.0, 0.0), ("early", 0.0, 1.0)):
+        values = np.full((n_seed, n_cell), math.nan)
+        values[seed, cell] = g[name].to_numpy(float)
+        finite = np.isfinite(values)
+        count = weights @ finite
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(count > 0, (weights @ np.where(finite, values, 0.0)) / count, math.nan)
+        c = _fit_rows(means, x, w, degree)
+        point = _polish(float(c[0]), means[0], x, w, degree)
+        lo, hi = t_interval(point, c[1:], ci, n_seed)
+        lof = _lack_of_fit(values, point, x, w, degree)
+        out.update({f"{name}_c": point, f"{name}_c_ci_lo": lo, f"{name}_c_ci_hi": hi,
+                    f"{name}_c_at_bound": bool(math.isfinite(point) and min(abs(point - b) for b in LRWD_C_RANGE) < 1e-3),
+                    **{f"{name}_{k}": v for k, v in lof.items()},
+                    f"{name}_verdict": _verdict(lo, hi, lof["lof_p"], lof["signal_p"], target, other)})
+    return out
+
+
+LRWD_COLUMNS = ("n_cells", "n_seeds", "n_lr", "n_wd", "degree",
+                *(f"{name}_{k}" for name in ("late", "early")
+                  for k in ("c", "c_ci_lo", "c_ci_hi", "c_at_bound", "unexplained", "lof_f", "lof_df", "pe_df",
+                            "lof_p", "signal_p", "verdict")))
 
 
 def lrwd_table(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1, metric: str = "train_loss",
-               ci: float = 0.9, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+               ci: float = 0.9, n_boot: int = 1000, seed: int = 0,
+               degree: int = LRWD_DEGREE) -> tuple[pd.DataFrame, dict]:
     """One row per series (and width/depth where they vary) whose weight_decay varies, with
-    ``LRWD_COLUMNS``; and the counts of excluded runs and skipped groups (see ``lrwd_invariance``)."""
+    ``LRWD_COLUMNS``: per loss (late, early) the fitted c of u = log2 lr + c·log2 wd, its seed-
+    bootstrap CI (``t_interval``), the lack-of-fit F test of the 1-D fit and the verdict; and the
+    counts of excluded runs and skipped groups (see ``lrwd_invariance``)."""
     check_ci(ci)
     check_n_boot(n_boot)
     per_seed, counts = _lrwd_seed_frame(runs, curves, early, metric)
@@ -380,18 +466,19 @@ def lrwd_table(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1, 
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
         label = dict(zip(keys, gkey))
         name = ", ".join(f"{k}={v}" if k != "series" else str(v) for k, v in label.items())
-        if g["weight_decay"].nunique() < 2:
+        n_lr, n_wd = g["lr"].nunique(), g["weight_decay"].nunique()
+        n_cells = len(g.groupby(["lr", "weight_decay"]))
+        if n_wd < 2:
             skipped.append(f"{name}: weight_decay does not vary")
             continue
-        stats = _lrwd_group(g, ci, n_boot, group_rng(seed, ("lrwd", *gkey)))
-        if stats["n_product_groups"] < 2:
-            skipped.append(f"{name}: {stats['n_product_groups']} lr·wd product(s) with >= 2 cells, need 2")
+        if n_lr < 2 or n_cells < degree + 3:
+            skipped.append(f"{name}: {n_lr} lr value(s) and {n_cells} (lr, wd) cells, need >= 2 and >= {degree + 3}")
             continue
-        rows.append({**label, **stats})
+        rows.append({**label, **_lrwd_group(g, ci, n_boot, group_rng(seed, ("lrwd", *gkey)), degree)})
     if not rows:
         why = "; ".join(skipped) or "no finished runs with weight_decay > 0"
-        raise UserError(f"lr·wd invariance needs weight_decay to vary and at least 2 lr·wd products each "
-                        f"run at >= 2 (lr, wd) cells: {why}")
+        raise UserError(f"lr·wd invariance needs weight_decay and lr to vary over at least {degree + 3} "
+                        f"(lr, wd) cells: {why}")
     counts["skipped"] = skipped
     return pd.DataFrame(rows, columns=[*keys, *LRWD_COLUMNS]), counts
 

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..analysis.dynamics import (LRWD_METRICS, REGIMES, RegimeOptions, default_x, lrwd_cells, lrwd_table,
-                                 regime_boundaries, regimes, seed_boundaries, with_dynamics_columns, x_values)
+from ..analysis.dynamics import (LRWD_ALPHA, LRWD_C_RANGE, LRWD_DEGREE, LRWD_METRICS, REGIMES, RegimeOptions,
+                                 default_x, lrwd_cells, lrwd_table, regime_boundaries, regimes, seed_boundaries,
+                                 with_dynamics_columns, x_values)
 from ..run.provenance import SCALE_AXES
 from .render import num, pct, pow2, records, signed
 from .transfer import label
@@ -126,52 +127,87 @@ def _mean(values) -> float:
 def lrwd_invariance(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1, metric: str = "train_loss",
                     ci: float = 0.9, n_boot: int = 1000, seed: int = 0) -> dict:
     """The lr·wd invariance numbers (docs/analysis.md §8), JSON-able. Keys: metric, column, early,
-    ci, n_boot, seed, n_runs, n_diverged, n_failed, n_zero_wd, skipped (groups without a usable
-    wd axis), groups (``lrwd_table`` rows, CIs as ``<ratio>_ci: [lo, hi]``), cells (``lrwd_cells``).
-    UserError when no group has a weight_decay that varies and ≥ 2 products with ≥ 2 cells."""
+    ci, n_boot, seed, degree, c_range, alpha, n_runs, n_diverged, n_failed, n_zero_wd, skipped
+    (groups without a usable grid), groups (``lrwd_table`` rows, CIs as ``<name>_c_ci: [lo, hi]``),
+    cells (``lrwd_cells``). UserError when no group has both lr and weight_decay varying over
+    enough cells."""
     table, counts = lrwd_table(runs, curves, early=early, metric=metric, ci=ci, n_boot=n_boot, seed=seed)
     cells = lrwd_cells(runs, curves, early=early, metric=metric)
     return {"metric": metric, "column": LRWD_METRICS[metric], "early": early, "ci": ci, "n_boot": n_boot,
-            "seed": seed, **counts, "groups": records(table), "cells": records(cells)}
+            "seed": seed, "degree": LRWD_DEGREE, "c_range": list(LRWD_C_RANGE), "alpha": LRWD_ALPHA, **counts,
+            "groups": records(table), "cells": records(cells)}
 
 
-def _ratio_interval(group: dict, name: str) -> str | None:
-    """A ratio's CI as "[lo, hi]", or None without one (one seed per cell)."""
-    lo, hi = group[f"{name}_ci"]
-    return None if lo is None or hi is None else f"[{num(lo, 2)}, {num(hi, 2)}]"
+def _c_interval(group: dict, name: str) -> str | None:
+    """c's CI as "[lo, hi]", or None without one (one seed)."""
+    lo, hi = group[f"{name}_c_ci"]
+    return None if lo is None or hi is None else f"[{_c(lo)}, {_c(hi)}]"
+
+
+def _f_test(group: dict, name: str) -> str:
+    """The lack-of-fit F with its degrees of freedom and p, or why there is none."""
+    f, p = group[f"{name}_lof_f"], group[f"{name}_lof_p"]
+    if f is None or p is None:
+        one_seed = group[f"{name}_pe_df"] == 0
+        return "no lack-of-fit test" + (" (one seed per cell: no seed noise to compare with)" if one_seed else "")
+    df = f"({group[f'{name}_lof_df']:g}, {group[f'{name}_pe_df']:g})"
+    p = _p(p)
+    return f"lack-of-fit F{df} = {num(f, 2)}, p {p if p.startswith('<') else f'= {p}'}"
+
+
+def _c(x) -> str:
+    text = num(x, 2)
+    return text.lstrip("-") if text not in ("—", "inf", "-inf") and float(text) == 0 else text
+
+
+def _share(x) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
+def _p(p) -> str:
+    return "—" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _c_text(group: dict, name: str, level: str) -> str:
+    interval = _c_interval(group, name)
+    bound = "at the search bound; " if group[f"{name}_c_at_bound"] else ""
+    return f"c = {_c(group[f'{name}_c'])} ({bound}{'no CI' if interval is None else f'{level} CI {interval}'})"
 
 
 def lrwd_report(result: dict) -> str:
-    """Markdown for an ``lrwd_invariance`` result: one sentence per group, then the table."""
+    """Markdown for an ``lrwd_invariance`` result: one sentence per group, what the statistic
+    measures, then the table."""
     p = pct(result["ci"])
+    lo, hi = result["c_range"]
     lines = ["## lr·wd invariance", ""]
     for g in result["groups"]:
-        def ci(name):
-            interval = _ratio_interval(g, name)
-            return "no CI" if interval is None else f"{p} CI {interval}"
         lines.append(f"- {label(g, SCALE_AXES)}: late {result['metric'].replace('_', ' ')} follows lr·wd: "
-                     f"**{g['late_verdict']}** — spread at equal lr·wd / at equal lr = {num(g['late_ratio'], 2)} "
-                     f"({ci('late_ratio')}); early loss follows lr: **{g['early_verdict']}** — spread at equal lr / "
-                     f"at equal lr·wd = {num(g['early_ratio'], 2)} ({ci('early_ratio')}); {g['n_cells']} (lr, wd) "
-                     f"cells, {g['n_seeds']}+ seeds each.")
+                     f"**{g['late_verdict']}** — {_c_text(g, 'late', p)}, the 1-D fit leaves "
+                     f"{_share(g['late_unexplained'])} of the cell means' variance, "
+                     f"{_f_test(g, 'late')}; early loss follows lr: **{g['early_verdict']}** — "
+                     f"{_c_text(g, 'early', p)}, {_f_test(g, 'early')}; {g['n_cells']} (lr, wd) cells, "
+                     f"{g['n_seeds']}+ seeds each.")
     excluded = [f"{result[k]} {k[2:].replace('_', ' ')}" for k in ("n_diverged", "n_failed") if result[k]]
     if result["n_zero_wd"]:
         excluded.append(f"{result['n_zero_wd']} with weight_decay 0")
-    lines += ["", (f"Late loss = {result['column']}; early loss = mean train loss over the first "
-                   f"{result['early']:g} of the steps. Spread = mean over groups of ≥ 2 cells of the std of the "
-                   f"seed-mean loss across the group's cells; a ratio < 1 supports the statement, verdict from the "
-                   f"{p} bootstrap CI over seeds ({result['n_boot']} replicates): holds (below 1), fails "
-                   f"(above 1), inconclusive. Runs: {result['n_runs']}"
-                   + (f", excluded {', '.join(excluded)}" if excluded else "") + "."
+    lines += ["", (f"c measures which combination of the two the loss follows: the loss is fitted as one smooth "
+                   f"function of u = log2 lr + c·log2 wd (a degree-{result['degree']} polynomial in u, least "
+                   f"squares on the seed-mean cells, c ∈ [{lo:g}, {hi:g}] minimising the residuals), so c = 1 is "
+                   f"lr·wd, c = 0 lr alone, c = 2 lr·wd², a bound wd alone. Late loss = {result['column']}; "
+                   f"early loss = mean train loss over the first {result['early']:g} of the steps. {p} CI of c "
+                   f"from {result['n_boot']} seed resamples; the lack-of-fit F compares the cell means' scatter "
+                   f"around the fit with the seeds' scatter within cells. Verdict: fails when that is significant "
+                   f"(p < {result['alpha']:g}) or the CI excludes the stated c (1 late, 0 early); holds when the CI "
+                   f"holds it but not the other one and the fit explains more than seed noise; else inconclusive. "
+                   f"Runs: {result['n_runs']}" + (f", excluded {', '.join(excluded)}" if excluded else "") + "."
                    + (f" Skipped: {'; '.join(result['skipped'])}." if result["skipped"] else "")), "",
-              f"| series | late: spread equal lr·wd | spread equal lr | ratio | {p} CI | verdict "
-              f"| early: spread equal lr | spread equal lr·wd | ratio | {p} CI | verdict | cells |",
-              "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+              f"| series | late: c | {p} CI | unexplained | lack-of-fit F | p | verdict "
+              f"| early: c | {p} CI | lack-of-fit F | p | verdict | cells |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
     for g in result["groups"]:
-        late, early = (_ratio_interval(g, name) or "—" for name in ("late_ratio", "early_ratio"))
-        lines.append(f"| {label(g, SCALE_AXES)} | {num(g['late_spread_equal_product'])} | {num(g['late_spread_equal_lr'])} "
-                     f"| {num(g['late_ratio'], 2)} | {late} | {g['late_verdict']} "
-                     f"| {num(g['early_spread_equal_lr'])} | {num(g['early_spread_equal_product'])} "
-                     f"| {num(g['early_ratio'], 2)} | {early} | {g['early_verdict']} "
-                     f"| {g['n_cells']} |")
+        late, early = (_c_interval(g, name) or "—" for name in ("late", "early"))
+        lines.append(f"| {label(g, SCALE_AXES)} | {_c(g['late_c'])} | {late} | {_share(g['late_unexplained'])} "
+                     f"| {num(g['late_lof_f'], 2)} | {_p(g['late_lof_p'])} | {g['late_verdict']} "
+                     f"| {_c(g['early_c'])} | {early} | {num(g['early_lof_f'], 2)} | {_p(g['early_lof_p'])} "
+                     f"| {g['early_verdict']} | {g['n_cells']} |")
     return "\n".join(lines) + "\n"
