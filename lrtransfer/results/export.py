@@ -1,32 +1,5 @@
-"""``lrtransfer export``: a results directory's runs in TensorBoard or MLflow, where researchers
-already keep their runs.
-
-Every recorded run becomes one run there, named ``<series> <axis>=<scale>... lr=2^k seed=s``:
-
-* its config as hyperparameters / params (every config column of the runs table, the series,
-  lr and seed included; metrics, timing and provenance are not config);
-* its training curve as the step series ``train_loss``, ``test_loss`` (where evaluated) and
-  ``lr`` (the scheduled LR);
-* its final numbers (``final_train_loss``, ``final_test_loss``, ``final_test_acc``,
-  ``wall_seconds`` where finite) as metrics, its status and run id as tags.
-
-TensorBoard: event files written with ``torch.utils.tensorboard.SummaryWriter`` under the log
-directory (default ``RESULTS_DIR/tensorboard``, or ``--uri DIR``), one sub-directory per run
-named as its MLflow run (``folder_names``: runs that would share a name get their run id
-appended), hyperparameters through the HParams plugin. The export is written into a
-temporary directory beside the target and moved into place whole, replacing an earlier export.
-
-MLflow: through ``mlflow.MlflowClient`` into the tracking URI ``--uri`` (any URI MLflow takes:
-``http://…``, ``databricks``, ``sqlite:///…``), by default the SQLite store
-``sqlite:///RESULTS_DIR/mlflow.db`` (MLflow 3 keeps its old ``./mlruns`` file store in
-maintenance mode and refuses it unless told otherwise, so the default is its recommended local
-store). One experiment per results directory (``--experiment``, default the experiment's name);
-a run already exported (tag ``lrtransfer.run_id``) is skipped, so exporting again adds only new
-runs; if the export fails, the runs it created are deleted again.
-
-Each needs its optional extra: ``pip install 'lrtransfer[tensorboard]'`` / ``'lrtransfer[mlflow]'``;
-without it the export stops before writing anything, naming the extra.
-"""
+"""``lrtransfer export``: a results directory's runs in TensorBoard or MLflow, one run there
+per recorded run, config as hyperparameters, curves as steps (docs/results.md, "Exports")."""
 from __future__ import annotations
 
 import importlib

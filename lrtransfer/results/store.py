@@ -1,22 +1,5 @@
-"""Results as parquet: a file per run, written atomically, merged on read.
-
-Layout under a results directory::
-
-    runs/<run_id>.parquet     one row: the run's config and summary metrics
-    curves/<run_id>.parquet   the logged curve (run_id, step, train_loss, test_loss, lr)
-    diagnostics/<run_id>.parquet   per-atom norms at each logged step (``train.Diagnostics``)
-    runs.parquet, curves.parquet, diagnostics.parquet   merged tables, rewritten after each
-                              sweep (``consolidate``)
-    experiment.json           the resolved experiment (series order, grid, source TOML)
-    stale/                    runs made with other training code or data (moved, never deleted)
-    *.corrupt                 unreadable run files, moved aside; their cells run again
-
-A run's files are written to a temporary name and renamed into place (curve and diagnostics
-first, then the summary row, which marks the run as recorded), so a crash or kill never leaves a
-half-written file and concurrent workers never clobber each other. A file damaged anyway
-(a full disk, a copy cut short) is moved aside to ``<name>.corrupt`` the first time it is
-read, reported once, and its cell counts as not run.
-"""
+"""Results as parquet: a file per run, written atomically, merged on read (docs/results.md
+shows a results directory's layout)."""
 from __future__ import annotations
 
 import json

@@ -1,19 +1,5 @@
-"""Training compute in FLOPs, counted by torch (``torch.utils.flop_counter.FlopCounterMode``).
-
-A training step's FLOPs: forward, cross-entropy, backward and the optimizer step of the run's
-own model, data shape, batch size and optimizer, counted on one batch. FlopCounterMode counts
-the matrix products (mm, addmm, bmm, convolutions, attention), two FLOPs per multiply-add;
-elementwise work (activations, norms, Adam's moments) and eigendecompositions are not counted.
-
-The first step and the later ones differ: a normalized step's first update starts each
-tracking block from the Gram matrix MᵀM of every update M (cols² · rows multiply-adds per
-matrix), and every later one takes one block power step (~2 · rows · cols · r). So a run's
-training FLOPs = the first step's + (steps trained − 1) × a later step's (the second, counted
-after the first). A later step's refinements (more block steps where a block is poorly
-aligned) are counted as they happen on that step. Unlike wall time this does not depend on
-the machine, its load or how many runs share it, and it is the same for every LR and seed up
-to those refinements. The evaluation at the end of a run is not training and is not counted.
-"""
+"""Training compute in FLOPs, counted by torch's ``FlopCounterMode`` on one batch of the run's own
+model and optimizer; the first step apart from the later ones (docs/results.md, "Training FLOPs")."""
 from __future__ import annotations
 
 import math

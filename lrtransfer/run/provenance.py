@@ -1,19 +1,6 @@
-"""What a result is a function of: the run id, the code fingerprint and the git state.
-
-A run is a pure function of its resolved config (seed and thread count included), the data it
-reads and the training code. Its id hashes all three, so a changed data file or a changed
-training rule makes old results stale instead of silently reused:
-
-* the resolved config, except the keys that say only *where* the data lives
-  (``LOCATION_KEYS``): the data's content is hashed instead (``data_fingerprint``), so a
-  results directory stays valid when the data or the checkout moves;
-* not the keys that say only *how* it executes (``EXECUTION_KEYS``: batched with other
-  cells, compiled), whose results agree to float tolerance; the row records what was done;
-* ``data_fingerprint``: a content hash of the data file, folder or archive, or the generator
-  parameters of generated data (``lrtransfer.data.fingerprint``);
-* ``code_fingerprint``: a hash of the training-relevant source (``TRAINING_SOURCES``). Edits
-  to the CLI, the queue, the analysis or the plots do not touch it.
-"""
+"""What a result is a function of: the run id (config and data hashed), the code fingerprint
+and the git state (docs/results.md). Also the key classes other stages read: the scale axes,
+the data's location keys, the execution keys and the runs table's metadata columns."""
 from __future__ import annotations
 
 import hashlib
