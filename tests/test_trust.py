@@ -81,7 +81,7 @@ def test_every_shipped_experiment_uses_at_least_three_seeds():
     for path in sorted((ROOT / "experiments").glob("*.toml")):
         exp = load_experiment(path)
         per_cell: dict = {}
-        for c in exp._resolved():
+        for c in exp.resolved_values():
             key = tuple(sorted((k, str(v)) for k, v in c.items() if k != "seed"))
             per_cell.setdefault(key, set()).add(c["seed"])
         assert min(len(s) for s in per_cell.values()) >= 3, path.name

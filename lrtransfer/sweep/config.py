@@ -72,9 +72,9 @@ class Experiment:
 
     def cells(self) -> list[RunConfig]:
         """Every run of the experiment, series by series, in grid order, fingerprints included."""
-        return [RunConfig({**v, **self.fingerprints}) for v in self._resolved()]
+        return [RunConfig({**v, **self.fingerprints}) for v in self.resolved_values()]
 
-    def _resolved(self) -> list[dict]:
+    def resolved_values(self) -> list[dict]:
         """Every run's values, without the fingerprints (cheap: nothing is read)."""
         out = []
         for label, overrides in (self.series or {"default": {}}).items():
@@ -109,7 +109,7 @@ class Experiment:
 
     def scale_axes(self) -> list[str]:
         """width and/or depth, where they take more than one value."""
-        cells = self._resolved()
+        cells = self.resolved_values()
         return [a for a in SCALE_AXES if len({c[a] for c in cells}) > 1]
 
     def to_dict(self) -> dict:
@@ -347,7 +347,7 @@ def _series_sections(raw: dict, allowed: set[str]) -> tuple[dict, dict]:
 
 def _check_cells(exp: Experiment) -> None:
     """Cross-key checks on every resolved cell: the schedule's and the model family's."""
-    for v in exp._resolved():
+    for v in exp.resolved_values():
         if v["warmup"] >= v["steps"] and v["warmup"] > 0:
             raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {v['series']})")
         check = FAMILIES[v["arch"]].check
