@@ -59,9 +59,10 @@ def test_every_module_belongs_to_a_stage():
     assert not loose, f"modules outside the pipeline's stages {STAGES}: {loose}"
 
 
-def test_no_stage_imports_a_stage_above_it():
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``module -> target`` for every import of a stage above the importer's own."""
     upward = []
-    for module, targets in import_graph().items():
+    for module, targets in graph.items():
         here = stage(module)
         if here not in STAGES:
             continue
@@ -69,7 +70,12 @@ def test_no_stage_imports_a_stage_above_it():
             there = stage(target)
             if there in STAGES and STAGES.index(there) > STAGES.index(here):
                 upward.append(f"{module} -> {target}")
-    assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
+    return sorted(upward)
+
+
+def test_no_stage_imports_a_stage_above_it():
+    upward = upward_imports(import_graph())
+    assert not upward, "upward imports:\n" + "\n".join(upward)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -101,6 +107,11 @@ def test_no_import_circles():
 
 
 def test_the_checks_catch_what_they_look_for():
+    graph = {"lrtransfer.run.train": {"lrtransfer.cli.common", "lrtransfer.errors"},
+             "lrtransfer.cli.run": {"lrtransfer.run.train"}}
+    assert upward_imports(graph) == ["lrtransfer.run.train -> lrtransfer.cli.common"]
+    found = imported_modules(PACKAGE / "cli" / "tune.py")   # relative, lazy and `from pkg import module`
+    assert {"lrtransfer.errors", "lrtransfer.sweep.search", "lrtransfer.analysis.transfer"} <= found
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 

@@ -345,14 +345,15 @@ def test_workers_write_the_merged_tables_when_the_queue_drains(tmp_path):
     assert len(pd.read_parquet(res / "runs.parquet")) == 8 and (res / "curves.parquet").exists()
 
 
-def test_ctrl_c_gives_claimed_cells_back_prints_one_line_and_exits_130(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])   # in process, and local workers released with a "go"
+def test_ctrl_c_gives_claimed_cells_back_prints_one_line_and_exits_130(tmp_path, jobs):
     exp = write(tmp_path, TINY.replace("steps = 12", "steps = 4000").replace("width = [8, 16]", "width = [64]"))
     res = tmp_path / "res"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # a shell that started us in the background may ignore SIGINT, and a child inherits that:
     # give the sweep the default disposition, so Python turns SIGINT into KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "lrtransfer", "sweep", str(exp), "--results", str(res),
-                          "--jobs", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          "--jobs", jobs, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     events = res / "events.jsonl"
     deadline = time.time() + 120

@@ -28,7 +28,7 @@ def render_tune(results: list[TuneResult], format: str = "markdown", metric: str
                                "compute": render.records(render.rounded(compute))})
     if format == "csv":
         return render.to_csv(table)
-    columns = [render.Column(c.key, c.header.format(metric=metric), c.fmt, c.right) for c in TUNE_COLUMNS]
+    columns = render.headed(TUNE_COLUMNS, metric=metric)
     blocks = []
     for r, cost in zip(results, compute.to_dict("records")):
         grid = (f"; the grid's optimum at the base scale is {_log2_text(r.grid_base_lr)}, "

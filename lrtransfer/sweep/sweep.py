@@ -306,12 +306,12 @@ def _start_local_workers(study: str, root: Path, jobs: int, device: str, storage
 def _release(procs: list[subprocess.Popen], go: bool) -> None:
     """Let waiting workers start claiming cells (``go``), or tell them to exit and wait for them."""
     for p in procs:
+        if p.stdin.closed:   # released before: a Ctrl-C after the "go" waits for it below
+            continue
         try:
             p.stdin.write("go\n" if go else "")
             p.stdin.close()
         except (BrokenPipeError, OSError):   # a worker that already died: _run_local_workers reports it
-            pass
-        except ValueError:   # its stdin is closed: released before (Ctrl-C after the "go")
             pass
     if not go:
         for p in procs:

@@ -19,14 +19,14 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ..analysis.transfer import metric_spec, optimum
-from ..errors import UserError, nearest
+from ..errors import UserError, check_choice, nearest
 from ..results.store import FINISHED, ResultStore
 from ..run.flops import FlopCounter
 from ..run.provenance import SCALE_AXES
 from ..run.train import execute, resolve_device
 from .config import Experiment, run_id
 from .queue import open_storage
-from .search import make_sampler
+from .search import SAMPLERS, make_sampler
 from .sweep import check_same_experiment, results_dir_for
 
 
@@ -135,7 +135,7 @@ class TuneSession:
         if trials < 1:
             raise UserError(f"--trials: must be >= 1, got {trials}")
         resolve_device(device)
-        make_sampler(sampler, seed)
+        check_choice("--sampler", sampler, SAMPLERS)
         cells = experiment.cells()
         labels = list(dict.fromkeys(c.series for c in cells))
         check_series(series, labels)
