@@ -23,6 +23,21 @@ def group_rng(seed: int, label: tuple) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(repr(tuple(str(v) for v in label)).encode())])
 
 
+def seed_resamples(n_seed: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(1 + n_boot) x n_seed weights: row 0 takes every seed once, row k how often each seed is
+    drawn when ``n_seed`` seeds are resampled with replacement (multinomial counts)."""
+    return np.vstack([np.ones((1, n_seed)), rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
+
+
+def resampled_means(weights: np.ndarray, values: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For seeds x columns ``values`` (used where ``present``): each weight row's mean per
+    column over the seeds it draws (NaN where it draws none present), and that count."""
+    count = weights @ present
+    with np.errstate(all="ignore"):
+        means = np.where(count > 0, (weights @ np.where(present, values, 0.0)) / count, math.nan)
+    return means, count
+
+
 def check_real(name: str, value, ok, allowed: str) -> None:
     """UserError naming the option when ``value`` is not a real number that ``ok`` accepts."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..run.provenance import SCALE_AXES
-from .common import check_ci, check_n_boot, check_real, group_rng, missing
+from .common import check_ci, check_n_boot, check_real, group_rng, missing, resampled_means, seed_resamples
 from .transfer import METRIC_SPECS, t_interval
 
 REGIMES = ("converge", "chaotic", "diverge")
@@ -420,19 +420,14 @@ def _lrwd_group(g: pd.DataFrame, ci: float, n_boot: int, rng: np.random.Generato
     x = np.log2(cells.get_level_values(0).to_numpy(float))
     w = np.log2(cells.get_level_values(1).to_numpy(float))
     n_seed, n_cell = len(seeds), len(cells)
-    # seeds are the units: each replicate redraws the group's seeds with replacement, the same
-    # draw for every cell (multinomial counts of how often each seed is drawn); row 0: all seeds
-    weights = np.vstack([np.ones((1, n_seed)), rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
+    weights = seed_resamples(n_seed, n_boot, rng)   # seeds are the units: one draw for every cell
     per_cell = np.bincount(cell, minlength=n_cell)
     out = {"n_cells": n_cell, "n_seeds": int(per_cell.min()) if n_cell else 0,
            "n_lr": len(np.unique(x)), "n_wd": len(np.unique(w)), "degree": degree}
     for name, target, other in (("late", 1.0, 0.0), ("early", 0.0, 1.0)):
         values = np.full((n_seed, n_cell), math.nan)
         values[seed, cell] = g[name].to_numpy(float)
-        finite = np.isfinite(values)
-        count = weights @ finite
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(count > 0, (weights @ np.where(finite, values, 0.0)) / count, math.nan)
+        means, _ = resampled_means(weights, values, np.isfinite(values))
         c = _fit_rows(means, x, w, degree)
         point = _polish(float(c[0]), means[0], x, w, degree)
         lo, hi = t_interval(point, c[1:], ci, n_seed)

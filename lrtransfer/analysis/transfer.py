@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import UserError, nearest
 from ..run.provenance import SCALE_AXES, is_metadata
-from .common import check_ci, check_n_boot, check_real, group_rng, is_int
+from .common import check_ci, check_n_boot, check_real, group_rng, is_int, resampled_means, seed_resamples
 
 
 @dataclass(frozen=True)
@@ -389,11 +389,8 @@ def _bootstrap_scale(scale, s: pd.DataFrame, seeds: pd.DataFrame, n_boot: int, r
     s = s.sort_values("lr", kind="stable")
     value, finished, diverged = _seed_matrices(s, seeds)
     n_seed = len(value)
-    # resampling n seeds with replacement = multinomial counts of how often each seed is drawn
-    weights = np.vstack([np.ones((1, n_seed)), rng.multinomial(n_seed, np.full(n_seed, 1.0 / n_seed), size=n_boot)])
-    count = weights @ finished
-    with np.errstate(all="ignore"):
-        means = np.where(count > 0, (weights @ value) / count, math.nan)
+    weights = seed_resamples(n_seed, n_boot, rng)
+    means, count = resampled_means(weights, value, finished)
     div_cell = (count == 0) & ((weights @ diverged) > 0)
     x = np.log2(s["lr"].to_numpy(float))
     idx, fit, _ = _fit_rows(x, means)
