@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench reference readme clean
+.PHONY: demo test venv bench reference reference-check readme clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: $(STAMP)
 # generated sections (only cells that are not current run).
 reference: $(STAMP)
 	$(PY) scripts/reference.py
+
+# Before trusting the committed results on this machine: re-run a sample of the quickstart's
+# cells here, each optimum included, and check every optimum and verdict still holds
+# (`lrtransfer reproduce`; exit 1 when not; ~2.5 min on 2 cores).
+reference-check: $(STAMP)
+	$(PY) cli.py reproduce results/quickstart --cells 8
 
 readme: $(STAMP)
 	$(PY) scripts/reference.py --readme

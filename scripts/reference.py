@@ -52,11 +52,14 @@ METHODS = "methods_width_mnist1d"  # the README's side-by-side table
 SPHERES = ("sphere_resmlp_mnist1d", "sphere_rescnn_cifar10")   # the README's regimes table
 LRWD = "lrwd_resmlp_mnist1d"                                   # the README's lr·wd numbers
 CONDITION = "condition_width_mnist1d"                          # the README's conditioning table
+# The coordinate check at its defaults on every methods experiment (the README's table).
+COORDCHECKED = ("methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare")
 CI, TOLERANCE = 0.9, 1.0
 LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD",
           "sp_adam": "SP Adam", "mup_adam": "μP Adam", "modular_adam": "Adam (modular, plain)",
           "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent",
-          "conditioned_adam": "conditioned Adam", "adamw": "AdamW", "sphere_sgd": "SGD on the sphere"}
+          "conditioned_adam": "conditioned Adam",
+          "sp_conditioned_adam": "SP conditioned Adam", "adamw": "AdamW", "sphere_sgd": "SGD on the sphere"}
 
 
 def experiment_files(names=()) -> list[Path]:
@@ -151,17 +154,7 @@ def figures_and_report(name: str) -> None:
 
 def condition_markdown(runs: pd.DataFrame, diagnostics: pd.DataFrame) -> str:
     """Condition numbers of the trained matrices at each series' best LR per scale."""
-    axis = "width" if "width" in runs else "depth"
-    lines = ["## Condition numbers at the best LR", "",
-             f"σ_max/σ_min (exact, SVD) of the matrices the forward pass uses, at the last logged step, "
-             f"at each series' best seed-mean LR per {axis}; hidden: median and max over the hidden "
-             f"matrices; all averaged over seeds.", "",
-             f"| series | {axis} | best lr | train loss | hidden median | hidden max | input | head |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in dynamics.condition_table(runs, diagnostics).to_dict("records"):
-        lines.append(f"| {LABELS.get(r['series'], r['series'])} | {_scale(r[axis])} | 2^{math.log2(r['lr']):.0f} "
-                     f"| {r['loss']:.3f} | {r['median']:.1f} | {r['max']:.1f} | {r['input']:.1f} | {r['output']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return dynamics_report.condition_report(dynamics_report.condition_summary(runs, diagnostics), labels=LABELS)
 
 
 def reference_meta(name: str) -> dict:
@@ -306,6 +299,42 @@ def dynamics_section() -> str:
     return "\n".join(lines)
 
 
+def coordcheck_section() -> str:
+    """Per methods experiment and series: the coordinate check's verdict at its defaults and its
+    worst row (the slope closest to failing, or failing by most)."""
+    names = [n for n in COORDCHECKED if (RESULTS / n / "coordcheck.json").exists()]
+    if not names:
+        return "(no coordinate checks in results/ yet: `make reference`)"
+    data = {n: json.loads((RESULTS / n / "coordcheck.json").read_text()) for n in names}
+    series = list(dict.fromkeys(s for d in data.values() for s in d["verdict"]))
+    lines = ["| series | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for name in series:
+        cells = []
+        for n in names:
+            d = data[n]
+            if name not in d["verdict"]:
+                cells.append("—")
+                continue
+            rows = [r for r in d["rows"] if r["series"] == name]
+            worst = max(rows, key=lambda r: math.inf if r["lo"] is None or r["hi"] is None
+                        else max(r["hi"], -r["lo"]))
+            slope = ("nan" if worst["lo"] is None else
+                     f"{worst['slope']:+.2f} [{worst['lo']:+.2f}, {worst['hi']:+.2f}]")
+            cells.append(f"**{'pass' if d['verdict'][name] else 'FAIL'}** ({slope}, {worst['quantity']}, "
+                         f"{worst['atom']}, step {worst['step']})")
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    first = data[names[0]]
+    widths = sorted({tuple(w) for d in data.values() for w in d["widths"].values()})
+    lines += ["", f"Worst row per cell: slope of log RMS against log width, mean over "
+              f"{len(next(iter(first['seeds'].values())))} seeds [{100 * first['confidence']:g}% interval], "
+              f"then the quantity, atom and step; widths "
+              + "; ".join("–".join(str(x) for x in (w[0], w[-1])) for w in widths)
+              + f"; pass: every row's interval within ±{first['margin']:g}. Times: "
+              + ", ".join(f"`{n}` {data[n]['seconds'] / 60:.1f} min" for n in names)
+              + " (from `results/<experiment>/COORDCHECK.md`)."]
+    return "\n".join(lines)
+
+
 def keys_section() -> str:
     from lrtransfer.run import spec
     return spec.markdown_table()
@@ -399,7 +428,7 @@ def speed_section() -> str:
 
 
 SECTIONS = {"quickstart": quickstart_section, "table": table_section, "methods": methods_section,
-            "dynamics": dynamics_section, "keys": keys_section, "speed": speed_section}
+            "dynamics": dynamics_section, "coordcheck": coordcheck_section, "keys": keys_section, "speed": speed_section}
 
 
 def render(readme: str) -> str:
@@ -416,6 +445,28 @@ def render(readme: str) -> str:
 # whose `adam` series repeats the quickstart's Adam cells (shift 0 by construction) and adds
 # conditioned Adam beside the quickstart's normed Adam.
 COMPARED = ("quickstart", CONDITION)
+
+
+def coordinate_check(name: str) -> None:
+    """results/<name>/COORDCHECK.md and coordcheck.json: `lrtransfer coordcheck` at its defaults
+    (widths w0 to 16·w0, its seeds, its pass rule), re-run only when the training code changed."""
+    import time
+    from lrtransfer.analysis.coordcheck import coordcheck
+    from lrtransfer.report.coordcheck import to_dict, to_markdown
+    from lrtransfer.run.provenance import code_fingerprint
+    from lrtransfer.sweep.config import load_experiment
+    root = RESULTS / name
+    stored = root / "coordcheck.json"
+    if stored.exists() and json.loads(stored.read_text()).get("code_fingerprint") == code_fingerprint():
+        return
+    started = time.perf_counter()
+    cc = coordcheck(load_experiment(EXPERIMENTS / f"{name}.toml"))
+    seconds = time.perf_counter() - started
+    data = {**to_dict(cc), "code_fingerprint": code_fingerprint(), "seconds": round(seconds, 1)}
+    write_json(data, stored)
+    command = f"lrtransfer coordcheck experiments/{name}.toml"
+    atomic_write(root / "COORDCHECK.md", lambda tmp: Path(tmp).write_text(
+        f"# {name}: coordinate check\n\n`{command}` ({seconds / 60:.1f} min here)\n\n{to_markdown(cc)}"))
 
 
 def comparison() -> None:
@@ -455,6 +506,8 @@ def main(argv=None) -> int:
             print(f"== {path.stem}", flush=True)
             sweep(path, estimate=args.estimate)
             figures_and_report(path.stem)
+            if path.stem in COORDCHECKED:
+                coordinate_check(path.stem)
         comparison()
     new = render(current)
     if new != current:

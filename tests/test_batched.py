@@ -92,6 +92,22 @@ def test_batched_rules_schedules_and_decay_match_alone(tmp_path, train):
         _same(execute(values, "cpu"), result)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_batched_mup_decay_matches_alone(tmp_path, optimizer):
+    """μP at 4× its base width with weight decay: the stacked plain step decays by lr·wd (the
+    rule's decay multiplier, not the parametrization's LR multiplier) as the cell alone does."""
+    data, model = _data("mlp", tmp_path)
+    raw = {"data": data, "model": {"arch": "mlp", **model}, "train": {**TRAIN, "optimizer": optimizer},
+           "grid": {"width": [16], "seed": [0]},
+           "series": {"s": {"lr": [2 ** -7, 2 ** -5], "param": "mup", "base_width": 4, "weight_decay": 0.5}}}
+    cells = [c.values for c in experiment_from_dict(raw, "batched-mup").cells()]
+    cells[1] = {**cells[1], "weight_decay": 0.25}
+    assert {c["base_width"] for c in cells} == {4} and len({bundle_key(v) for v in cells}) == 1
+    for values, result in zip(cells, execute_bundle(cells, "cpu")):
+        assert result.row["bundle_size"] == 2
+        _same(execute(values, "cpu"), result)
+
+
 def test_a_diverging_cell_stops_alone_and_the_rest_go_on(tmp_path):
     cells = _cells(tmp_path, "mlp", (2 ** -8, 2 ** 4), seeds=(0,), steps=30)
     together = execute_bundle(cells, "cpu")

@@ -69,7 +69,7 @@ def sweep_spec(switch=(-5, -4)):
 def test_each_known_trajectory_gets_its_regime():
     spec = {(-7, 0): "converge", (-3, 0): "chaotic", (0, 0): "diverge", (-2, 0): "chaotic"}
     runs, curves, diags = tables(spec, status={(-2, 0): "diverged"})
-    t = dynamics.regimes(runs, curves, diags).set_index("run_id")
+    t = dynamics.regimes(runs, curves, diags, RegimeOptions(window=0.25)).set_index("run_id")
     assert t.loc["sphere--7-0", "regime"] == "converge"
     assert t.loc["sphere--3-0", "regime"] == "chaotic"
     assert t.loc["sphere-0-0", "regime"] == "diverge"
@@ -87,23 +87,17 @@ def test_each_known_trajectory_gets_its_regime():
 def test_plateau_at_rest_converges_and_unknown_angle_is_chaotic():
     runs, curves, diags = tables({(-3, 0): "chaotic"}, angle=0.0)
     assert dynamics.regimes(runs, curves, diags)["regime"].tolist() == ["converge"]  # at a minimum
-    assert dynamics.regimes(runs, curves, diags, RegimeOptions(angle=0.0))["regime"].tolist() == ["chaotic"]  # angle ≥ 0
     t = dynamics.regimes(runs, curves)  # no diagnostics: the plateau alone
     assert t["regime"].tolist() == ["chaotic"] and math.isnan(t["late_angle"].iloc[0])
 
 
-def test_thresholds_move_the_rule():
+def test_the_window_moves_the_evidence():
     runs, curves, diags = tables({(-7, 0): "converge", (-3, 0): "chaotic"})
-    # every late loss here (0.45, 0.85) is 'at chance' once the fraction is 0.1 (0.23 nats)
-    t = dynamics.regimes(runs, curves, diags, RegimeOptions(chance_fraction=0.1))
-    assert t["regime"].tolist() == ["diverge", "diverge"]
-    # a slope of -0.5 is not 'still falling' against a -0.6 threshold; its angle is 0: converge
-    t = dynamics.regimes(runs, curves, diags, RegimeOptions(slope=-0.6))
-    assert t["regime"].tolist() == ["converge", "chaotic"]
     # the whole curve as the window: slope from all 20 points is still -0.5
     t = dynamics.regimes(runs, curves, diags, RegimeOptions(window=1.0))
     assert t["late_slope"].iloc[0] == pytest.approx(-0.5)
     assert t["late_loss"].iloc[0] == pytest.approx(trajectory("converge").mean())
+    assert t["regime"].tolist() == ["converge", "chaotic"] and t["n_blocks"].tolist() == [10, 10]
 
 
 def test_old_results_without_the_new_columns():
@@ -117,9 +111,8 @@ def test_old_results_without_the_new_columns():
 
 @pytest.mark.parametrize("option, value, name", [("window", 0, "--regime-window 0"),
                                                  ("window", 1.5, "--regime-window 1.5"),
-                                                 ("chance_fraction", 0, "--regime-chance 0"),
-                                                 ("slope", 0.1, "--regime-slope 0.1"),
-                                                 ("angle", -1, "--regime-angle -1")])
+                                                 ("alpha", 0.5, "--regime-alpha 0.5"),
+                                                 ("blocks", 3, "--regime-blocks 3")])
 def test_bad_thresholds_name_the_option(option, value, name):
     with pytest.raises(UserError, match=name):
         RegimeOptions(**{option: value})
@@ -186,7 +179,7 @@ def test_boundaries_need_a_positive_x():
 def test_regime_report_numbers():
     runs, curves, diags = tables(sweep_spec())
     summary = dynamics_report.regime_summary(runs, curves, diags)
-    assert summary["x"] == "elr" and summary["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4}
+    assert summary["x"] == "elr" and summary["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4, "unsettled": 0}
     json.loads(to_json(summary))  # strict JSON
     text = dynamics_report.regime_report(summary)
     first = text.splitlines()[4]
@@ -497,21 +490,22 @@ def test_cli_report_has_the_regimes_section(tmp_path):
     assert r.exit_code == 0, r.output
     assert "## Regimes" in r.output and "## lr·wd invariance" not in r.output
     assert "- sphere: converge→chaotic at elr ≈ 2^-5 (log2 -5.00 ± 0.71 octaves, 2 seeds)" in r.output
-    # a stricter angle: nothing turns 0.1 rad per step, so every plateau is a minimum
-    r = invoke("report", root, "--n-boot", "50", "--regime-angle", "0.1", "--format", "json")
+    r = invoke("report", root, "--n-boot", "50", "--regime-window", "0.25", "--regime-alpha", "0.05", "--format", "json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
-    assert doc["regimes"]["counts"] == {"converge": 14, "chaotic": 0, "diverge": 4} and "lrwd" not in doc
-    r = invoke("report", root, "--regime-slope", "0.5")
-    assert r.exit_code == 2 and "--regime-slope 0.5" in r.output
+    assert (doc["regimes"]["window"], doc["regimes"]["alpha"]) == (0.25, 0.05) and "lrwd" not in doc
+    assert doc["regimes"]["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4, "unsettled": 0}
+    r = invoke("report", root, "--regime-alpha", "0.5")
+    assert r.exit_code == 2 and "--regime-alpha 0.5" in r.output
 
 
 def test_results_report_adds_the_dynamics_sections(tmp_path):
     root = results_dir(tmp_path, *tables(sweep_spec()))
     text = results_report(root, n_boot=50)
     assert text.index("## LR transfer") < text.index("## Regimes") and "## lr·wd invariance" not in text
-    doc = json.loads(results_report(root, n_boot=50, format="json", regime=RegimeOptions(angle=0.1)))
-    assert doc["regimes"]["counts"] == {"converge": 14, "chaotic": 0, "diverge": 4} and doc["regimes"]["angle"] == 0.1
+    doc = json.loads(results_report(root, n_boot=50, format="json", regime=RegimeOptions(blocks=5)))
+    assert doc["regimes"]["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4, "unsettled": 0}
+    assert doc["regimes"]["blocks"] == 5
     assert "## Regimes" not in results_report(root, n_boot=50, format="csv")
     lrwd = results_dir(tmp_path / "wd", *lrwd_tables("lr"))
     assert json.loads(results_report(lrwd, n_boot=100, format="json"))["lrwd"]["groups"][0]["late_verdict"] == "fails"

@@ -26,7 +26,9 @@ def _matrices():
     yield "wide", torch.randn(16, 50, generator=g, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("method,steps", [("cubic", 40), ("quintic", 24), ("svd", None)])
+# quintic: 18 steps bring it within 1e-3 (its error shrinks 0.6× per step); many more would
+# grow the float64 rounding in the zero σ's (3× per step) past the 1e-6 checked below
+@pytest.mark.parametrize("method,steps", [("cubic", 40), ("quintic", 18), ("taylor5", 24), ("svd", None)])
 @pytest.mark.parametrize("name,m", list(_matrices()))
 def test_newton_schulz_sets_every_nonzero_singular_value_to_one_and_keeps_zeros(method, steps, name, m):
     s_in = torch.linalg.svdvals(m)
@@ -64,7 +66,7 @@ def test_orthogonalize_rejects_unknown_methods_and_leaves_its_input_alone():
     before = m.clone()
     orthogonalize(m, "quintic")
     assert torch.equal(m, before)
-    with pytest.raises(ValueError, match="allowed: cubic, quintic, muon, svd"):
+    with pytest.raises(ValueError, match="allowed: cubic, quintic, taylor5, muon, svd"):
         orthogonalize(m, "halley")
 
 
@@ -181,7 +183,7 @@ def test_normalize_true_is_update_normalize_with_the_same_run_id():
     (dict(normalize=True, param="mup"), "needs param = \"modular\""),
     (dict(optimizer="muon", update="dualize"), "muon"),
     (dict(normalize=True, update="dualize"), "contradicts"),
-    (dict(ns="halley"), "allowed: cubic, quintic, muon, svd"),
+    (dict(ns="halley"), "allowed: cubic, quintic, taylor5, muon, svd"),
 ])
 def test_combinations_that_make_no_sense_are_rejected_with_the_reason(series, message):
     with pytest.raises(ConfigError, match=message):

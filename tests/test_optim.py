@@ -55,13 +55,17 @@ def test_adam_direction_is_the_textbook_formula(dtype):
 
 def test_plain_adam_step_is_the_textbook_step():
     # the plain step applied in the fused kernel (Adam.apply) against the AdamW step written out
-    # in float64: per-atom LR multipliers (two distinct, as μP's), decoupled decay, a schedule
+    # in float64: per-atom LR multipliers (two distinct, as μP's), decoupled decay at the step's
+    # LR times each atom's own decay multiplier (not its LR multiplier: μP's lr·wd is
+    # width-independent), a schedule
     torch.manual_seed(0)
     m = build("mlp", 6, 1, input_dim=5, output_dim=3).double()
     opt = Optimizer(m, Adam(betas=(0.9, 0.99), eps=1e-8), lr=0.05, weight_decay=0.1,
                     schedule=Schedule("linear", steps=6))
     assert len(opt.lr_mults) == 4   # input, two hidden, output
+    assert opt.decay_mults == [1.0] * 4
     opt.lr_mults = [1.0, 0.5, 0.5, 1.0]
+    opt.decay_mults = [1.0, 1.0, 0.25, 1.0]   # three (lr, decay) groups in the kernel
     w = [a.weight.detach().clone() for a in m.atoms()]
     mom = [torch.zeros_like(x) for x in w]
     var = [torch.zeros_like(x) for x in w]
@@ -77,7 +81,7 @@ def test_plain_adam_step_is_the_textbook_step():
             var[k] = 0.99 * var[k] + 0.01 * x * x
             lr_k = lr * opt.lr_mults[k]
             direction = (mom[k] / (1 - 0.9 ** t)) / ((var[k] / (1 - 0.99 ** t)).sqrt() + 1e-8)
-            w[k] = w[k] * (1 - lr_k * 0.1) - lr_k * direction
+            w[k] = w[k] * (1 - lr * opt.decay_mults[k] * 0.1) - lr_k * direction
             assert torch.allclose(m.atoms()[k].weight, w[k], rtol=1e-12, atol=1e-12)
 
 
@@ -190,3 +194,19 @@ def test_make_optimizer_rejects_bad_input():
         make_optimizer(m, "adam", lr=0.0)
     with pytest.raises(ValueError, match="unknown name 'lion'"):
         make_optimizer(m, "lion", lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_sphere_frozen_atoms_take_no_step_and_no_decay(name):
+    """The sphere freezes the non-scale-invariant atoms: LR and decay multipliers both 0, in
+    the fused Adam kernel (which skips them) and in the plain step alike."""
+    torch.manual_seed(0)
+    m = build("mlp", 16, 1, input_dim=5, output_dim=3, norm="post")
+    opt = make_optimizer(m, name, 0.1, weight_decay=0.5, schedule="constant", constraint="sphere")
+    frozen = opt.sphere.frozen
+    assert any(frozen) and [d for d, f in zip(opt.decay_mults, frozen) if f] == [0.0] * sum(frozen)
+    before = [a.weight.detach().clone() for a in m.atoms()]
+    _set_grads(m)
+    opt.step()
+    for a, w, f in zip(m.atoms(), before, frozen):
+        assert torch.equal(a.weight.detach(), w) == f

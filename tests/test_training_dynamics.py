@@ -118,7 +118,9 @@ def test_weight_conditioning_equilibrates_rows_and_lowers_the_condition_number()
     with torch.no_grad():
         conv.weight.mul_(torch.logspace(-2, 2, 6).reshape(6, 1, 1, 1))
     conv.condition = True
-    assert torch.allclose(conv.effective_weight().flatten(1).norm(dim=1), torch.ones(6), atol=1e-6)
+    # equal rows, at the gain that keeps an orthogonal init's scale (Tracked.condition_gain)
+    assert torch.allclose(conv.effective_weight().flatten(1).norm(dim=1), torch.full((6,), conv.condition_gain()),
+                          atol=1e-6)
 
 
 def test_conditioning_is_a_run_key_and_diagnostics_record_exact_condition_numbers():
@@ -192,3 +194,186 @@ def test_dynamics_keys_are_checked_together():
     assert "constraint" in bad
     assert "plain" in spec.check_combination(_values(constraint="sphere", update="normalize"))
     assert spec.check_combination(_values(constraint="sphere", elr=0.1, optimizer="sgd")) is None
+
+
+# ----------------------------------------------------------------------------- regimes from trends
+# Synthetic trajectories with noise, one kind each, at known ELRs (docs/analysis.md §8).
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from lrtransfer.analysis import dynamics
+from lrtransfer.analysis.dynamics import RegimeOptions
+from lrtransfer.errors import UserError
+from lrtransfer.report import dynamics as dynamics_report
+
+CHANCE = math.log(10)
+STEPS = np.arange(10, 2010, 10)      # 200 logged points; the default window is the last 100
+
+
+def _ar1(rng, n, rho=0.6):
+    """Unit-variance AR(1) noise: neighbouring logged points are correlated, as real ones are."""
+    e = rng.standard_normal(n)
+    out = np.empty(n)
+    out[0] = e[0]
+    for i in range(1, n):
+        out[i] = rho * out[i - 1] + math.sqrt(1 - rho ** 2) * e[i]
+    return out
+
+
+def _trajectory(kind, rng):
+    """(train loss, effective gradient norm or None) at STEPS for one kind of run."""
+    n, noise = len(STEPS), _ar1(rng, len(STEPS))
+    flat_grad = 3.0 * (1 + 0.05 * _ar1(rng, n))
+    if kind == "converge":        # a noisy power law, falling
+        return 2.0 * (STEPS / 10.0) ** -0.5 * np.exp(0.1 * noise), 5.0 * (STEPS / 10.0) ** -0.5
+    if kind == "shallow":         # falling at ln–ln slope −0.05 only: the old −0.1 threshold called it a plateau
+        return 1.2 * (STEPS / 10.0) ** -0.05 * np.exp(0.005 * noise), flat_grad
+    if kind == "chaotic":         # stationary well below chance, the weights moving at a steady rate
+        return 1.0 + 0.03 * noise, flat_grad
+    if kind == "near_chance":     # stationary at 0.95 ln C: learned a little (the old rule: diverge)
+        return 0.95 * CHANCE + 0.01 * noise, flat_grad
+    if kind == "blip":            # stationary with a short upward blip mid-window
+        loss = 1.0 + 0.03 * noise
+        loss[140:144] += 0.5
+        return loss, flat_grad
+    if kind == "chance":          # stationary above chance (a frozen head of norm 10 puts random logits there)
+        return 2.0 * CHANCE + 0.2 * noise, 20.0 * (1 + 0.05 * _ar1(rng, n))
+    if kind == "rising":          # a slow climb below chance
+        return 1.0 + 0.0004 * STEPS + 0.02 * noise, flat_grad
+    if kind == "grad_drift":      # a flat loss while the effective gradient norm still climbs
+        return 1.0 + 0.03 * noise, 3.0 + 0.002 * STEPS + 0.05 * _ar1(rng, n)
+    if kind == "spiky_converge":  # falling toward 0 with one loss spike late in the window (seen at 2^-12)
+        loss = 2.0 * (STEPS / 10.0) ** -0.8 * np.exp(0.1 * noise)
+        loss[-25:-20] += 0.3
+        flat_grad[-25:-20] *= 5     # the weights jolt with the loss
+        return loss, flat_grad
+    if kind == "at_rest":         # a plateau with the weights not moving: a minimum
+        return 0.3 + 0.01 * noise, np.zeros(n)
+    raise ValueError(kind)
+
+
+def _tables(spec, seed=0, diagnostics=True, steps=STEPS):
+    """runs, curves, diagnostics for ``spec``: {(log2 elr, seed): kind}."""
+    rng = np.random.default_rng(seed)
+    runs, curves, diags = [], [], []
+    for (k, s), kind in spec.items():
+        rid = f"r{k}-{s}"
+        loss, grad = _trajectory(kind, rng)
+        loss, grad = loss[:len(steps)], grad[:len(steps)]
+        runs.append({"run_id": rid, "series": "sphere", "seed": s, "status": "done", "lr": 4 * 2.0 ** k,
+                     "elr": 2.0 ** k, "constraint": "sphere", "lr_applied": 4 * 2.0 ** k, "sphere_radius": 2.0,
+                     "chance_loss": CHANCE, "final_train_loss": float(loss[-1])})
+        curves += [{"run_id": rid, "step": int(t), "train_loss": float(v)} for t, v in zip(steps, loss)]
+        diags += [{"run_id": rid, "step": int(t), "atom": -1, "angle": 2.0 ** k * float(g),
+                   "eff_grad_norm": float(g)} for t, g in zip(steps, grad)]
+    return pd.DataFrame(runs), pd.DataFrame(curves), pd.DataFrame(diags) if diagnostics else None
+
+
+def _labels(spec, **kw):
+    runs, curves, diags = _tables(spec, **kw)
+    table = dynamics.regimes(runs, curves, diags)
+    return dict(zip(table["run_id"], table["regime"])), table.set_index("run_id")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_each_noisy_trajectory_kind_gets_its_regime(seed):
+    spec = {(-12, 0): "converge", (-10, 0): "shallow", (-6, 0): "chaotic", (-5, 0): "blip", (-4, 0): "near_chance",
+            (-2, 0): "chance", (-8, 0): "rising", (-7, 0): "grad_drift", (-11, 0): "spiky_converge"}
+    labels, t = _labels(spec, seed=seed)
+    assert labels == {"r-12-0": "converge", "r-11-0": "converge", "r-10-0": "converge", "r-6-0": "chaotic", "r-5-0": "chaotic",
+                      "r-4-0": "chaotic", "r-2-0": "diverge", "r-8-0": "unsettled", "r-7-0": "unsettled"}
+    assert t.loc["r-12-0", "late_slope"] == pytest.approx(-0.5, abs=0.1)
+    assert t.loc["r-2-0", "below_chance_p"] > 0.5 and t.loc["r-4-0", "below_chance_p"] < 1e-3
+    assert t.loc["r-6-0", "late_grad"] == pytest.approx(3.0, rel=0.05)
+    assert (t["n_points"] == 200).all() and (t["n_blocks"] == 10).all()
+
+
+def test_chance_is_diverge_only_above_the_seeds_learned_runs():
+    # seed 0: a run at chance below its chaotic run has not started to learn: unsettled
+    # seed 1: no converge or chaotic run at all: its chance runs cannot be placed: unsettled
+    spec = {(-14, 0): "chance", (-6, 0): "chaotic", (-2, 0): "chance", (-2, 1): "chance", (0, 1): "chance"}
+    labels, _ = _labels(spec)
+    assert labels == {"r-14-0": "unsettled", "r-6-0": "chaotic", "r-2-0": "diverge", "r-2-1": "unsettled",
+                      "r0-1": "unsettled"}
+
+
+def test_a_flat_window_below_the_seeds_converged_level_is_converge():
+    # the spike hides the fall over the window; the run sits below the other converging run's loss
+    labels, t = _labels({(-12, 0): "converge", (-11, 0): "spiky_converge", (-6, 0): "chaotic"}, seed=0)
+    assert t.loc["r-11-0", "slope_p"] > 0.01 and t.loc["r-11-0", "late_loss"] < t.loc["r-12-0", "late_loss"]
+    assert labels == {"r-12-0": "converge", "r-11-0": "converge", "r-6-0": "chaotic"}
+    # alone in its seed there is no converged level to compare with: the flat window reads chaotic
+    labels, _ = _labels({(-11, 0): "spiky_converge"}, seed=0)
+    assert labels == {"r-11-0": "chaotic"}
+
+
+def test_a_diverged_run_is_diverge_and_a_plateau_at_rest_converged():
+    runs, curves, diags = _tables({(-6, 0): "chaotic", (-9, 0): "at_rest", (3, 0): "chaotic"})
+    runs.loc[runs["run_id"] == "r3-0", ["status", "final_train_loss"]] = ["diverged", math.nan]
+    t = dynamics.regimes(runs, curves[curves["run_id"] != "r3-0"], diags)
+    assert dict(zip(t["run_id"], t["regime"])) == {"r-6-0": "chaotic", "r-9-0": "converge", "r3-0": "diverge"}
+    # without diagnostics a flat loss below chance is read on the loss alone
+    runs, curves, _ = _tables({(-9, 0): "at_rest"}, diagnostics=False)
+    assert dynamics.regimes(runs, curves)["regime"].tolist() == ["chaotic"]
+
+
+def test_too_short_a_curve_is_unsettled_and_the_window_and_blocks_count():
+    labels, t = _labels({(-12, 0): "converge"}, steps=STEPS[:4])   # 2 late points: no trend
+    assert labels == {"r-12-0": "unsettled"} and t.loc["r-12-0", "n_blocks"] == 2
+    runs, curves, diags = _tables({(-12, 0): "converge"})
+    t = dynamics.regimes(runs, curves, diags, RegimeOptions(window=0.1, blocks=5))
+    assert t["n_blocks"].tolist() == [5]
+    assert t["late_loss"].iloc[0] == pytest.approx(curves["train_loss"].iloc[-20:].mean())
+
+
+def test_the_tests_p_values_match_scipy():
+    rng = np.random.default_rng(3)
+    x, y = np.log(np.arange(1, 13.0)), 1.0 - 0.05 * np.log(np.arange(1, 13.0)) + 0.02 * rng.standard_normal(12)
+    slope, p = dynamics._trend(x, y)
+    ref = stats.linregress(x, y)
+    assert slope == pytest.approx(ref.slope) and p == pytest.approx(ref.pvalue)
+    assert dynamics._below(y, 1.0) == pytest.approx(stats.ttest_1samp(y, 1.0, alternative="less").pvalue)
+    # block means: the mean of each run of consecutive points
+    bx, by = dynamics._block_means(np.arange(10.0), np.arange(10.0) ** 2, 4)
+    assert bx.tolist() == [1.0, 4.0, 6.5, 8.5] and by.tolist() == pytest.approx([5 / 3, 50 / 3, 42.5, 72.5])
+    # noise-free: a slope is certain, a constant is not below itself
+    assert dynamics._trend(x, 2 - 0.5 * x) == (pytest.approx(-0.5), 0.0)
+    assert dynamics._trend(x, np.full(12, CHANCE)) == (0.0, 1.0)
+    assert dynamics._below(np.full(12, CHANCE), CHANCE) == 1.0
+
+
+def test_boundaries_skip_and_count_unsettled_runs():
+    spec = {}
+    for s in (0, 1):
+        spec.update({(-12, s): "converge", (-10, s): "converge", (-6, s): "chaotic", (-4, s): "chaotic",
+                     (-2, s): "chance", (0, s): "chance"})
+    spec[(-8, 1)] = "rising"     # between converge and chaotic in seed 1
+    runs, curves, diags = _tables(spec)
+    table = dynamics.regimes(runs, curves, diags)
+    per_seed = dynamics.seed_boundaries(runs, table).set_index("seed")
+    assert per_seed["to_chaotic"].tolist() == pytest.approx([2 ** -8, 2 ** -8])
+    assert per_seed["to_diverge"].tolist() == pytest.approx([2 ** -3, 2 ** -3])
+    assert per_seed["n_unsettled"].tolist() == [0, 1] and per_seed.loc[1, "unsettled"] == (2 ** -8,)
+    assert per_seed["monotone"].all() and per_seed["n_points"].tolist() == [6, 6]
+    b = dynamics.regime_boundaries(runs, table).iloc[0]
+    assert b["n_unsettled"] == 1 and b["monotone"] and b["to_chaotic_log2"] == pytest.approx(-8.0)
+    summary = dynamics_report.regime_summary(runs, curves, diags)
+    assert summary["counts"] == {"converge": 4, "chaotic": 4, "diverge": 4, "unsettled": 1}
+    text = dynamics_report.regime_report(summary)
+    assert "4 diverge, 1 unsettled" in text and "seed 1: unsettled at elr=2^-8" in text
+
+
+@pytest.mark.parametrize("kw, name", [({"window": 0}, "--regime-window 0"), ({"alpha": 0.5}, "--regime-alpha 0.5"),
+                                      ({"alpha": 0}, "--regime-alpha 0"), ({"blocks": 3}, "--regime-blocks 3"),
+                                      ({"blocks": 4.5}, "--regime-blocks 4.5")])
+def test_bad_regime_options_name_the_option(kw, name):
+    with pytest.raises(UserError, match=name):
+        RegimeOptions(**kw)
+
+
+def test_cli_regime_options_are_checked(tmp_path):
+    from conftest import invoke
+    r = invoke("report", tmp_path, "--regime-alpha", "0.7")
+    assert r.exit_code == 2 and "--regime-alpha 0.7" in " ".join(r.output.split())

@@ -16,8 +16,11 @@ from ..run.provenance import SCALE_AXES
 from .common import check_ci, check_n_boot, check_real, group_rng, missing, resampled_means, seed_resamples
 from .transfer import METRIC_SPECS, t_interval
 
-REGIMES = ("converge", "chaotic", "diverge")
-REGIME_COLUMNS = ("run_id", "regime", "late_loss", "late_slope", "late_angle", "chance_loss", "n_points")
+REGIMES = ("converge", "chaotic", "diverge")     # in the order they follow along the ELR
+UNSETTLED = "unsettled"                          # a run whose late trajectory fits none of them yet
+LABELS = (*REGIMES, UNSETTLED)
+REGIME_COLUMNS = ("run_id", "regime", "late_loss", "late_slope", "slope_p", "below_chance_p", "late_grad",
+                  "late_angle", "motion_slope_p", "moving_p", "chance_loss", "n_points", "n_blocks")
 X_CHOICES = ("elr", "lr", "lr_applied")
 # the boundaries between consecutive regimes, named by the regime they lead into
 BOUNDARIES = {"to_chaotic": ("converge", "chaotic"), "to_diverge": ("chaotic", "diverge")}
@@ -27,22 +30,20 @@ LRWD_METRICS = {name: METRIC_SPECS[name].column for name in ("train_loss", "test
 
 @dataclass(frozen=True)
 class RegimeOptions:
-    """The thresholds of the regime rule (docs/analysis.md §8), checked when made: a UserError
-    names the option as the CLI spells it."""
-    window: float = 0.25            # fraction of the logged points, at the end, that are "late"
-    chance_fraction: float = 0.9    # a late loss >= this × chance loss is diverge
-    slope: float = -0.1             # a late slope of ln(loss) per ln(step) <= this is still converging
-    angle: float = 1e-3             # a plateau still turning >= this many radians per step is chaotic
+    """The regime rule's settings (docs/analysis.md §8), checked when made: a UserError names
+    the option as the CLI spells it."""
+    window: float = 0.5     # fraction of the logged points, at the end, that are "late"
+    alpha: float = 0.01     # significance level of every test of the rule
+    blocks: int = 10        # the late window is cut into this many blocks of consecutive points
 
     def __post_init__(self):
         check_real("--regime-window", self.window, lambda v: 0 < v <= 1,
-                   "a fraction of the logged points in (0, 1], e.g. 0.25")
-        check_real("--regime-chance", self.chance_fraction, lambda v: 0 < v <= 1,
-                   "a fraction of the chance loss in (0, 1], e.g. 0.9")
-        check_real("--regime-slope", self.slope, lambda v: -math.inf < v < 0,
-                   "a negative slope of ln(loss) per ln(step), e.g. -0.1")
-        check_real("--regime-angle", self.angle, lambda v: 0 <= v < math.inf,
-                   "an angle per step in radians >= 0, e.g. 0.001")
+                   "a fraction of the logged points in (0, 1], e.g. 0.5")
+        check_real("--regime-alpha", self.alpha, lambda v: 0 < v < 0.5,
+                   "a significance level in (0, 0.5), e.g. 0.01")
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, (int, np.integer)) or self.blocks < 4:
+            raise UserError(f"--regime-blocks {self.blocks!r}: allowed: an integer >= 4 (a trend over block "
+                            f"means needs at least 2 degrees of freedom), e.g. 10")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -91,75 +92,182 @@ def scale_keys(runs: pd.DataFrame) -> list[str]:
     return [a for a in SCALE_AXES if a in runs and runs.groupby("series")[a].nunique().max() > 1]
 
 
-def _late_slope(steps: np.ndarray, losses: np.ndarray) -> float:
-    ok = (steps > 0) & (losses > 0)
-    x, y = np.log(steps[ok]), np.log(losses[ok])
-    if len(x) < 2 or np.ptp(x) == 0:
+# A difference this small relative to the values compared is float rounding, not a signal.
+_ROUNDING = 1e-9
+
+
+def _block_means(x: np.ndarray, y: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) averaged over ``blocks`` runs of consecutive points (fewer when there are fewer
+    points). Why: neighbouring logged losses are correlated (each is a mean over log_every
+    steps of a wandering trajectory); means over longer blocks are close to independent, so
+    the tests below see the right amount of noise."""
+    parts = np.array_split(np.arange(len(y)), min(blocks, len(y)))
+    return np.array([x[p].mean() for p in parts]), np.array([y[p].mean() for p in parts])
+
+
+def _t_sf(t: float, df: int) -> float:
+    from scipy.stats import t as t_dist
+    return float(t_dist.sf(t, df))
+
+
+def _trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of y on x and its two-sided p (t test, len − 2 degrees of freedom);
+    (NaN, NaN) below 3 points. Noise-free data: p 0 for a slope beyond rounding, else 1."""
+    if len(y) < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan
+    scale = max(float(np.abs(y).max()), 1e-300)
+    if np.ptp(y) <= _ROUNDING * scale:
+        return 0.0, 1.0
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+    resid = y - y.mean() - slope * xc
+    se = math.sqrt(float((resid ** 2).sum()) / (len(y) - 2) / float((xc ** 2).sum()))
+    if se <= _ROUNDING * scale / max(float(np.ptp(x)), 1e-300):
+        return slope, (0.0 if abs(slope) * np.ptp(x) > _ROUNDING * scale else 1.0)
+    return slope, 2.0 * _t_sf(abs(slope) / se, len(y) - 2)
+
+
+def _below(y: np.ndarray, ref: float) -> float:
+    """One-sided p that the mean of ``y`` lies below ``ref`` (t test, len − 1 degrees of
+    freedom); noise-free data: 0 when it does beyond rounding, else 1. NaN below 2 values."""
+    if len(y) < 2 or not math.isfinite(ref):
         return math.nan
-    return float(np.polyfit(x, y, 1)[0])
+    gap, scale = ref - float(y.mean()), max(abs(ref), float(np.abs(y).max()), 1e-300)
+    se = float(y.std(ddof=1)) / math.sqrt(len(y))
+    if se <= _ROUNDING * scale:
+        return 0.0 if gap > _ROUNDING * scale else 1.0
+    return _t_sf(gap / se, len(y) - 1)
 
 
-def _late_evidence(curve: pd.DataFrame | None, angles: pd.DataFrame | None, window: float,
-                   final_loss) -> dict:
-    """One run's late loss, late slope and late angle over the last ``window`` of its curve."""
-    late = {"late_loss": math.nan, "late_slope": math.nan, "late_angle": math.nan, "n_points": 0}
+def _late_evidence(curve: pd.DataFrame | None, motion: pd.DataFrame | None, options: RegimeOptions,
+                   final_loss, chance: float) -> dict:
+    """One run's late window: the loss's trend in ln–ln and its gap to chance, the motion's
+    (effective gradient norm, else angle per step) trend and its gap to rest (docs/analysis.md §8)."""
+    late = dict.fromkeys(REGIME_COLUMNS[2:-2], math.nan) | {"n_points": 0, "n_blocks": 0}
+    del late["chance_loss"]
     if curve is not None:
         curve = curve[np.isfinite(curve["train_loss"].to_numpy(float))].sort_values("step")
         late["n_points"] = len(curve)
     if not late["n_points"]:
         return {**late, "late_loss": float(final_loss)}
-    tail = curve.iloc[-max(1, math.ceil(window * late["n_points"])):]
+    tail = curve.iloc[-max(1, math.ceil(options.window * late["n_points"])):]
     steps, losses = tail["step"].to_numpy(float), tail["train_loss"].to_numpy(float)
-    late["late_loss"], late["late_slope"] = float(losses.mean()), _late_slope(steps, losses)
-    if angles is not None:
-        a = angles[angles["step"] >= steps[0]]["angle"].to_numpy(float)
-        a = a[np.isfinite(a)]
-        late["late_angle"] = float(a.mean()) if len(a) else math.nan
+    late["late_loss"] = float(losses.mean())
+    ok = (steps > 0) & (losses > 0)
+    bx, by = _block_means(np.log(steps[ok]), np.log(losses[ok]), options.blocks) if ok.any() else ([], [])
+    late["n_blocks"] = len(by)
+    if len(by):
+        late["late_slope"], late["slope_p"] = _trend(np.asarray(bx), np.asarray(by))
+        late["below_chance_p"] = _below(_block_means(steps, losses, options.blocks)[1], chance)
+    if motion is not None and len(motion):
+        m = motion[motion["step"] >= steps[0]].sort_values("step")
+        for col, name in (("eff_grad_norm", "late_grad"), ("angle", "late_angle")):
+            v = m[col].to_numpy(float) if col in m else np.array([])
+            late[name] = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+        # the effective gradient norm where recorded (the paper's quantity), else the angle
+        # per step (on the sphere angle ≈ elr × effective gradient norm)
+        col = "eff_grad_norm" if math.isfinite(late["late_grad"]) else "angle"
+        if col in m:
+            m = m[np.isfinite(m[col].to_numpy(float)) & (m["step"] > 0)]
+            if len(m) >= 3:
+                mx, my = _block_means(np.log(m["step"].to_numpy(float)), m[col].to_numpy(float), options.blocks)
+                late["motion_slope_p"] = _trend(mx, my)[1]
+                late["moving_p"] = _below(-my, 0.0)   # mean > 0 ⇔ −mean < 0
     return late
 
 
-def classify(status: str, late: dict, chance: float, options: RegimeOptions) -> str:
-    """The regime of one run from its status, late evidence and chance loss (the rule's order)."""
-    if status == "diverged" or (math.isfinite(chance) and late["late_loss"] >= options.chance_fraction * chance):
+def classify(status: str, late: dict, options: RegimeOptions) -> str:
+    """The regime of one run from its status and late evidence, in the rule's order; "at chance"
+    (a stationary loss not below chance) is returned as ``"chance"``: whether that is diverge
+    depends on the run's ELR against its seed's other runs (``regimes``)."""
+    if status == "diverged":
         return "diverge"
-    if late["late_slope"] <= options.slope:  # NaN compares False: an unknown slope is no evidence of falling
+    alpha, p = options.alpha, late["slope_p"]
+    if not math.isfinite(p):
+        return UNSETTLED                      # too few points for a trend
+    if p < alpha and late["late_slope"] < 0:
         return "converge"
-    if math.isnan(late["late_angle"]) or late["late_angle"] >= options.angle:
-        return "chaotic"
-    return "converge"
+    # not below chance and not falling (flat, or wandering up as a random walk on the sphere
+    # does): no learning left; NaN (no chance loss recorded) skips the test
+    if math.isfinite(late["below_chance_p"]) and late["below_chance_p"] >= alpha:
+        return "chance"
+    if p < alpha:
+        return UNSETTLED                       # rising below chance: not settled
+    moving, motion_p = late["moving_p"], late["motion_slope_p"]
+    if not math.isfinite(moving):
+        return "chaotic"                       # no motion recorded: the stationary loss alone
+    if math.isfinite(motion_p) and motion_p < alpha:
+        return UNSETTLED                       # the loss is flat but the motion still drifts
+    return "chaotic" if moving < alpha else "converge"   # at rest on a plateau: at a minimum
+
+
+def _x_or_lr(runs: pd.DataFrame) -> pd.Series:
+    """The ELR where runs have one, else the LR they trained at."""
+    x = effective_lr(runs)
+    return x.where(x > 0, runs["lr_applied"].where(runs["lr_applied"] > 0, pd.to_numeric(
+        runs.get("lr", pd.Series(math.nan, index=runs.index)), errors="coerce")))
 
 
 def regimes(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.DataFrame | None = None,
             options: RegimeOptions = RegimeOptions()) -> pd.DataFrame:
     """One row per run that finished (done or diverged; failed runs have no regime), in the
-    runs' order, with ``REGIME_COLUMNS``: the regime and its evidence.
+    runs' order, with ``REGIME_COLUMNS``: the regime (``LABELS``) and its evidence.
 
-    ``late_loss`` is the mean train_loss over the last ``options.window`` fraction of the logged
-    points (at least one; the final train loss when the run logged none), ``late_slope`` the
-    least-squares slope of ln(train_loss) against ln(step) over that window (at least two
-    points, else NaN: not evidence of falling), ``late_angle`` the mean angle per step of
-    diagnostics atom −1 over the same steps (NaN without it), ``chance_loss`` ln(classes) from
-    the runs table (NaN in old results: the chance test is then skipped).
+    Over the last ``options.window`` of the logged points, cut into ``options.blocks`` blocks
+    of consecutive points: ``late_loss`` the mean train loss (the final train loss when none
+    was logged), ``late_slope`` / ``slope_p`` the least-squares slope of the blocks' mean
+    ln(loss) on their mean ln(step) and its two-sided t-test p, ``below_chance_p`` the one-sided
+    p that the loss lies below ``chance_loss`` (ln classes; NaN in old results), ``late_grad`` /
+    ``late_angle`` the mean effective gradient norm / angle per step of diagnostics atom −1,
+    ``motion_slope_p`` the p of the trend of the first of those recorded, ``moving_p`` the
+    one-sided p that it is above 0. The rule: docs/analysis.md §8.
     """
     if runs is None or runs.empty:
         raise UserError("no runs to analyse: the runs table is empty")
     runs = with_dynamics_columns(runs)
     by_run = dict(iter(curves.groupby("run_id", sort=False))) if curves is not None and len(curves) else {}
-    angles = {}
+    motion = {}
     if diagnostics is not None and len(diagnostics) and "angle" in diagnostics:
-        d = diagnostics[diagnostics["atom"] == -1]
-        angles = dict(iter(d.groupby("run_id", sort=False)))
+        motion = dict(iter(diagnostics[diagnostics["atom"] == -1].groupby("run_id", sort=False)))
     rows = []
     for run in runs.to_dict("records"):
         status = str(run.get("status"))
         if status not in ("done", "diverged"):
             continue
-        late = _late_evidence(by_run.get(run["run_id"]), angles.get(run["run_id"]), options.window,
-                              run.get("final_train_loss", math.nan))
         chance = float(run["chance_loss"])
-        rows.append({"run_id": run["run_id"], "regime": classify(status, late, chance, options), **late,
+        late = _late_evidence(by_run.get(run["run_id"]), motion.get(run["run_id"]), options,
+                              run.get("final_train_loss", math.nan), chance)
+        rows.append({"run_id": run["run_id"], "regime": classify(status, late, options), **late,
                      "chance_loss": chance})
-    return pd.DataFrame(rows, columns=list(REGIME_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(REGIME_COLUMNS))
+    return _resolve_by_seed(runs, table)
+
+
+def _resolve_by_seed(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """What a run's label needs from the other runs of its seed (series, scale, seed):
+
+    * a stationary loss is chaotic only above the converged level, the lowest late loss of the
+      seed's converge runs; at or below it the run has converged (a run that reached the floor
+      and then spiked once can show no fall over its window);
+    * a stationary loss at chance is ``diverge`` when the run's ELR lies above every converge
+      and chaotic run of the seed (and the seed has one), else ``unsettled``: a small-ELR run
+      still at chance has not started to learn, which says nothing about divergence."""
+    keys = ["series", *scale_keys(runs), "seed"]
+    r = runs.assign(_x=_x_or_lr(runs), seed=runs["seed"] if "seed" in runs else 0)[[*keys, "run_id", "_x"]]
+    r = r.merge(table[["run_id", "regime", "late_loss"]], on="run_id")
+    per_seed = lambda values: pd.Series(np.asarray(r.set_index(keys).index.map(
+        lambda k: values.get(k, math.nan)), float), index=r["run_id"])
+    floor = per_seed(r[r["regime"] == "converge"].groupby(keys, dropna=False)["late_loss"].min())
+    table = table.copy()
+    at_floor = (table["regime"] == "chaotic") & (table["late_loss"] <= table["run_id"].map(floor))
+    table.loc[at_floor, "regime"] = "converge"
+    pending = table["regime"] == "chance"
+    if pending.any():
+        learned = per_seed(r[r["regime"].isin(["converge", "chaotic"])].groupby(keys, dropna=False)["_x"].max())
+        above = pd.Series(r["_x"].to_numpy(float), index=r["run_id"]) > learned
+        table.loc[pending, "regime"] = np.where(table.loc[pending, "run_id"].map(above).fillna(False).to_numpy(bool),
+                                                "diverge", UNSETTLED)
+    return table
 
 
 def x_values(runs: pd.DataFrame, x: str) -> pd.Series:
@@ -183,8 +291,9 @@ def seed_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "el
     """One row per (series, varying width/depth, seed): ``to_chaotic`` / ``to_diverge``, each the
     geometric midpoint between the largest x of the lower regime and the smallest x of the upper
     one (NaN when either regime is absent), ``monotone`` (the regimes never step back along x),
-    ``n_points``, ``absent`` (the regimes no run of the seed met) and ``steps_back`` (per step
-    back along x: (regime, x, the regime below it, its x))."""
+    ``n_points`` (runs with a regime of ``REGIMES``), ``n_unsettled`` and ``unsettled`` (the x
+    of the unsettled runs, left out of everything else), ``absent`` (the regimes no run of the
+    seed met) and ``steps_back`` (per step back along x: (regime, x, the regime below it, its x))."""
     runs = with_dynamics_columns(runs)
     r = runs.assign(_x=x_values(runs, x)).merge(regime_table[["run_id", "regime"]], on="run_id")
     r = r[r["_x"] > 0]
@@ -193,7 +302,9 @@ def seed_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "el
     keys = ["series", *scale_keys(runs)]
     code = {name: i for i, name in enumerate(REGIMES)}
     rows = []
-    for gkey, g in r.groupby([*keys, "seed"], sort=False, dropna=False):
+    for gkey, all_runs in r.groupby([*keys, "seed"], sort=False, dropna=False):
+        loose = all_runs[all_runs["regime"] == UNSETTLED]
+        g = all_runs[all_runs["regime"].isin(REGIMES)]
         g = g.assign(_code=g["regime"].map(code)).sort_values(["_x", "_code"], kind="stable")
         codes, xs, names = g["_code"].to_numpy(), g["_x"].to_numpy(float), g["regime"].tolist()
         row = dict(zip([*keys, "seed"], gkey))
@@ -202,11 +313,14 @@ def seed_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "el
             row[name] = math.sqrt(lo.max() * hi.min()) if len(lo) and len(hi) else math.nan
         row["monotone"] = bool((np.diff(codes) >= 0).all())
         row["n_points"] = len(g)
+        row["n_unsettled"] = len(loose)
+        row["unsettled"] = tuple(sorted(float(v) for v in loose["_x"]))
         row["absent"] = tuple(name for name in REGIMES if name not in set(names))
         row["steps_back"] = tuple((names[i], float(xs[i]), names[i - 1], float(xs[i - 1]))
                                   for i in range(1, len(codes)) if codes[i] < codes[i - 1])
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "seed", *BOUNDARIES, "monotone", "n_points", "absent", "steps_back"])
+    return pd.DataFrame(rows, columns=[*keys, "seed", *BOUNDARIES, "monotone", "n_points", "n_unsettled",
+                                       "unsettled", "absent", "steps_back"])
 
 
 def regime_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "elr") -> pd.DataFrame:
@@ -214,7 +328,8 @@ def regime_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "
     across seeds. Per boundary B in ``to_chaotic``, ``to_diverge``: ``B`` = 2^(mean log2 of the
     seeds' boundaries), ``B_log2`` that mean, ``B_log2_min`` / ``_max`` / ``_std`` (sample std;
     octaves) and ``B_n`` the seeds with that boundary. Also ``x``, ``n_seeds``,
-    ``n_out_of_order`` (seeds whose regimes step back along x) and ``monotone`` (none do)."""
+    ``n_out_of_order`` (seeds whose regimes step back along x), ``monotone`` (none do) and
+    ``n_unsettled`` (runs of all seeds left unsettled)."""
     per_seed = seed_boundaries(runs, regime_table, x)
     keys = [k for k in per_seed.columns if k in ("series", *SCALE_AXES)]
     rows = []
@@ -232,6 +347,7 @@ def regime_boundaries(runs: pd.DataFrame, regime_table: pd.DataFrame, x: str = "
                         f"{name}_n": int(len(logs))})
         row["n_out_of_order"] = int((~g["monotone"]).sum())
         row["monotone"] = row["n_out_of_order"] == 0
+        row["n_unsettled"] = int(g["n_unsettled"].sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -480,14 +596,18 @@ def lrwd_table(runs: pd.DataFrame, curves: pd.DataFrame, *, early: float = 0.1, 
 
 # ----------------------------------------------------------------------------- conditioning
 
-def condition_table(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str = "train_loss") -> pd.DataFrame:
-    """How well-conditioned the trained matrices are, per series and scale, at each one's best LR.
+CONDITION_SETUP = ("param", "condition")   # run columns that tell the conditioning series apart
 
-    For every (series, width/depth) the LR with the lowest seed-mean ``final_<metric>`` among
-    finished runs is taken; over its seeds, the condition numbers (σ_max/σ_min, diagnostics
-    ``condition``) of the hidden matrices at the last logged step are summarised: ``median``
-    and ``max`` over the hidden atoms, averaged over seeds; ``input`` and ``output`` give the
-    first and last atom's. Needs diagnostics recorded with ``log_condition = true``.
+
+def condition_table(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str = "train_loss") -> pd.DataFrame:
+    """How well-conditioned the matrices are, per series and scale, at each one's best LR.
+
+    For every (series, param, condition, width/depth) the LR with the lowest seed-mean
+    ``final_<metric>`` among finished runs is taken; over its seeds, the condition numbers
+    (σ_max/σ_min, diagnostics ``condition``) at the last logged step: ``median`` and ``max``
+    over the hidden atoms, ``input`` and ``output`` the first and last atom's, each averaged
+    over seeds. ``median_first`` and ``input_first``: the same at the first logged step
+    (``first_step``; 0 is the init where it was logged). Needs ``log_condition = true``.
     """
     column = LRWD_METRICS.get(metric)
     if column is None:
@@ -496,20 +616,29 @@ def condition_table(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str =
             or not np.isfinite(diagnostics["condition"]).any():
         raise UserError("no condition numbers recorded: run the experiment with log_condition = true")
     done = runs[(runs["status"] == "done") & np.isfinite(runs[column])]
-    keys = ["series", *scale_keys(done)]
+    keys = ["series", *(c for c in CONDITION_SETUP if c in done), *scale_keys(done)]
     best = (done.groupby([*keys, "lr"], dropna=False)[column].mean().reset_index()
             .sort_values(column).groupby(keys, dropna=False).head(1))
     chosen = done.merge(best[[*keys, "lr"]], on=[*keys, "lr"])
     d = diagnostics[diagnostics["run_id"].isin(chosen["run_id"]) & (diagnostics["atom"] >= 0)]
-    last = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
+    steps = d.groupby("run_id")["step"]
+    first = d[d["step"] == steps.transform("min")]
+    last = d[d["step"] == steps.transform("max")]
+
+    def summary(at: pd.DataFrame, run_ids) -> dict:
+        per_run = at[at["run_id"].isin(run_ids)]
+        hidden = per_run[per_run["role"] == "hidden"].groupby("run_id")["condition"]
+        return {"median": float(hidden.median().mean()), "max": float(hidden.max().mean()),
+                "input": float(per_run[per_run["role"] == "input"]["condition"].mean()),
+                "output": float(per_run[per_run["role"] == "output"]["condition"].mean()),
+                "step": int(per_run["step"].min()) if len(per_run) else -1}
+
     rows = []
     for key, g in chosen.groupby(keys, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        per_run = last[last["run_id"].isin(g["run_id"])]
-        hidden = per_run[per_run["role"] == "hidden"].groupby("run_id")["condition"]
+        start, end = summary(first, g["run_id"]), summary(last, g["run_id"])
         rows.append({**dict(zip(keys, key)), "lr": float(g["lr"].iloc[0]), "loss": float(g[column].mean()),
-                     "n_seeds": int(g["seed"].nunique()),
-                     "median": float(hidden.median().mean()), "max": float(hidden.max().mean()),
-                     "input": float(per_run[per_run["role"] == "input"]["condition"].mean()),
-                     "output": float(per_run[per_run["role"] == "output"]["condition"].mean())})
+                     "n_seeds": int(g["seed"].nunique()), "first_step": start["step"],
+                     "median_first": start["median"], "input_first": start["input"],
+                     **{k: end[k] for k in ("median", "max", "input", "output")}})
     return pd.DataFrame(rows)

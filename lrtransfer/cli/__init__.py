@@ -7,9 +7,10 @@ from .analyse import compare, plot, report
 from .tune import tune
 from .export import export
 from .coordcheck import coordcheck
+from .reproduce import reproduce
 
 __all__ = ["app", "main", "sweep", "worker", "status", "keys", "plot", "report", "compare", "tune", "export",
-           "coordcheck"]
+           "coordcheck", "reproduce"]
 
 
 def main():

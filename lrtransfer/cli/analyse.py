@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from .. import plots
 from ..analysis.dynamics import RegimeOptions
 from ..errors import UserError
-from .common import (Axis, Format, Metric, RegimeAngle, RegimeChance, RegimeSlope, RegimeWindow, ResultsDir, app,
-                     axis_name, choice_help, err, say, user_errors)
+from .common import (Axis, Format, Metric, RegimeAlpha, RegimeBlocks, RegimeWindow, ResultsDir, app, axis_name,
+                     choice_help, err, say, user_errors)
 
 KIND_HELP = "; ".join(f"{kind.name}: {kind.help}" for kind in plots.KINDS.values())
 FIGURE_NAMES = ", ".join(kind.stem.format(quantity="QUANTITY") for kind in plots.KINDS.values())
@@ -21,9 +21,9 @@ SECOND_FIGURES = ", ".join(f"{kind.stem} -> {kind.second}" for kind in plots.KIN
 REGIME = RegimeOptions()  # the defaults the --regime-* options show
 
 
-def regime_options(window: float, chance: float, slope: float, angle: float) -> RegimeOptions:
+def regime_options(window: float, alpha: float, blocks: int) -> RegimeOptions:
     """The --regime-* options, checked: a UserError names the one the regimes cannot use."""
-    return RegimeOptions(window=window, chance_fraction=chance, slope=slope, angle=angle)
+    return RegimeOptions(window=window, alpha=alpha, blocks=blocks)
 
 
 def parse_labels(pairs: list[str]) -> dict:
@@ -73,8 +73,8 @@ def plot(results_dir: ResultsDir,
                                                                    "per scale")),
          quantity: str = typer.Option("relative_update", "--quantity", metavar="QUANTITY",
                                       help=choice_help(plots.QUANTITIES, "diagnostics: the per-atom quantity")),
-         regime_window: RegimeWindow = REGIME.window, regime_chance: RegimeChance = REGIME.chance_fraction,
-         regime_slope: RegimeSlope = REGIME.slope, regime_angle: RegimeAngle = REGIME.angle):
+         regime_window: RegimeWindow = REGIME.window, regime_alpha: RegimeAlpha = REGIME.alpha,
+         regime_blocks: RegimeBlocks = REGIME.blocks):
     """Figures of a sweep: loss vs LR per scale and series, with optimal LR and regret vs scale (default).
 
     Or training curves, per-atom diagnostics, sphere regimes, or the lr x weight decay view (--kind).
@@ -84,7 +84,7 @@ def plot(results_dir: ResultsDir,
     written = plots.draw(results_dir, "curves" if steps else kind, out_, series=series, scales=scales,
                          labels=parse_labels(label), logy=logy, metric=metric, axis=axis_name(axis), ci=ci,
                          tolerance=tolerance, scale=scale, lr=lr, color_by=color_by, quantity=quantity,
-                         regime=regime_options(regime_window, regime_chance, regime_slope, regime_angle),
+                         regime=regime_options(regime_window, regime_alpha, regime_blocks),
                          note=lambda text: say(text, err))
     say("wrote " + " and ".join(str(path) for path in written))
 
@@ -104,8 +104,8 @@ def report(results_dir: ResultsDir,
                                            "scale range is 'transfers'"),
            n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates"),
            seed: int = typer.Option(0, "--seed", help="bootstrap random seed (reports are reproducible)"),
-           regime_window: RegimeWindow = REGIME.window, regime_chance: RegimeChance = REGIME.chance_fraction,
-           regime_slope: RegimeSlope = REGIME.slope, regime_angle: RegimeAngle = REGIME.angle):
+           regime_window: RegimeWindow = REGIME.window, regime_alpha: RegimeAlpha = REGIME.alpha,
+           regime_blocks: RegimeBlocks = REGIME.blocks):
     """Per series and axis: a transfer verdict (transfers / drifts / inconclusive) from the
     bootstrap CI of the fitted drift (octaves the optimal LR moves from the base scale to the
     largest), with slope and regret CIs, then the optimum per scale.
@@ -122,7 +122,7 @@ def report(results_dir: ResultsDir,
     from ..analysis.transfer import metric_spec
     from ..report.results import results_report
     metric_spec(metric)
-    regime = regime_options(regime_window, regime_chance, regime_slope, regime_angle)
+    regime = regime_options(regime_window, regime_alpha, regime_blocks)
     sys.stdout.write(results_report(results_dir, metric=metric, axis=axis_name(axis), format=format.value,
                                     min_runs=min_runs, ci=ci, tolerance=tolerance, n_boot=n_boot, seed=seed,
                                     regime=regime))

@@ -234,10 +234,7 @@ def _regime_option(flag: str, meaning: str):
 
 RegimeWindow = _regime_option("--regime-window", "fraction of each run's logged points, at the end, that make up "
                                                  "its 'late' window")
-RegimeChance = _regime_option("--regime-chance", "a late loss at or above this fraction of the chance loss "
-                                                 "ln(classes) counts as diverge")
-RegimeSlope = _regime_option("--regime-slope", "a late slope of ln(loss) per ln(step) at or below this (< 0) counts "
-                                               "as still converging")
-RegimeAngle = _regime_option("--regime-angle", "a plateau whose scale-invariant weights still turn at least this "
-                                               "many radians per step (mean over the late window) is chaotic; below "
-                                               "it, converged")
+RegimeAlpha = _regime_option("--regime-alpha", "significance level of the trend tests (loss falling, loss below "
+                                               "chance, motion drifting or at rest)")
+RegimeBlocks = Annotated[int, typer.Option("--regime-blocks", help="regimes: the late window is cut into this many "
+                                           "blocks of consecutive points whose means the tests use (>= 4)")]

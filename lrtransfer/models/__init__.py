@@ -67,8 +67,11 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
     so every multiplier is 1; larger than ``width`` is allowed), built without touching torch's
     global random stream: a seed gives the same weights whatever the base width. ``mup_rule``
     (``MUP_RULES``) picks μP's LR rules. Other parametrizations ignore ``base_width`` and ``mup_rule``.
-    ``condition``: every Linear and Conv2D uses its row-equilibrated weight (weight
-    conditioning, arXiv 2409.03424; see ``lrtransfer.modular.atoms.Tracked``).
+    ``condition``: every Linear and Conv2D uses its row-equilibrated weight g·diag(1/‖W_i‖)·W
+    (weight conditioning, arXiv 2409.03424), g the RMS row norm of the atom's orthogonal init,
+    so that conditioning leaves the modular init's gain alone at every shape (see
+    ``lrtransfer.modular.atoms.Tracked``). Applied after ``param``'s init, so with "sp" it
+    equilibrates torch's random rows (and changes the layer's gain, as in the paper).
     """
     _check_arguments(arch, width, depth, param, base_width, kw)
     builder = FAMILIES[arch].builder

@@ -3,7 +3,7 @@
 ``modular`` (the module algebra's own; untouched here), ``sp`` (torch's default inits, no
 multipliers, one LR) and ``mup`` (μP as the ``mup`` package applies it, per role and width
 multiplier, with the LR rule ``MUP_RULES`` the optimizer names). The rules and their sources:
-docs/parametrizations.md.
+docs/parametrizations.md. ``lr_mult`` scales steps, not decay: lr·wd is width-free (MuAdamW).
 """
 from __future__ import annotations
 

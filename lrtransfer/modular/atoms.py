@@ -46,12 +46,20 @@ class Tracked(Atom):
     """
 
     homogeneous = True   # y = s·W x: a scaled input gives a scaled output
-    # Weight conditioning (``condition = True``, Saratchandran, Wang & Lucey 2024, arXiv
-    # 2409.03424): the layer uses W̄ = D W with D = diag(1/‖W_i,:‖₂), each row of W (of the
-    # (out, in·k·k) matrix for a convolution) rescaled to unit ℓ2 norm — the paper's row
-    # equilibration, the optimal diagonal preconditioner up to √rows by van der Sluis'
-    # theorem. W itself is the trained parameter; the map is applied in every forward pass,
-    # and gradients flow through D. A conditioned atom is scale-invariant: W̄(c·W) = W̄(W).
+    # Weight conditioning (``condition = True``; Saratchandran, Wang & Lucey 2024, arXiv
+    # 2409.03424, their definition of the weight-conditioned matrix W̄ = E·W with E the
+    # row-equilibration preconditioner): E = diag(1/‖W_i,:‖₂) on the left, each row of W (of the
+    # (out, in·k·k) matrix for a convolution) rescaled to unit ℓ2 norm. Row equilibration is
+    # within √rows of the best diagonal left scaling in condition number (van der Sluis) for
+    # a matrix of full row rank. W is the trained parameter; E is recomputed in every forward
+    # pass and gradients flow through it, so the atom is scale-invariant: W̄(c·W) = W̄(W).
+    # One change to the paper: W̄ = g·E·W with g = ``condition_gain()``, the RMS row norm of
+    # this atom's orthogonal init. Unit rows alone rescale a tall matrix's output by √(rows/cols)
+    # (the input layer of a width sweep by 1.79 at 128 / 3.58 at 512), so conditioning would
+    # change the layer's gain with width as well as its spectrum. With g, an orthogonal init
+    # with unit rows (square, wide) is left exactly as it is, and a tall one keeps ‖W̄‖_F = ‖W‖_F
+    # (W̄ ≠ W there: its rows had unequal norms, which is what E changes). Under param = "sp"
+    # (kaiming-uniform rows of norm ≈ 1/√3) E also changes the gain, as in the paper.
     condition = False
 
     block_rank = 8       # vectors per matrix; in a simulation, r = 4 (no refinement) let the quickstart ratio reach 1.25
@@ -80,14 +88,20 @@ class Tracked(Atom):
     def scale_invariant(self) -> list[bool]:
         return [bool(self.condition)]
 
+    def condition_gain(self) -> float:
+        """g of the conditioned weight g·E·W: the RMS row norm of this shape's orthogonal init,
+        sqrt(matrices · min(rows, cols) / rows), rows and cols those of one ``_slices`` matrix."""
+        *batch, rows, cols = self._slices(self.weight).shape
+        return math.sqrt(math.prod(batch) * min(rows, cols) / rows)
+
     def effective_weight(self) -> torch.Tensor:
         """The matrix the forward pass uses: W, or with ``condition`` the row-equilibrated
-        D W of arXiv 2409.03424 (eq. for the conditioned weight, D = diag(1/‖W_i,:‖₂))."""
+        g·E·W (arXiv 2409.03424, E = diag(1/‖W_i,:‖₂); g = ``condition_gain()``)."""
         w = self.weight
         if not self.condition:
             return w
         rows = torch.linalg.vector_norm(w.flatten(1), dim=1).clamp_min(1e-12)
-        return w / rows.reshape(-1, *([1] * (w.dim() - 1)))
+        return w * (self.condition_gain() / rows).reshape(-1, *([1] * (w.dim() - 1)))
 
     def _cold_start(self, m: torch.Tensor) -> torch.Tensor:
         """Exact σ₁ and block for a cold atom; stays cold on a zero or non-finite update.

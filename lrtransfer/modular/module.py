@@ -153,7 +153,7 @@ class Module(nn.Module):
 
         The target is split exactly as ``normalize`` splits it; each atom maps its update
         through its own norm's dual map (``Atom.dualize_update``): Linear is orthogonalized by
-        Newton–Schulz ``ns`` (cubic, quintic, muon or svd; ``steps`` None: the method's
+        Newton–Schulz ``ns`` (cubic, quintic, taylor5, muon or svd; ``steps`` None: the method's
         default), Conv2D per kernel position, Embed row by row. The inputs are not modified.
         """
         self._check_aligned(updates, "dualize")

@@ -1,6 +1,7 @@
 """Training on the sphere (Kodryan et al. 2022): the scale-invariant weights projected back to
 their initial joint norm after every step, the rest frozen, so the effective LR lr/ρ₀² stays
-fixed. The relation and the setup: docs/optimizers.md.
+fixed; the frozen head set once to a norm and direction every run shares (``fix_head``). The
+relation and the setup: docs/optimizers.md.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import torch
 from ..modular import Module
 
 CONSTRAINTS = ("none", "sphere")
+# The seed of the frozen head's direction: one constant, so every run of an experiment (every
+# seed, every ELR) shares the head, as the authors' code does (its `same_last_layer`).
+HEAD_SEED = 228
 
 
 def scale_invariant_atoms(model: Module) -> list:
@@ -54,3 +58,31 @@ class Sphere:
         """Rescale the SI weights jointly back to norm ``radius`` (on the device: no host sync)."""
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
         torch._foreach_mul_(self.params, (self.radius / norm).to(self.params[0].dtype))
+
+
+@torch.no_grad()
+def fix_head(model: Module, norm: float) -> list[int]:
+    """Set each frozen output atom (the head of a post-norm model) to a Gaussian direction drawn
+    from ``HEAD_SEED`` (the same for every run) at Frobenius norm ``norm`` of the matrix the
+    forward applies (the atom's scale times its weight); the global random stream is not
+    touched. Returns the indices of the atoms set; ``norm`` 0 leaves the head as initialised.
+
+    Why: the modular head (spectral norm 1, features of RMS 1) bounds the logits' norm by
+    √classes, so cross-entropy cannot approach 0 and the converge regime cannot happen; the
+    authors fix the head at Frobenius norm 10 for every run (docs/optimizers.md)."""
+    if not (math.isfinite(norm) and norm >= 0):
+        raise ValueError(f"head_norm = {norm!r}: allowed: a finite number >= 0 (0: keep the initial head)")
+    if norm == 0:
+        return []
+    flags = model.scale_invariant()
+    chosen = [k for k, (role, si) in enumerate(zip(model.roles(), flags)) if role == "output" and not si]
+    atoms = model.atoms()
+    for k in chosen:
+        weight = atoms[k].weight
+        scale = getattr(atoms[k], "scale", None)
+        if not isinstance(scale, float):
+            raise ValueError(f"head_norm: the output atom {type(atoms[k]).__name__} has no single forward scale")
+        direction = torch.randn(weight.shape, generator=torch.Generator().manual_seed(HEAD_SEED),
+                                dtype=torch.float64)
+        weight.copy_((direction * (norm / (scale * float(direction.norm())))).to(weight.dtype))
+    return chosen

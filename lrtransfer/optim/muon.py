@@ -21,7 +21,7 @@ class Muon:
             raise ValueError(f"muon: muon_adam_ratio must be > 0, got {adam_ratio}")
         self.hidden, self.momentum, self.ns_steps = list(hidden), float(momentum), ns_steps
         self.adam = Adam(betas=adam_betas, eps=eps)
-        # the LR multiplier of each atom's direction (the optimizer multiplies it in)
+        # the LR multiplier of each atom's direction, and of its decay (the optimizer multiplies both in)
         self.lr_mults = [1.0 if h else float(adam_ratio) for h in self.hidden]
         self.buffers: list[torch.Tensor | None] | None = None
 

@@ -1,6 +1,7 @@
 """The optimizer: a base rule's direction, applied plain, normalized or dualized.
 
-``plain`` steps lr · direction per atom (times its ``lr_mult``) with decoupled decay;
+``plain`` steps lr · direction per atom (times its ``lr_mult``) with decoupled decay
+(lr · wd, times the rule's multiplier only: width-independent under μP);
 ``normalize`` and ``dualize`` size the step in the modular norm through ``Module.normalize_scales``
 and ``Module.dualize``. A non-finite direction is never applied (``Diverged``). How each mode
 works: docs/optimizers.md.
@@ -48,11 +49,15 @@ class Optimizer:
         self.atoms = model.atoms()
         self.params = [a.weight for a in self.atoms]
         rule_mults = getattr(rule, "lr_mults", None) or [1.0] * len(self.atoms)
-        # plain steps: each atom's LR multiplier (parametrization × rule)
+        # plain steps: each atom's LR multiplier (parametrization × rule), and its decay's: the
+        # rule's alone, so lr·wd is the same at every width as in mup's MuAdamW / MuSGD
+        # (docs/parametrizations.md)
         self.lr_mults = [a.lr_mult * m for a, m in zip(self.atoms, rule_mults)]
+        self.decay_mults = [float(m) for m in rule_mults]
         self.sphere = Sphere(model) if constraint == "sphere" else None
         if self.sphere is not None:  # the paper's setup: only the scale-invariant weights train
             self.lr_mults = [0.0 if frozen else m for m, frozen in zip(self.lr_mults, self.sphere.frozen)]
+            self.decay_mults = [0.0 if frozen else m for m, frozen in zip(self.decay_mults, self.sphere.frozen)]
         self.t = 0
         self._applies: bool | None = None   # whether the rule applies plain steps itself; set on the first step
 
@@ -75,7 +80,7 @@ class Optimizer:
             # the gradients seen, sqrt(v̂) + eps by eps from below), so the check reads the
             # gradients, and the step is applied in the kernel that computes it
             self._check_finite(torch._foreach_norm(grads))
-            self.rule.apply(self.params, grads, lr, self.lr_mults, self.weight_decay)
+            self.rule.apply(self.params, grads, lr, self.lr_mults, self.weight_decay, self.decay_mults)
             self._after_step()
             return lr
         directions = self.rule.direction(grads)
@@ -105,14 +110,14 @@ class Optimizer:
         self.t += 1
 
     def _plain_step(self, directions, lr) -> None:
-        if all(m == 1.0 for m in self.lr_mults):  # one fused call for the common case
+        if all(m == 1.0 for m in self.lr_mults + self.decay_mults):  # one fused call for the common case
             if self.weight_decay:
                 torch._foreach_mul_(self.params, 1 - lr * self.weight_decay)
             torch._foreach_add_(self.params, directions, alpha=-lr)
             return
-        for p, d, m in zip(self.params, directions, self.lr_mults):
+        for p, d, m, dm in zip(self.params, directions, self.lr_mults, self.decay_mults):
             if self.weight_decay:
-                p.mul_(1 - lr * m * self.weight_decay)
+                p.mul_(1 - lr * dm * self.weight_decay)
             p.add_(d, alpha=-lr * m)
 
     def _check_finite(self, norms) -> None:

@@ -110,10 +110,12 @@ class Adam:
         return self.eps > 0 and _fusable(grads)
 
     def apply(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, lr_mults: list[float],
-              weight_decay: float = 0.0) -> None:
-        """The plain step itself, straight onto the weights: w ← w·(1 − lr_k·wd) − lr_k·m̂/(sqrt(v̂) + eps),
-        lr_k = lr·lr_mults[k] per weight k, in one pass of the fused (decoupled-decay) Adam
-        kernel per distinct multiplier (μP's layers have a few).
+              weight_decay: float = 0.0, decay_mults: list[float] | None = None) -> None:
+        """The plain step itself, straight onto the weights: w ← w·(1 − lr·d_k·wd) − lr_k·m̂/(sqrt(v̂) + eps),
+        lr_k = lr·lr_mults[k] and d_k = decay_mults[k] (None: lr_mults, decay at the step's LR)
+        per weight k, in one pass of the fused (decoupled-decay) Adam kernel per distinct pair
+        (μP's layers have a few). The kernel decays by its lr·wd, so a group takes wd·d/m:
+        MuAdamW's lr/width_mult with wd·width_mult. A multiplier of 0 takes no step and no decay.
 
         The same arithmetic as ``direction`` followed by the optimizer's own plain step, up to
         float rounding (tests/test_optim.py), without the direction buffer: no pass to write
@@ -121,15 +123,21 @@ class Adam:
         """
         self._advance(grads)
         step = self._step_tensor(grads[0].device)
-        if lr_mults != self._groups_of:   # the multipliers are fixed: grouped once, not every step
-            groups: dict[float, list[int]] = {}
-            for k, m in enumerate(lr_mults):
-                groups.setdefault(m, []).append(k)
-            self._groups_of, self._groups = list(lr_mults), list(groups.items())
-        for m, ks in self._groups:
+        decay_mults = list(lr_mults) if decay_mults is None else list(decay_mults)
+        key = (list(lr_mults), decay_mults)
+        if key != self._groups_of:   # the multipliers are fixed: grouped once, not every step
+            groups: dict[tuple[float, float], list[int]] = {}
+            for k, pair in enumerate(zip(lr_mults, decay_mults)):
+                groups.setdefault(pair, []).append(k)
+            self._groups_of, self._groups = key, list(groups.items())
+        for (m, d), ks in self._groups:
+            if m == 0:   # frozen (the sphere's head): its decay multiplier is 0 too
+                continue
+            # m == d (modular, sp): wd·d/m is wd exactly, so those steps are unchanged bit for bit
+            wd = weight_decay if m == d else weight_decay * d / m
             torch._fused_adamw_([params[k] for k in ks], [grads[k] for k in ks], [self.m[k] for k in ks],
                                 [self.v[k] for k in ks], [], [step] * len(ks), lr=lr * m, beta1=self.b1,
-                                beta2=self.b2, weight_decay=weight_decay, eps=self.eps, amsgrad=False,
+                                beta2=self.b2, weight_decay=wd, eps=self.eps, amsgrad=False,
                                 maximize=False)
 
     def state_dict(self) -> dict:

@@ -64,10 +64,11 @@ class StackedPlain(_Stacked):
         if not opts or not all(stackable(o) for o in opts):
             raise ValueError("StackedPlain: every optimizer must take plain steps with an elementwise rule")
         first = opts[0]
-        if any(o.rule.name != first.rule.name or o.lr_mults != first.lr_mults for o in opts):
-            raise ValueError("StackedPlain: the cells' rules and per-atom LR multipliers must agree")
+        if any(o.rule.name != first.rule.name or o.lr_mults != first.lr_mults
+               or o.decay_mults != first.decay_mults for o in opts):
+            raise ValueError("StackedPlain: the cells' rules and per-atom LR and decay multipliers must agree")
         super().__init__(opts, params)
-        self.lr_mults = first.lr_mults
+        self.lr_mults, self.decay_mults = first.lr_mults, first.decay_mults
 
     def _per_cell(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
         # a scalar the solo step takes as a Python float (double) is cast to the weight's
@@ -84,10 +85,11 @@ class StackedPlain(_Stacked):
         finite = self._finite(directions)
         lrs = [o.current_lr() for o in self.opts]
         decays = [o.weight_decay for o in self.opts]
-        for p, d, m in zip(self.params, directions, self.lr_mults):
+        for p, d, m, dm in zip(self.params, directions, self.lr_mults, self.decay_mults):
             scale = self._per_cell([lr * m for lr in lrs], p)
-            if any(decays):
-                p.mul_((1 - scale * self._per_cell(decays, p)).to(p.dtype))
+            if any(decays):   # the solo step's decay: lr·decay_mult·wd (Optimizer.decay_mults)
+                decay_scale = scale if dm == m else self._per_cell([lr * dm for lr in lrs], p)
+                p.mul_((1 - decay_scale * self._per_cell(decays, p)).to(p.dtype))
             p.sub_(d * scale.to(p.dtype))
         self._stepped()
         return finite

@@ -13,8 +13,8 @@ from ..report.render import pow2
 
 def figure(cc: CoordCheck, step: int | None = None) -> Figure:
     """One panel per series (three to a row): RMS vs width (log–log) per atom at ``step``
-    (default: the last); solid ``output_rms``, dashed ``output_update_rms``, dotted
-    ``delta_wx_rms`` (ΔW·x), one colour per atom."""
+    (default: the last), the geometric mean over seeds; solid ``output_rms``, dashed
+    ``output_update_rms``, dotted ``delta_wx_rms`` (ΔW·x), one colour per atom."""
     step = cc.steps if step is None else step
     names = list(cc.verdict)
     cols = min(len(names), 3)
@@ -31,10 +31,12 @@ def figure(cc: CoordCheck, step: int | None = None) -> Figure:
         colours = {a: f"C{i % 10}" for i, a in enumerate(atoms["atom"])}
         for q, ls in styles.items():
             for atom in atoms["atom"]:
-                g = t[(t["atom"] == atom) & (t["quantity"] == q)].sort_values("width")
+                g = t[(t["atom"] == atom) & (t["quantity"] == q)]
                 g = g[np.isfinite(g["rms"]) & (g["rms"] > 0)]
+                # the seeds' geometric mean: the slopes are fitted to log RMS
+                g = np.exp(np.log(g["rms"]).groupby(g["width"]).mean()).sort_index()
                 if len(g):
-                    ax.plot(g["width"], g["rms"], ls=ls, marker="o", ms=3, color=colours[atom],
+                    ax.plot(g.index, g.to_numpy(), ls=ls, marker="o", ms=3, color=colours[atom],
                             label=atom if q == "output_rms" else f"_{atom} {q}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -1,4 +1,5 @@
-"""Sphere regimes: final loss against the (effective) LR, each run coloured by its regime."""
+"""Sphere regimes: final loss against the (effective) LR, each run coloured by its regime (gray:
+unsettled, a run whose late trajectory still trends)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from .runs import group_label, in_group, initial_loss, panel_groups
 from .style import DIVERGED_END, Style, check_out, frame_y, mark, no_runs, robust_range, saved, strip_y, \
     style_or_default
 
-REGIME_COLORS = {"converge": "tab:blue", "chaotic": "tab:orange", "diverge": "tab:red"}
+REGIME_COLORS = {"converge": "tab:blue", "chaotic": "tab:orange", "diverge": "tab:red", "unsettled": "tab:gray"}
 
 
 def _regime_points(ax, sel: pd.DataFrame, yhi: float) -> None:
@@ -71,7 +72,7 @@ def _regime_key() -> list:
 def regime_plot(runs: pd.DataFrame, regimes: pd.DataFrame, x: str = "elr", metric: str = "train_loss",
                 boundaries: pd.DataFrame | None = None, out=None, style: Style | None = None) -> Figure:
     """Final loss against ``x`` (log2 axis; ``elr`` by default) per run, coloured by its regime
-    (a scatter per regime labelled ``converge`` / ``chaotic`` / ``diverge``, ``REGIME_COLORS``),
+    (a scatter per label ``converge`` / ``chaotic`` / ``diverge`` / ``unsettled``, ``REGIME_COLORS``),
     the seed mean (line ``seed mean``), the chance loss (dotted, gid ``chance``) and the regime
     boundaries of ``dynamics.regime_boundaries`` (dashed, gid ``to_chaotic`` / ``to_diverge``,
     a span ``*_spread`` over the seeds' min–max). Runs with no final loss (diverged) are ✕ in a

@@ -7,17 +7,21 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..analysis.dynamics import (LRWD_ALPHA, LRWD_C_RANGE, LRWD_DEGREE, LRWD_METRICS, REGIMES, RegimeOptions,
+from ..analysis.dynamics import (LABELS, LRWD_ALPHA, LRWD_C_RANGE, LRWD_DEGREE, LRWD_METRICS, RegimeOptions,
                                  default_x, lrwd_cells, lrwd_table, regime_boundaries, regimes, seed_boundaries,
                                  with_dynamics_columns, x_values)
+from ..analysis.dynamics import CONDITION_SETUP, condition_table
 from ..run.provenance import SCALE_AXES
 from .render import num, pct, pow2, records, signed
 from .transfer import label
 
 
 def seed_note(row: dict, x: str) -> str:
-    """What to know about one seed's regimes: those never met, and where they step back along x."""
+    """What to know about one seed's regimes: those never met, the unsettled runs, and where they
+    step back along x."""
     notes = []
+    if row.get("unsettled"):
+        notes.append(f"unsettled at {x}=" + ", ".join(pow2(v) for v in row["unsettled"]))
     if row["absent"]:
         notes.append("no " + " / ".join(row["absent"]) + " runs")
     if row["steps_back"]:
@@ -41,8 +45,9 @@ def _group_notes(per_seed: pd.DataFrame) -> list[str]:
 def regime_summary(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.DataFrame | None = None, *,
                    x: str | None = None, options: RegimeOptions = RegimeOptions()) -> dict:
     """Regimes, per-seed and summarised boundaries, JSON-able. ``x`` defaults to ``default_x``.
-    Keys: x, window, chance_fraction, slope, angle, counts (runs per regime), runs (``regimes``
-    rows with series, seed, scale and x), seed_boundaries, boundaries (each with a ``note``)."""
+    Keys: x, window, alpha, blocks, counts (runs per label, unsettled included), runs
+    (``regimes`` rows with series, seed, scale and x), seed_boundaries, boundaries (each with a
+    ``note``)."""
     table = regimes(runs, curves, diagnostics, options)
     x = x or default_x(runs)
     full = with_dynamics_columns(runs).assign(_x=x_values(runs, x))
@@ -52,9 +57,10 @@ def regime_summary(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.Dat
     per_seed["note"] = [seed_note(row, x) for row in per_seed.to_dict("records")]
     boundaries = regime_boundaries(runs, table, x)
     boundaries["note"] = _group_notes(per_seed)
-    return {"x": x, "window": options.window, "chance_fraction": options.chance_fraction, "slope": options.slope,
-            "angle": options.angle, "counts": {name: int((table["regime"] == name).sum()) for name in REGIMES},
-            "runs": records(per_run), "seed_boundaries": records(per_seed.drop(columns=["absent", "steps_back"])),
+    return {"x": x, "window": options.window, "alpha": options.alpha, "blocks": options.blocks,
+            "counts": {name: int((table["regime"] == name).sum()) for name in LABELS},
+            "runs": records(per_run),
+            "seed_boundaries": records(per_seed.drop(columns=["absent", "steps_back", "unsettled"])),
             "boundaries": records(boundaries)}
 
 
@@ -83,15 +89,17 @@ def _evidence_table(summary: dict) -> list[str]:
     per_run = pd.DataFrame(summary["runs"])
     keys = [k for k in SCALE_AXES if k in per_run and per_run.groupby("series")[k].nunique().max() > 1]
     keys = ["series", *keys]
-    lines = [f"| series | {x} | regimes (seeds) | late loss | late slope | late angle (rad/step) "
-             f"| chance loss |", "|---|---:|---|---:|---:|---:|---:|"]
-    for gkey, g in per_run.groupby([*keys, x], sort=False):
+    lines = [f"| series | {x} | regimes (seeds) | late loss | late slope (p) | eff. grad norm "
+             f"| angle (rad/step) | chance loss |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    ordered = per_run.sort_values([*keys, x], kind="stable")   # each group's rows along x
+    for gkey, g in ordered.groupby([*keys, x], sort=False):
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
         names = dict(zip(keys, gkey))
         regs = g["regime"].value_counts()
-        text = ", ".join(f"{name} {regs[name]}" for name in REGIMES if name in regs)
+        text = ", ".join(f"{name} {regs[name]}" for name in LABELS if name in regs)
         lines.append(f"| {label(names, keys[1:])} | {pow2(gkey[-1])} | {text} | {num(_mean(g['late_loss']))} "
-                     f"| {signed(_mean(g['late_slope']), 3)} | {num(_mean(g['late_angle']), 5)} "
+                     f"| {signed(_mean(g['late_slope']), 3)} ({_p_range(g['slope_p'])}) "
+                     f"| {num(_mean(g['late_grad']))} | {num(_mean(g['late_angle']), 5)} "
                      f"| {num(_mean(g['chance_loss']))} |")
     return lines
 
@@ -103,10 +111,14 @@ def regime_report(summary: dict) -> str:
     counts = summary["counts"]
     lines = ["## Regimes", "",
              f"Runs by regime: {counts['converge']} converge, {counts['chaotic']} chaotic, "
-             f"{counts['diverge']} diverge (late window: last {summary['window']:g} of the logged points; "
-             f"diverge at ≥ {summary['chance_fraction']:g} × chance loss; converge while ln(loss) falls at "
-             f"≤ {summary['slope']:g} per ln(step); chaotic when it has stopped falling and the scale-invariant "
-             f"weights still turn ≥ {summary['angle']:g} rad per step, or the angle is not recorded).", ""]
+             f"{counts['diverge']} diverge, {counts['unsettled']} unsettled. Each run is read from the trends "
+             f"of its last {summary['window']:g} of logged points ({summary['blocks']} block means, tests at "
+             f"level {summary['alpha']:g}): converge while ln(loss) falls against ln(step); diverge when the "
+             f"loss is not below chance (ln classes) nor falling and the ELR lies above the seed's converge "
+             f"and chaotic runs (or the run diverged); chaotic when the loss is flat below chance and above "
+             f"the seed's converged level (its converge runs' lowest late loss) and the effective gradient "
+             f"norm (else the angle per step) is flat and above 0; unsettled otherwise "
+             f"(docs/analysis.md §8).", ""]
     lines += [_boundary_sentence(b, x) for b in summary["boundaries"]]
     lines += ["", f"| series | seeds | converge→chaotic {x} | log2 (min, max) | chaotic→diverge {x} "
                   f"| log2 (min, max) | in order |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -116,6 +128,13 @@ def regime_report(summary: dict) -> str:
                      f"| {'yes' if b['monotone'] else 'no'} |")
     lines += [""] + _evidence_table(summary)
     return "\n".join(lines) + "\n"
+
+
+def _p_range(values) -> str:
+    """The largest p of a group's runs ("p ≤ …"), the one that least rejects."""
+    v = pd.to_numeric(pd.Series(list(values)), errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
+    return "p —" if not len(v) else f"p ≤ {max(float(v.max()), 0.001):.3f}" if v.max() >= 0.001 else "p < 0.001"
 
 
 def _mean(values) -> float:
@@ -210,4 +229,50 @@ def lrwd_report(result: dict) -> str:
                      f"| {num(g['late_lof_f'], 2)} | {_p(g['late_lof_p'])} | {g['late_verdict']} "
                      f"| {_c(g['early_c'])} | {early} | {num(g['early_lof_f'], 2)} | {_p(g['early_lof_p'])} "
                      f"| {g['early_verdict']} | {g['n_cells']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+def condition_summary(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str = "train_loss") -> dict:
+    """``condition_table`` as JSON-able records, with the metric it ranked LRs by. Keys: metric,
+    axis (width or depth), rows."""
+    table = condition_table(runs, diagnostics, metric)
+    axis = next((a for a in SCALE_AXES if a in table), None)
+    return {"metric": metric, "axis": axis, "rows": records(table)}
+
+
+def _kappa(x) -> str:
+    return num(x, 1) if x is None or not np.isfinite(x) or x < 1e4 else f"{x:.2g}"
+
+
+def condition_report(summary: dict, labels: dict | None = None) -> str:
+    """Markdown for a ``condition_summary``: per series, parametrization and scale, the best LR's
+    loss and the condition numbers of its matrices at the first and the last logged step.
+    ``labels``: display names for series."""
+    labels = labels or {}
+    axis, rows = summary["axis"], summary["rows"]
+    firsts = sorted({r["first_step"] for r in rows})
+    first = ("the init (step 0)" if firsts == [0] else
+             f"the first logged step (after {', '.join(map(str, firsts))} update{'s' if firsts != [1] else ''}; "
+             f"the diagnostics hold no step-0 row)")
+    setup = [c for c in CONDITION_SETUP if rows and c in rows[0]]
+    scale_head = f" {axis} |" if axis else ""
+    lines = ["## Condition numbers at the best LR", "",
+             f"σ_max/σ_min (exact, SVD) of the matrices the forward pass uses (the conditioned weight "
+             f"where condition is on), at each series' best seed-mean LR by {summary['metric'].replace('_', ' ')}"
+             + (f" per {axis}" if axis else "") + f"; first: at {first}, last: at the last logged step. "
+             f"Hidden: median (max) over the hidden matrices; input: the first layer; head: the last; "
+             f"all averaged over seeds.", "",
+             "| series |" + "".join(f" {c} |" for c in setup) + scale_head
+             + " best lr | loss | hidden median, first | hidden median, last | hidden max, last "
+               "| input, first | input, last | head, last |",
+             "|---|" + "---|" * len(setup) + ("---:|" if axis else "") + "---:|" * 8]
+    for r in rows:
+        cells = [labels.get(r["series"], str(r["series"])), *(str(r[c]) for c in setup)]
+        if axis:
+            cells.append(str(r[axis]))
+        cells += [pow2(r["lr"]), num(r["loss"], 3), _kappa(r["median_first"]), _kappa(r["median"]),
+                  _kappa(r["max"]), _kappa(r["input_first"]), _kappa(r["input"]), _kappa(r["output"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

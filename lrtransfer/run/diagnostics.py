@@ -1,8 +1,9 @@
 """Per-atom training diagnostics: how big each weight is, how far each step moves it.
 
 At every logged step a run records, per atom, its weight and update norms (in the atom's own
-norm), the angle the step turned it and its effective LR (plus a joint row for the
-scale-invariant atoms), measured without disturbing training. Columns and method:
+norm), the angle the step turned it, its effective LR and, for a scale-invariant atom, its
+effective gradient norm (plus a joint row for the scale-invariant atoms), measured without
+disturbing training. Columns and method:
 docs/diagnostics.md.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..modular import Module
 from ..modular.spectral import block_power_step, top_subspace
 
 COLUMNS = ["run_id", "step", "atom", "name", "role", "scale_invariant", "weight_norm", "update_norm",
-           "relative_update", "angle", "elr", "condition"]
+           "relative_update", "angle", "elr", "condition", "eff_grad_norm"]
 
 _BLOCK_RANK = 4   # vectors per matrix: a cheap block; orthogonal inits start with a flat spectrum
 _BATCH_LIMIT = 128 * 128   # matrices up to this many entries are batched together
@@ -131,11 +132,15 @@ class Diagnostics:
         if not self._pending:
             raise RuntimeError("Diagnostics.after_step without before_step")
         after = [a.weight.detach() for a in self.atoms]
+        # the gradient the step just used: still on the atoms after it (set by backward, or by the
+        # batched loop per cell); where it is not (a fused batched update), NaN
+        grads = [torch.linalg.vector_norm(a.weight.grad.detach().float()).reshape(1) if a.weight.grad is not None
+                 else torch.full((1,), math.nan, device=w.device) for a, w in zip(self.atoms, after)]
         # the snapshot becomes w_before − w_after = −Δ in place (norms do not see the sign)
         torch._foreach_sub_(self._snapshot, after)
         deltas = self._snapshot
         columns = self._atom_norms(after, deltas) + \
-            [self._before_norms, torch._foreach_norm(after), torch._foreach_norm(deltas)]
+            [self._before_norms, torch._foreach_norm(after), torch._foreach_norm(deltas), grads]
         if self.log_condition:
             columns.append(self._conditions())
         pieces = [t.reshape(-1).float() for col in columns for t in col]
@@ -150,26 +155,29 @@ class Diagnostics:
 
     def _record(self, run_id: str, step: int, lr: float, lr_mults: list[float], table: list[list[float]]) -> None:
         """The rows of one logged step from each atom's (weight norm, update norm, ‖w0‖, ‖w1‖,
-        ‖Δ‖[, condition]), plus the scale-invariant atoms' joint row."""
-        joint = [0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², ‖Δ‖²
+        ‖Δ‖, ‖g‖[, condition]), plus the scale-invariant atoms' joint row. The effective gradient
+        norm of a scale-invariant weight is ‖w0‖·‖g‖: its gradient were it rescaled to norm 1
+        (the gradient of a scale-invariant loss scales as 1/‖w‖), the quantity Kodryan et al. plot."""
+        joint = [0.0, 0.0, 0.0, 0.0]   # SI atoms together: ‖w0‖², ‖w1‖², ‖Δ‖², ‖g‖²
         for k, values in enumerate(table):
-            wn, un, n0, n1, dn = values[:5]
+            wn, un, n0, n1, dn, gn = values[:6]
             si = self.invariant[k]
             self.rows.append(dict(run_id=run_id, step=step, atom=k, name=self.names[k], role=self.roles[k],
                                   scale_invariant=si, weight_norm=wn, update_norm=un,
                                   relative_update=un / wn if wn > 0 else math.nan,
                                   angle=_angle(n0, n1, dn),
                                   elr=lr * lr_mults[k] / n1 ** 2 if si and n1 > 0 else math.nan,
-                                  condition=values[5] if self.log_condition else math.nan))
+                                  condition=values[6] if self.log_condition else math.nan,
+                                  eff_grad_norm=n0 * gn if si else math.nan))
             if si and lr_mults[k] != 0:
-                joint = [a + b * b for a, b in zip(joint, (n0, n1, dn))]
+                joint = [a + b * b for a, b in zip(joint, (n0, n1, dn, gn))]
         if any(self.invariant):
-            n0, n1, dn = (math.sqrt(v) for v in joint)
+            n0, n1, dn, gn = (math.sqrt(v) for v in joint)
             self.rows.append(dict(run_id=run_id, step=step, atom=-1, name="all scale-invariant",
                                   role="scale_invariant", scale_invariant=True, weight_norm=n1,
                                   update_norm=dn, relative_update=dn / n1 if n1 else math.nan,
                                   angle=_angle(n0, n1, dn), elr=lr / n1 ** 2 if n1 > 0 else math.nan,
-                                  condition=math.nan))
+                                  condition=math.nan, eff_grad_norm=n0 * gn))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)

@@ -1,10 +1,12 @@
-"""What a result is a function of: the run id (config and data hashed), the code fingerprint
-and the git state (docs/results.md). Also the key classes other stages read: the scale axes,
+"""What a result is a function of: the run id (config and data hashed), the code fingerprint,
+the git state and the machine (docs/results.md). Also the key classes other stages read: the scale axes,
 the data's location keys, the execution keys and the runs table's metadata columns."""
 from __future__ import annotations
 
 import hashlib
 import json
+import platform
+import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -66,11 +68,89 @@ def git_state() -> tuple[str, bool | None]:
         return "unknown", None
 
 
+# The runs-table columns that name the machine a run trained on (``machine``): what decides the
+# last bits of its floats besides its config. Same machine, same threads: bit-identical runs.
+MACHINE_KEYS = ("machine_cpu", "machine_isa", "machine_gpu", "torch_build", "blas")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return " ".join(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _blas(config: str) -> str:
+    """The BLAS (and LAPACK, when another) torch was built with, from ``torch.__config__.show()``."""
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    lapack = re.search(r"LAPACK_INFO=([^,\s]+)", config)
+    name = blas.group(1) if blas else "unknown"
+    version = re.search(r"Math Kernel Library Version ([0-9.]+)", config) if name == "mkl" else None
+    text = name + (f" {version.group(1)}" if version else "")
+    if lapack and lapack.group(1) != name:
+        text += f", lapack {lapack.group(1)}"
+    return text
+
+
+@lru_cache(maxsize=1)
+def _host_machine() -> dict:
+    import torch   # here, not at the top: the analysis stage reads this module without torch
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+    build = f"{torch.__version__} git {(torch.version.git_version or 'unknown')[:12]}"
+    build += f" cuda {torch.version.cuda}" if torch.version.cuda else " cpu-only"
+    try:
+        blas = _blas(torch.__config__.show())
+    except Exception:  # noqa: BLE001  a build without the config text still trains
+        blas = "unknown"
+    return {"machine_cpu": _cpu_model(), "machine_isa": str(isa), "torch_build": build, "blas": blas}
+
+
+@lru_cache(maxsize=8)
+def _gpu_name(device: str) -> str:
+    import torch
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def machine(device="cpu") -> dict:
+    """What this machine runs a cell on (``MACHINE_KEYS``, all strings): the CPU model and the
+    instruction set torch dispatches to, the GPU (for a CUDA ``device``, else ""), torch's
+    version, commit and CUDA, and its BLAS. Two rows that agree in these, and in threads,
+    trained bit-identically (docs/results.md). Read once per process."""
+    out = {**_host_machine(), "machine_gpu": _gpu_name(str(device)) if str(device).startswith("cuda") else ""}
+    return {k: out[k] for k in MACHINE_KEYS}
+
+
+def machine_here(row: dict) -> dict:
+    """``machine()`` for the device kind ``row`` trained on: its GPU where it ran on CUDA and this
+    machine has one, else the CPU (a CUDA row then differs in ``machine_gpu``)."""
+    if str(row.get("device") or "").startswith("cuda"):
+        import torch
+        if torch.cuda.is_available():
+            return machine("cuda")
+    return machine("cpu")
+
+
+def other_machine(row: dict, here: dict | None = None) -> bool | None:
+    """Whether a runs-table ``row`` was recorded on another machine than ``here`` (default
+    ``machine_here(row)``); None for a row recorded before rows named their machine."""
+    recorded = {k: row.get(k) for k in MACHINE_KEYS}
+    if all(v is None or (isinstance(v, float) and v != v) for v in recorded.values()):
+        return None
+    here = machine_here(row) if here is None else here
+    return any(str(recorded[k] if recorded[k] is not None else "") != here[k] for k in MACHINE_KEYS)
+
+
 # Columns of a runs table that are metrics, timing or provenance: never a grouping key.
 METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds", "diverged_at_step",
             "lrtransfer_version", "git_sha", "torch_version", "device", "host", "hostname", "first_train_loss",
             "steps_done", "time", "timestamp", "pid", "worker", "attempt", "trial", "trial_number", "study",
-            "git_dirty", "torch_threads",
+            "git_dirty", "torch_threads", *MACHINE_KEYS,
             # the LR restated (elr = lr / ‖w‖², lr_applied = lr or elr·radius²): one per LR, never a group
             "elr", "lr_applied",
             # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group

@@ -28,7 +28,8 @@ MODEL_KEYS = (
         "mup (μP, base shapes at base_width)", "models", "model", choices=PARAMS),
     Key("base_width", int, 0, "μP base width (0: the experiment's smallest width)", "models", "model", minimum=0),
     Key("condition", bool, False, "weight conditioning (arXiv 2409.03424): every Linear/Conv2D uses its "
-        "row-equilibrated weight diag(1/‖W_i‖)·W", "models", "model"),
+        "row-equilibrated weight g·diag(1/‖W_i‖)·W, g the RMS row norm of an orthogonal init of its shape "
+        "(so conditioning keeps the layer's gain at the modular init)", "models", "model"),
 )
 
 # The update keys every optimizer takes (each optimizer's own keys: its registry entry).
@@ -36,7 +37,8 @@ UPDATE_KEYS = (
     Key("update", str, "plain", "plain (lr · direction), normalize (modular norm lr), dualize "
         "(steepest descent of modular norm lr)", "optim", choices=UPDATES),
     Key("normalize", bool, False, "same as update = \"normalize\"", "optim"),
-    Key("ns", str, "quintic", "Newton–Schulz for dualize: cubic, quintic, muon, svd", "optim", choices=NS_METHODS),
+    Key("ns", str, "quintic", "Newton–Schulz for dualize: cubic, quintic (Modular Duality's), taylor5, muon, svd",
+        "optim", choices=NS_METHODS),
     Key("ns_steps", int, 0, "Newton–Schulz steps (0: the method's default)", "optim", minimum=0),
     Key("lr", float, 1e-3, "learning rate (modular norm of the step when normalized or dualized)", "optim",
         positive=True),
@@ -52,6 +54,9 @@ SPHERE_KEYS = (
         choices=CONSTRAINTS),
     Key("elr", float, 0.0, "effective LR on the sphere: sets lr = elr·ρ₀² (ρ₀: initial norm of the "
         "scale-invariant weights); 0: use lr", "optim", minimum=0),
+    Key("head_norm", float, 10.0, "sphere: the frozen head is set once to this Frobenius norm (of the matrix "
+        "the forward applies), its direction the same for every run (Kodryan et al.: 10); 0: keep the "
+        "initial head", "optim", minimum=0),
     Key("exact_norm", bool, False, "SVD spectral norms in normalize (slow; tests) instead of tracked "
         "estimates", "optim"),
 )

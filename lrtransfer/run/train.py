@@ -31,8 +31,9 @@ from ..data import Dataset, load
 from .diagnostics import Diagnostics
 from ..models import build, options
 from ..optim import OPTIMIZERS, Diverged, lr_for_elr, make_optimizer, sphere_radius
+from ..optim.constraint import fix_head
 from ..errors import UserError
-from .provenance import code_fingerprint, git_state, run_id
+from .provenance import code_fingerprint, git_state, machine, run_id
 from .spec import optimizer_options
 
 # the parameters' dtype per `dtype` key; bf16-autocast keeps float32 weights (see autocast)
@@ -174,6 +175,11 @@ class Training:
         self.ds = dataset_for(values, device)
         self.model = model_for(values, self.ds).to(device=device, dtype=DTYPES[values["dtype"]])
         self.steps = values["steps"]
+        if values.get("constraint") == "sphere":   # the frozen head every run of the experiment shares
+            try:
+                fix_head(self.model, values.get("head_norm", 0.0))
+            except ValueError as e:
+                raise UserError(f"run {values.get('series', '')} ({values['arch']}): {e}") from None
         self.radius0 = _radius(self.model)   # ρ₀, the initial joint norm of the scale-invariant weights
         self.opt = optimizer_for(values, self.model)
         self.diagnostics = Diagnostics(self.model, values["log_condition"]) if values["diagnostics"] else None
@@ -272,7 +278,8 @@ class Training:
         return dict(wall_seconds=time.perf_counter() - self.start, started_at=self.started,
                     lrtransfer_version=lrtransfer.__version__, git_sha=sha, git_dirty=dirty,
                     torch_version=torch.__version__, python_version=platform.python_version(),
-                    torch_threads=torch.get_num_threads(), device=_device_name(self.device), host=platform.node())
+                    torch_threads=torch.get_num_threads(), device=_device_name(self.device), host=platform.node(),
+                    **machine(self.device))
 
 
 def execute(values: dict, device: str | torch.device = "cpu", on_step=None) -> RunResult:

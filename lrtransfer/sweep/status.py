@@ -16,7 +16,7 @@ from ..run.provenance import SCALE_AXES
 from ..run.spec import BY_NAME
 from .estimate import duration_text, makespan, shape_key
 from .queue import JOURNAL_NAME, Queue, open_storage, redact
-from .sweep import distinct_errors
+from .sweep import distinct_errors, recorded_elsewhere
 
 STATES = ("waiting", "running", "done", "diverged", "failed")
 
@@ -77,9 +77,23 @@ def sweep_status(results_dir: str | Path | None = None, storage: str | None = No
     errors = []
     if runs is not None and not runs.empty:
         errors = distinct_errors(runs[runs["run_id"].isin([rid for rid, c in cells.items() if c["state"] == "failed"])])
+    finished = {rid for rid, c in cells.items() if c["state"] in ("done", "diverged")}
+    other, unknown = recorded_elsewhere(runs, finished)
     return {"study": name, "storage": source, "rows": rows, "totals": totals,
             "eta": eta(left, runs, workers=max(totals["running"], 1)) if left else "nothing left",
-            "errors": errors, "time": time.time()}
+            "errors": errors, "time": time.time(),
+            "machines": {"other": other, "unrecorded": unknown, "results_dir": str(root) if root else ""}}
+
+
+def machines_note(st: dict) -> str:
+    """A line on the finished cells recorded on another (or an unrecorded) machine; "" if none."""
+    m = st.get("machines") or {}
+    parts = [f"{n} {what}" for n, what in ((m.get("other", 0), "on another machine"),
+                                           (m.get("unrecorded", 0), "on an unrecorded machine")) if n]
+    if not parts:
+        return ""
+    return (f"finished {' and '.join(parts)}: bit-identical only there; check them here with "
+            f"`lrtransfer reproduce {m.get('results_dir') or 'RESULTS_DIR'}`")
 
 
 def _study_trials(results_dir, storage: str | None, study: str | None) -> tuple[str, list, str, Path | None]:
@@ -154,8 +168,9 @@ def _count_rows(cells: dict[str, dict]) -> list[dict]:
 def status_table(st: dict) -> Table:
     """``sweep_status``'s counts as a rich table: a row per series and scale, the totals as its
     last row, the ETA in the caption."""
-    table = Table(title=escape(f"{st['study']} ({st['storage']})"), caption=escape(f"eta: {st['eta']}"),
-                  caption_justify="left")
+    note = machines_note(st)
+    table = Table(title=escape(f"{st['study']} ({st['storage']})"),
+                  caption=escape(f"eta: {st['eta']}" + (f"\n{note}" if note else "")), caption_justify="left")
     table.add_column("series")
     table.add_column("scale")
     for state in STATES:

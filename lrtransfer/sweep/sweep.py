@@ -26,6 +26,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from ..errors import UserError
 from ..results.store import ResultStore, write_json
+from ..run.provenance import other_machine
 from ..run.train import dataset_for, resolve_device
 from .config import Experiment, RunConfig
 from .estimate import duration_text, planned_jobs
@@ -111,10 +112,19 @@ class Plan:
     jobs: int = 1
     compute_seconds: float = math.nan
     shapes: int = 0
+    other_machine: int = 0           # finished cells recorded on another machine (provenance.machine)
+    unknown_machine: int = 0         # finished cells recorded before rows named their machine
+    results_dir: str = ""
 
     def summary(self) -> str:
         text = (f"{self.total} cells ({', '.join(f'{k}: {v}' for k, v in self.series.items())}); "
                 f"{self.finished} already finished, {self.todo} to run")
+        elsewhere = [f"{n} {what}" for n, what in ((self.other_machine, "on another machine"),
+                                                   (self.unknown_machine, "on an unrecorded machine")) if n]
+        if elsewhere:
+            # current by run id, but bit-identical only on the machine that ran them (docs/results.md)
+            text += (f"; of the finished, {' and '.join(elsewhere)}: their numbers may differ here, check with "
+                     f"`lrtransfer reproduce {self.results_dir}`")
         if self.todo and math.isfinite(self.estimate_seconds):
             text += (f"; estimated {duration_text(self.estimate_seconds)} here with --jobs {self.jobs} "
                      f"({duration_text(self.compute_seconds)} of compute; {self.shapes} run shape"
@@ -133,6 +143,7 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
     store = ResultStore(root)
     finished = store.finished_ids() if store.root.exists() and not rerun else set()
     todo = [c for c in cells if c.run_id not in finished]
+    other, unknown = recorded_elsewhere(store.load_runs() if finished else None, {c.run_id for c in cells} & finished)
     series: dict[str, int] = {}
     for c in cells:
         series[c.series] = series.get(c.series, 0) + 1
@@ -142,7 +153,21 @@ def plan(experiment: Experiment, results_dir=None, device: str = "auto", estimat
         wall, compute, shapes = estimate_wall([c.values for c in todo], resolve_device(device), max(jobs, 1),
                                               available_cores())
     return Plan(total=len(cells), finished=len(cells) - len(todo), todo=len(todo), estimate_seconds=wall,
-                series=series, jobs=jobs, compute_seconds=compute, shapes=shapes)
+                series=series, jobs=jobs, compute_seconds=compute, shapes=shapes, other_machine=other,
+                unknown_machine=unknown, results_dir=str(root))
+
+
+def recorded_elsewhere(runs: pd.DataFrame | None, ids: set) -> tuple[int, int]:
+    """(recorded on another machine, recorded without naming one) among the rows of ``runs``
+    whose run id is in ``ids`` (``provenance.other_machine``)."""
+    if runs is None or runs.empty or not ids:
+        return 0, 0
+    other = unknown = 0
+    for row in runs[runs["run_id"].isin(ids)].drop_duplicates("run_id").to_dict("records"):
+        elsewhere = other_machine(row)
+        other += elsewhere is True
+        unknown += elsewhere is None
+    return other, unknown
 
 
 def prepare(experiment: Experiment, results_dir=None, storage: str | None = None, retries: int = 2,
