@@ -495,8 +495,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md and results/ disagree")
     ap.add_argument("--estimate", action="store_true", help="record each sweep's --dry-run estimate beside its time")
     args = ap.parse_args(argv)
-    current = README.read_text()
     if args.check:
+        current = README.read_text()
         if render(current) != current:
             print("README.md is out of date with results/: run `make readme`", file=sys.stderr)
             return 1
@@ -509,6 +509,7 @@ def main(argv=None) -> int:
             if path.stem in COORDCHECKED:
                 coordinate_check(path.stem)
         comparison()
+    current = README.read_text()   # read after the sweeps: an edit made while they ran is kept
     new = render(current)
     if new != current:
         atomic_write(README, lambda tmp: Path(tmp).write_text(new))
