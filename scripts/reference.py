@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from lrtransfer import plots  # noqa: E402
-from lrtransfer.analysis import transfer as analysis, dynamics  # noqa: E402
+from lrtransfer.analysis import coordcheck as coordcheck_analysis, transfer as analysis, dynamics  # noqa: E402
 from lrtransfer.report import dynamics as dynamics_report, transfer as transfer_report  # noqa: E402
 from lrtransfer.results.store import ResultStore, atomic_write, load_diagnostics, load_results, write_json  # noqa: E402
 
@@ -257,7 +257,7 @@ def _octaves(r: dict, name: str) -> str:
 def dynamics_section() -> str:
     """Regime boundaries of the sphere experiments, the lr·wd invariance numbers, and the
     condition numbers with and without weight conditioning."""
-    lines = ["| experiment | runs: converge / chaotic / diverge | in ELR order (seeds) "
+    lines = ["| experiment | runs: converge / chaotic / diverge / unsettled | in ELR order (seeds) "
              "| ELR converge → chaotic | ELR chaotic → diverge |", "|---|---|---|---|---|"]
     for name in SPHERES:
         if not (RESULTS / name).exists():
@@ -268,12 +268,13 @@ def dynamics_section() -> str:
         per_seed = summary["seed_boundaries"]
         ordered = sum(bool(r["monotone"]) for r in per_seed)
         for r in summary["boundaries"]:
-            lines.append(f"| `{name}` | {counts['converge']} / {counts['chaotic']} / {counts['diverge']} "
+            lines.append(f"| `{name}` | {counts['converge']} / {counts['chaotic']} / {counts['diverge']} / "
+                         f"{counts['unsettled']} "
                          f"| {ordered} of {len(per_seed)} | {_octaves(r, 'to_chaotic')} | {_octaves(r, 'to_diverge')} |")
     lines += ["", "Boundary: per seed, the geometric midpoint between the largest ELR of the lower regime "
               "and the smallest of the upper one; mean ± std over seeds in log2 units (octaves), "
-              "[min, max]; — where no run of the experiment met that regime's rule. Rule and thresholds: "
-              "*The regime rule* below.", ""]
+              "[min, max], unsettled runs left out; — where no run of the experiment met that regime's "
+              "rule. The rule: *The regime rule* below.", ""]
     if (RESULTS / LRWD).exists():
         runs, curves = load_results(RESULTS / LRWD)
         res = dynamics_report.lrwd_invariance(runs, curves, ci=CI)
@@ -301,7 +302,8 @@ def dynamics_section() -> str:
 
 def coordcheck_section() -> str:
     """Per methods experiment and series: the coordinate check's verdict at its defaults and its
-    worst row (the slope closest to failing, or failing by most)."""
+    worst row by the pass rule's own measure (``analysis.coordcheck.violation``: the logits may
+    shrink, so a falling logit slope is not the worst row)."""
     names = [n for n in COORDCHECKED if (RESULTS / n / "coordcheck.json").exists()]
     if not names:
         return "(no coordinate checks in results/ yet: `make reference`)"
@@ -315,10 +317,11 @@ def coordcheck_section() -> str:
             if name not in d["verdict"]:
                 cells.append("—")
                 continue
-            rows = [r for r in d["rows"] if r["series"] == name]
-            worst = max(rows, key=lambda r: math.inf if r["lo"] is None or r["hi"] is None
-                        else max(r["hi"], -r["lo"]))
-            slope = ("nan" if worst["lo"] is None else
+            rows = pd.DataFrame([r for r in d["rows"] if r["series"] == name])
+            rows["role"] = rows["atom"].str.split(":").str[1]  # atoms are named "index:role"
+            rows[["lo", "hi"]] = rows[["lo", "hi"]].astype(float)
+            worst = rows.loc[coordcheck_analysis.violation(rows).idxmax()]
+            slope = ("nan" if not math.isfinite(worst["lo"]) else
                      f"{worst['slope']:+.2f} [{worst['lo']:+.2f}, {worst['hi']:+.2f}]")
             cells.append(f"**{'pass' if d['verdict'][name] else 'FAIL'}** ({slope}, {worst['quantity']}, "
                          f"{worst['atom']}, step {worst['step']})")
