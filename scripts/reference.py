@@ -44,7 +44,7 @@ EXPERIMENTS = ROOT / "experiments"
 RESULTS = ROOT / "results"
 README = ROOT / "README.md"
 # The order the README lists them in: the quickstart, then width beside depth per family.
-ORDER = ("quickstart", "mlp_width_cifar10", "mlp_depth_cifar10", "resnet_width_cifar10",
+ORDER = ("quickstart", "horizon_mnist1d", "batch_mnist1d", "mlp_width_cifar10", "mlp_depth_cifar10", "resnet_width_cifar10",
          "resnet_depth_cifar10", "gpt_width_shakespeare", "gpt_depth_shakespeare",
          "methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare",
          "sphere_resmlp_mnist1d", "sphere_rescnn_cifar10", "lrwd_resmlp_mnist1d", "condition_width_mnist1d")
@@ -55,6 +55,15 @@ CONDITION = "condition_width_mnist1d"                          # the README's co
 # The coordinate check at its defaults on every methods experiment (the README's table).
 COORDCHECKED = ("methods_width_mnist1d", "methods_width_cifar10", "methods_width_shakespeare")
 CI, TOLERANCE = 0.9, 1.0
+# Experiments along an axis other than width or depth (the README's "other axes" table), each with
+# the scale its law is extrapolated to.
+AXES = {"horizon_mnist1d": ("steps", 6400), "batch_mnist1d": ("batch_size", 2048)}
+# The contrasts the README states (first: the series expected to drift less); an experiment with
+# two series and none listed contrasts its second with its first.
+CONTRASTS = {"methods_width_mnist1d": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
+             "methods_width_cifar10": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
+             "methods_width_shakespeare": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
+             "condition_width_mnist1d": ("conditioned_adam:adam", "sp_conditioned_adam:sp_adam")}
 LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD",
           "sp_adam": "SP Adam", "mup_adam": "μP Adam", "modular_adam": "Adam (modular, plain)",
           "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent",
@@ -183,6 +192,28 @@ def verdicts(name: str) -> pd.DataFrame:
     return analysis.verdict_table(runs, ci=CI, tolerance=TOLERANCE)
 
 
+def contrasts(name: str) -> pd.DataFrame:
+    """The README's contrasts of one experiment (``CONTRASTS``, else second vs first series)."""
+    from lrtransfer.analysis import contrast
+    runs, _ = load_results(RESULTS / name)
+    _, summary, boots = analysis.analyse_with_replicates(runs, ci=CI, tolerance=TOLERANCE)
+    series = list(dict.fromkeys(summary["series"]))
+    pairs = CONTRASTS.get(name) or ([f"{series[1]}:{series[0]}"] if len(series) == 2 else [])
+    return contrast.contrasts(summary, boots, pairs, CI) if pairs else pd.DataFrame()
+
+
+def headlines(name: str) -> list[str]:
+    from lrtransfer.analysis import contrast
+    return [contrast.headline(r, LABELS) for r in contrasts(name).to_dict("records")]
+
+
+def _verdict_cell(r: dict) -> str:
+    """Verdict, flags and, when undecided, what would decide it (``analysis.to_decide``)."""
+    flags = f" ({r['flags']})" if r.get("flags") else ""
+    decide = analysis.to_decide(r, brief=True)
+    return f"**{r['verdict']}**{flags}" + (f"; to decide: {decide}" if decide else "")
+
+
 def _scale(x) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -192,7 +223,7 @@ def quickstart_section() -> str:
     lines = ["| series | verdict | drift, octaves (90% CI) | slope, octaves/octave (90% CI) "
              "| regret at the largest width, nats (90% CI) |", "|---|---|---|---|---|"]
     for r in v.to_dict("records"):
-        lines.append(f"| {LABELS.get(r['series'], r['series'])} | **{r['verdict']}** "
+        lines.append(f"| {LABELS.get(r['series'], r['series'])} | {_verdict_cell(r)} "
                      f"| {_f(r['drift'])} {_ci(r['drift_ci_lo'], r['drift_ci_hi'])} "
                      f"| {_f(r['slope'])} {_ci(r['slope_ci_lo'], r['slope_ci_hi'])} "
                      f"| {_f(r['regret'], 3, False)} {_ci(r['regret_ci_lo'], r['regret_ci_hi'], 3, False)} |")
@@ -201,7 +232,8 @@ def quickstart_section() -> str:
     lines += ["", f"Widths {_scale(first['base_scale'])} → {_scale(first['max_scale'])}, "
               f"{int(v['n_seeds'].min())} seeds per cell, {meta.get('cells', '?')} runs "
               f"({_minutes(meta.get('wall_seconds'))} here); tolerance ±{TOLERANCE:g} octave over the whole "
-              f"range; bootstrap over seeds. From `results/quickstart/REPORT.md`."]
+              f"range; bootstrap over seeds. From `results/quickstart/REPORT.md`.", ""]
+    lines += [f"Contrast: {h}." for h in headlines("quickstart")]
     return "\n".join(lines)
 
 
@@ -210,18 +242,127 @@ def table_section() -> str:
              "| runs, time here |", "|---|---|---|---|---|---|---|---|"]
     for path in experiment_files():
         name = path.stem
-        if name in ("quickstart", METHODS, LRWD, *SPHERES) or not (RESULTS / name).exists():
+        if name in ("quickstart", METHODS, LRWD, *SPHERES, *AXES) or not (RESULTS / name).exists():
             continue
         meta = reference_meta(name)
         for i, r in enumerate(verdicts(name).to_dict("records")):
             where = (f"`{name}`", f"{meta.get('cells', '?')}, {_minutes(meta.get('wall_seconds'))}") if i == 0 else ("", "")
-            flags = f" ({r['flags']})" if r.get("flags") else ""
             lines.append(f"| {where[0]} | {r['axis']} {_scale(r['base_scale'])}→{_scale(r['max_scale'])} "
-                         f"| {LABELS.get(r['series'], r['series'])} | **{r['verdict']}**{flags} "
+                         f"| {LABELS.get(r['series'], r['series'])} | {_verdict_cell(r)} "
                          f"| {_f(r['drift'])} {_ci(r['drift_ci_lo'], r['drift_ci_hi'])} "
                          f"| {_f(r['slope'])} {_ci(r['slope_ci_lo'], r['slope_ci_hi'])} "
                          f"| {_f(r['regret'], 3, False)} {_ci(r['regret_ci_lo'], r['regret_ci_hi'], 3, False)} "
                          f"| {where[1]} |")
+    lines += ["", pooled_vs_endpoint()]
+    said = [(name, h) for path in experiment_files()
+            if (name := path.stem) not in ("quickstart", METHODS, LRWD, *SPHERES, *AXES) and (RESULTS / name).exists()
+            for h in headlines(name)]
+    lines += ["", "Contrasts: which series' optimum moves less, and by how many octaves over the scales both "
+              "cover, with the 90% CI of the difference (`lrtransfer report DIR --contrast A:B`):", ""]
+    lines += [f"* `{name}`: {h}" for name, h in said]
+    return "\n".join(lines)
+
+
+REFINED = "quickstart_refined"   # the quickstart's grid, refined with `sweep --until decided`
+REFINE_BUDGET = "15m"
+
+
+def refine_quickstart() -> None:
+    """results/quickstart_refined/: the committed quickstart grid refined until decided (`lrtransfer
+    sweep experiments/quickstart.toml --results results/quickstart_refined --until decided --budget
+    15m` on a copy of its tables); re-run when the quickstart's runs change."""
+    import shutil
+    from lrtransfer.report.results import results_report
+    from lrtransfer.sweep import load_experiment, parse_budget, run_refinement
+    source, root = RESULTS / "quickstart", RESULTS / REFINED
+    base = pd.read_parquet(source / "runs.parquet")
+    current = ((root / "refinement.json").exists() and (root / "runs.parquet").exists()
+               and set(base["run_id"]) <= set(pd.read_parquet(root / "runs.parquet")["run_id"]))
+    if not current:
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        for name in ("runs.parquet", "curves.parquet", "experiment.json"):
+            shutil.copy2(source / name, root / name)
+        exp = load_experiment(EXPERIMENTS / "quickstart.toml")
+        run_refinement(exp, parse_budget(REFINE_BUDGET), root, device="cpu", sweep_grid=True)
+        ResultStore(root).consolidate()
+    text = results_report(root, ci=CI, tolerance=TOLERANCE)
+    command = (f"lrtransfer sweep experiments/quickstart.toml --results results/{REFINED} --until decided "
+               f"--budget {REFINE_BUDGET}")
+    atomic_write(root / "REPORT.md", lambda tmp: Path(tmp).write_text(
+        f"# {REFINED}\n\nThe committed quickstart grid refined: `{command}`.\n\n{text}"))
+
+
+def refined_section() -> str:
+    """The quickstart before and after `--until decided`: verdicts, runs and time added."""
+    root = RESULTS / REFINED
+    if not (root / "refinement.json").exists():
+        return "(no refined quickstart in results/ yet: `make reference`)"
+    record = json.loads((root / "refinement.json").read_text())
+    before, after = verdicts("quickstart").set_index("series"), verdicts(REFINED).set_index("series")
+    lines = ["| series | fixed grid: verdict, drift (90% CI) | refined: verdict, drift (90% CI) |", "|---|---|---|"]
+    for name, r in after.iterrows():
+        b = before.loc[name]
+        lines.append(f"| {LABELS.get(name, name)} | **{b['verdict']}** {_f(b['drift'])} "
+                     f"{_ci(b['drift_ci_lo'], b['drift_ci_hi'])} | **{r['verdict']}** {_f(r['drift'])} "
+                     f"{_ci(r['drift_ci_lo'], r['drift_ci_hi'])} |")
+    rounds = record["rounds"]
+    cells = sum(len(r["cells"]) for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+    base_runs = len(pd.read_parquet(RESULTS / "quickstart" / "runs.parquet"))
+    lines += ["", f"{len(rounds)} round{'s' if len(rounds) != 1 else ''} added {cells} runs to the grid's "
+              f"{base_runs} ({_minutes(seconds)} here); from `results/{REFINED}/refinement.json` and "
+              f"`REPORT.md`. Refined contrast: {'; '.join(headlines(REFINED))}."]
+    return "\n".join(lines)
+
+
+def pooled_vs_endpoint() -> str:
+    """How much narrower the pooled drift CI (the verdict's) is than the endpoint one, over every
+    shipped transfer verdict with both."""
+    ratios = []
+    for path in experiment_files():
+        name = path.stem
+        if name in (LRWD, *SPHERES) or not (RESULTS / name / "runs.parquet").exists():
+            continue
+        v = verdicts(name)
+        width = (v["drift_ci_hi"] - v["drift_ci_lo"]) / (v["endpoint_drift_ci_hi"] - v["endpoint_drift_ci_lo"])
+        ratios += [float(x) for x in width if math.isfinite(x)]
+    if not ratios:
+        return ""
+    q = pd.Series(ratios).quantile([0.0, 0.5, 1.0])
+    return (f"The verdicts rest on the pooled drift (the optimum's law through every scale) rather than on the "
+            f"two endpoints: over the {len(ratios)} transfer verdicts of the shipped experiments its 90% CI is "
+            f"{q[0.5]:.2f}× as wide as the endpoint drift's (median; range {q[0.0]:.2f}–{q[1.0]:.2f}); with "
+            f"three evenly spaced scales the two drifts are the same number and only the interval differs "
+            f"(docs/analysis.md §3 has the coverage of both on synthetic designs).")
+
+
+def axes_section() -> str:
+    """The experiments along training length and batch size: verdict, the optimum's law and its
+    prediction beyond the swept range, and the contrast."""
+    lines = ["| experiment | axis | series | verdict | exponent (slope, 90% CI) | drift (90% CI) "
+             "| predicted LR at the target (90% PI) | runs, time here |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, (axis, target) in AXES.items():
+        if not (RESULTS / name / "runs.parquet").exists():
+            continue
+        runs, _ = load_results(RESULTS / name)
+        v = analysis.verdict_table(runs, axis=axis, ci=CI, tolerance=TOLERANCE)
+        pred = analysis.predict(runs, {axis: target}, ci=CI).set_index("series")
+        meta = reference_meta(name)
+        for i, r in enumerate(v.to_dict("records")):
+            p = pred.loc[r["series"]]
+            where = (f"`{name}`", f"{meta.get('cells', '?')}, {_minutes(meta.get('wall_seconds'))}") if i == 0 else ("", "")
+            lines.append(f"| {where[0]} | {axis} {_scale(r['base_scale'])}→{_scale(r['max_scale'])} "
+                         f"| {LABELS.get(r['series'], r['series'])} | {_verdict_cell(r)} "
+                         f"| {_f(r['slope'])} {_ci(r['slope_ci_lo'], r['slope_ci_hi'])} "
+                         f"| {_f(r['drift'])} {_ci(r['drift_ci_lo'], r['drift_ci_hi'])} "
+                         f"| {axis} {target}: 2^{p['pred_log2_lr']:.2f} {_ci(p['pred_log2_lr_lo'], p['pred_log2_lr_hi'], 2, False)} "
+                         f"({p['octaves_beyond']:.0f} octaves beyond) | {where[1]} |")
+        notes += [f"* `{name}`: {h}" for h in headlines(name)]
+    lines += ["", "Exponent: the slope of log2 η* against log2 of the axis (η* ∝ axis^exponent); PI: the "
+              "prediction interval of log2 η* (`lrtransfer report DIR --predict KEY=VALUE`). Contrasts:", ""] + notes
     return "\n".join(lines)
 
 
@@ -236,14 +377,14 @@ def methods_section() -> str:
     lines = [f"| series | verdict | drift, octaves (90% CI) | slope, octaves/octave (90% CI) "
              f"| best seed-mean train loss at width {top} |", "|---|---|---|---|---|"]
     for r in verdicts(METHODS).to_dict("records"):
-        flags = f" ({r['flags']})" if r.get("flags") else ""
-        lines.append(f"| {LABELS.get(r['series'], r['series'])} | **{r['verdict']}**{flags} "
+        lines.append(f"| {LABELS.get(r['series'], r['series'])} | {_verdict_cell(r)} "
                      f"| {_f(r['drift'])} {_ci(r['drift_ci_lo'], r['drift_ci_hi'])} "
                      f"| {_f(r['slope'])} {_ci(r['slope_ci_lo'], r['slope_ci_hi'])} "
                      f"| {best.get(r['series'], float('nan')):.3f} |")
     meta = reference_meta(METHODS)
     lines += ["", f"{meta.get('cells', '?')} runs ({_minutes(meta.get('wall_seconds'))} here), 3 seeds per cell; "
-              f"from `results/{METHODS}/REPORT.md`."]
+              f"from `results/{METHODS}/REPORT.md`.", ""]
+    lines += [f"* {h}" for h in headlines(METHODS)]
     return "\n".join(lines)
 
 
@@ -430,7 +571,7 @@ def speed_section() -> str:
     return "\n".join(lines).rstrip()
 
 
-SECTIONS = {"quickstart": quickstart_section, "table": table_section, "methods": methods_section,
+SECTIONS = {"quickstart": quickstart_section, "refined": refined_section, "axes": axes_section, "table": table_section, "methods": methods_section,
             "dynamics": dynamics_section, "coordcheck": coordcheck_section, "keys": keys_section, "speed": speed_section}
 
 
@@ -480,13 +621,13 @@ def comparison() -> None:
     if not all((d / "runs.parquet").exists() for d in dirs):
         return
     runs_by_dir = compare.load(dirs)
-    scales, verdicts = compare.compare(runs_by_dir, ci=CI, tolerance=TOLERANCE)
+    scales, verdicts, contrasts_ = compare.comparison(runs_by_dir, ci=CI, tolerance=TOLERANCE)
     out = RESULTS / "compare"
     out.mkdir(exist_ok=True)
     fig = plots.compare_curves(runs_by_dir)
     for ext in ("png", "svg"):
         plots.save(fig, out / f"{'_vs_'.join(COMPARED)}.{ext}")
-    text = render_comparison(scales, verdicts, "markdown", ci=CI)
+    text = render_comparison(scales, verdicts, "markdown", ci=CI, contrasts=contrasts_)
     command = f"lrtransfer compare {' '.join(f'results/{n}' for n in COMPARED)}"
     atomic_write(out / "COMPARE.md", lambda tmp: Path(tmp).write_text(f"`{command}`\n\n{text}"))
 
@@ -511,6 +652,8 @@ def main(argv=None) -> int:
             figures_and_report(path.stem)
             if path.stem in COORDCHECKED:
                 coordinate_check(path.stem)
+        if not args.experiments or "quickstart" in args.experiments:
+            refine_quickstart()
         comparison()
     current = README.read_text()   # read after the sweeps: an edit made while they ran is kept
     new = render(current)

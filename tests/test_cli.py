@@ -133,6 +133,58 @@ def test_report_json(swept):
     assert {row["series"] for row in data["drift"]} == {"adam", "normed_adam"}
 
 
+def test_report_predict_section_json_key_and_bad_targets(swept):
+    _, res = swept
+    r = invoke("report", res, "--predict", "width=64", "--predict", "width=16", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    section = r.stdout.split("### Prediction", 1)[1]
+    assert "| adam | width | 64 |" in section and "| normed_adam | width | 16 |" in section
+    r = invoke("report", res, "--predict", "width=64", "--format", "json", "--n-boot", "50")
+    rows = json.loads(r.stdout)["prediction"]
+    assert [(row["series"], row["target"], row["octaves_beyond"]) for row in rows] == [("adam", 64, 2.0),
+                                                                                      ("normed_adam", 64, 2.0)]
+    assert all(len(row["pred_log2_lr_ci"]) == 2 for row in rows)
+    for bad, message in (("depth=8", "--predict depth=8: 'depth' is not a scale axis the runs vary; allowed: width"),
+                         ("width=0", "--predict width=0: the width must be a positive number"),
+                         ("width=big", "--predict width=big: the width must be a positive number"),
+                         ("width", "--predict 'width': expected KEY=VALUE")):
+        r = invoke("report", res, "--predict", bad, "--n-boot", "50")
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)
+    r = invoke("report", res, "--predict", "width=64", "--format", "csv")
+    assert r.exit_code == 2 and "--predict with --format csv" in r.output
+
+
+BATCH = TINY.replace("batch_size = 32\n", "").replace("width = [8, 16]", "batch_size = [16, 64]").replace(
+    "[model]", "[model]\nwidth = 16")
+
+
+def test_a_batch_size_sweep_is_reported_and_drawn_along_batch_size(tmp_path):
+    """batch_size is a scale axis like width: a real sweep across it, end to end."""
+    exp = tmp_path / "batch.toml"
+    exp.write_text(BATCH)
+    res = tmp_path / "results"
+    r = invoke("sweep", exp, "--results", res, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    from lrtransfer.results.store import load_results
+    runs = load_results(res)[0]
+    assert sorted(set(runs["batch_size"])) == [16, 64] and set(runs["width"]) == {16}
+    r = invoke("status", res)
+    assert r.exit_code == 0 and "batch_size=16" in r.output and "batch_size=64" in r.output, r.output
+    r = invoke("report", res, "--axis", "batch_size", "--format", "json", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert {row["axis"] for row in doc["drift"]} == {"batch_size"} and "note" not in doc
+    assert {(row["series"], row["scale"]) for row in doc["transfer"]} == {
+        (s, b) for s in ("adam", "normed_adam") for b in (16, 64)}
+    assert invoke("report", res, "--format", "json", "--n-boot", "50").output == r.output   # the default axis
+    r = invoke("report", res, "--axis", "width")
+    assert r.exit_code == 0 and r.output.startswith("--axis width does not vary in these runs (width = 16;"), r.output
+    r = invoke("report", res, "--axis", "normalize")
+    assert r.exit_code == 2 and "--axis 'normalize': its values" in " ".join(r.output.split()), r.output
+    r = invoke("plot", res, "--axis", "batch_size")
+    assert r.exit_code == 0 and (res / "transfer.png").exists(), r.output
+
+
 def test_status_matches_tables(swept):
     _, res = swept
     r = invoke("status", res, "--format", "json")

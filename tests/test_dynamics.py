@@ -499,14 +499,44 @@ def test_cli_report_has_the_regimes_section(tmp_path):
     assert r.exit_code == 2 and "--regime-alpha 0.5" in r.output
 
 
+NO_SCALE_NOTE = ("No scale axis varies in these runs (width = 64; depth = 2; steps = 200; the scale-like keys are "
+                 "width, depth, batch_size, steps, data.context, data.samples, heads), so there is no LR-transfer "
+                 "verdict.")
+
+
 def test_results_report_adds_the_dynamics_sections(tmp_path):
     root = results_dir(tmp_path, *tables(sweep_spec()))
     text = results_report(root, n_boot=50)
-    assert text.index("## LR transfer") < text.index("## Regimes") and "## lr·wd invariance" not in text
+    # one width, one depth: no transfer section (its verdicts would be single-scale), a note instead
+    assert text.startswith(NO_SCALE_NOTE + "\n\n## Regimes") and "## lr·wd invariance" not in text
+    assert "## LR transfer" not in text and "single-scale" not in text and "inconclusive" not in text
     doc = json.loads(results_report(root, n_boot=50, format="json", regime=RegimeOptions(blocks=5)))
     assert doc["regimes"]["counts"] == {"converge": 7, "chaotic": 7, "diverge": 4, "unsettled": 0}
     assert doc["regimes"]["blocks"] == 5
-    assert "## Regimes" not in results_report(root, n_boot=50, format="csv")
+    assert doc["transfer"] == [] and doc["drift"] == [] and doc["note"] == NO_SCALE_NOTE
+    with pytest.raises(UserError, match="--format csv: no scale axis varies in these runs .* nothing to write"):
+        results_report(root, n_boot=50, format="csv")
+    r = invoke("report", root, "--format", "csv")
+    assert r.exit_code == 2 and "--format csv: no scale axis varies" in " ".join(r.output.split())
+    # asked for an axis that does not vary: the same note, about that axis
+    assert results_report(root, n_boot=50, axis="depth").startswith(
+        "--axis depth does not vary in these runs (depth = 2; the scale-like keys are")
+    # bad options are still refused where there is no verdict to use them
+    with pytest.raises(UserError, match="--tolerance"):
+        results_report(root, n_boot=50, tolerance=0)
+
+
+def test_results_report_puts_the_transfer_section_first_where_a_scale_varies(tmp_path):
+    """The same sphere sweep at two widths: the verdicts come first, then the regimes per width."""
+    narrow = tables(sweep_spec())
+    wide = [t.assign(run_id=t["run_id"] + "-w128") for t in narrow]
+    wide[0]["width"] = 128
+    root = results_dir(tmp_path, *(pd.concat([a, b], ignore_index=True) for a, b in zip(narrow, wide)))
+    text = results_report(root, n_boot=50)
+    assert text.index("## LR transfer") < text.index("## Regimes") and "No scale axis varies" not in text
+    assert "- sphere across width 64→128 (2 seeds): **" in text
+    doc = json.loads(results_report(root, n_boot=50, format="json"))
+    assert [r["scale"] for r in doc["transfer"]] == [64, 128] and "note" not in doc
     lrwd = results_dir(tmp_path / "wd", *lrwd_tables("lr"))
     assert json.loads(results_report(lrwd, n_boot=100, format="json"))["lrwd"]["groups"][0]["late_verdict"] == "fails"
 
@@ -518,7 +548,8 @@ def test_cli_report_has_the_lrwd_section(tmp_path):
     assert "## lr·wd invariance" in r.output and "## Regimes" not in r.output
     assert "late train loss follows lr·wd: **fails**" in r.output
     doc = json.loads(invoke("report", root, "--n-boot", "100", "--format", "json").output)
-    assert doc["lrwd"]["groups"][0]["late_verdict"] == "fails" and "drift" in doc
+    assert doc["lrwd"]["groups"][0]["late_verdict"] == "fails" and doc["drift"] == [] and "note" in doc
+    assert "## LR transfer" not in r.output and r.output.startswith("No scale axis varies in these runs (width = 64; depth = 2; steps = 100;")
 
 
 # ----------------------------------------------------------------------------- tune --along lrwd

@@ -1,6 +1,10 @@
-"""`lrtransfer export`: runs read back with TensorBoard's event reader and MLflow's client."""
+"""`lrtransfer export`: runs read back with TensorBoard's event reader, MLflow's client and,
+for W&B, the offline run files decoded record by record with wandb's own protobuf messages."""
 import builtins
+import json
 import math
+import struct
+import zlib
 
 import pandas as pd
 import pytest
@@ -115,7 +119,7 @@ def test_mlflow_default_store_is_in_the_results_directory(results):
     assert r.exit_code == 0 and (root / "mlflow.db").exists() and "experiment 'res'" in " ".join(r.stdout.split())
 
 
-@pytest.mark.parametrize("target,module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+@pytest.mark.parametrize("target,module", [("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")])
 def test_a_missing_extra_is_named_and_nothing_is_written(results, monkeypatch, target, module):
     root, _ = results
     real_import = builtins.__import__
@@ -148,3 +152,164 @@ def test_folder_names_are_readable_and_unique():
             {"run_id": "c3", "series": "sgd", "width": 128, "lr": 0.5, "seed": 1}]
     assert folder_names(rows) == ["adam width=64 lr=2^-6 seed=0 run=a1", "adam width=64 lr=2^-6 seed=0 run=b2",
                                   "sgd width=128 lr=2^-1 seed=1"]
+
+
+def _wandb_records(path):
+    """The records of an offline ``run-<id>.wandb`` file. wandb ships no Python reader for them
+    any more (its core, in Go, writes them), so this reads the LevelDB log format they are in:
+    a 7-byte header, then 32 KiB blocks of chunks (CRC-32 over type and data, length, type: full,
+    or first/middle/last of a record split across blocks), each record a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+    pos, pending, block = 7, b"", 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:   # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc
+        pending += chunk
+        if kind in (1, 4):   # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def _wandb_run(run_dir):
+    """(run record, config, history rows, summary, exit code) of one offline run directory."""
+    (path,) = run_dir.glob("run-*.wandb")
+    run, history, summary, exit_code = None, [], {}, None
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+        elif kind == "history":
+            history.append({".".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({".".join(u.nested_key) or u.key: json.loads(u.value_json) for u in record.summary.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    config = {u.key: json.loads(u.value_json) for u in run.config.update if u.key != "_wandb"}
+    return run, config, history, summary, exit_code
+
+
+def _add_run(root, rid):
+    """One more finished run in the results directory, as a later sweep leaves it."""
+    from lrtransfer.results.store import load_results
+    runs, curves = load_results(root)
+    row = runs.iloc[[0]].assign(run_id=rid, seed=1)
+    write_table(pd.concat([runs, row], ignore_index=True), root / "runs.parquet")
+    extra = curves[curves["run_id"] == runs["run_id"].iloc[0]].assign(run_id=rid)
+    write_table(pd.concat([curves, extra], ignore_index=True), root / "curves.parquet")
+
+
+def test_wandb_offline_runs_read_back_and_reexport_adds_only_new_runs(results):
+    pytest.importorskip("wandb")
+    root, runs = results
+    r = invoke("export", root, "--to", "wandb")
+    assert r.exit_code == 0, r.output
+    # wandb's own messages are silenced: the command's one line is all it prints
+    assert r.output.strip().splitlines() == [r.stdout.strip()] and r.stdout.startswith("wandb: 8 runs written to")
+    assert "offline, project 'res'" in " ".join(r.stdout.split())
+    local = root / "wandb"
+    # one offline run directory per run, named by wandb after the run id, as `wandb sync` takes it
+    dirs = {d.name.split("-", 3)[-1]: d for d in local.glob("offline-run-*")}   # offline-run-<time>-<id>
+    assert sorted(dirs) == sorted(runs["run_id"])
+    for row in runs.to_dict("records"):
+        run, config, history, summary, exit_code = _wandb_run(dirs[row["run_id"]])
+        assert run.run_id == row["run_id"] and run.project == "res"
+        assert run.display_name == run_name(row) and run.run_group == row["series"]
+        assert config["run_id"] == row["run_id"] and config["series"] == row["series"]
+        assert config["lr"] == pytest.approx(row["lr"]) and config["width"] == row["width"]
+        assert config["normalize"] is (row["series"] == "normed") and config["seed"] == 0
+        assert "git_sha" not in config and "final_train_loss" not in config and "status" not in config
+        # history: one row per curve step, train_loss and lr as in the curves table, no test_loss (NaN there)
+        steps = STEPS[:1] if row["status"] == "diverged" else STEPS
+        x = int(math.log2(row["lr"]))
+        assert [h["_step"] for h in history] == list(steps)
+        assert [h["train_loss"] for h in history] == [pytest.approx(_loss(row["series"], row["width"], x, s))
+                                                      for s in steps]
+        assert [h["lr"] for h in history] == [pytest.approx(2.0 ** x * (1 - s / 40)) for s in steps]
+        assert not any("test_loss" in h for h in history)
+        assert summary["status"] == row["status"] and summary["wall_seconds"] == 1.5
+        if row["status"] == "done":
+            assert summary["final_train_loss"] == pytest.approx(row["final_train_loss"])
+            assert summary["final_test_acc"] == 0.5
+        else:
+            assert "final_train_loss" not in summary
+        assert exit_code == 0   # a diverged run is a result, not a failed run
+    assert json.loads((local / "exported.json").read_text()) == {"offline:res": sorted(runs["run_id"])}
+
+    # again: every run is already there, nothing is written twice
+    r = invoke("export", root, "--to", "wandb")
+    assert r.exit_code == 0 and "0 runs written" in r.stdout and "(8 already there)" in r.stdout
+    assert len(list(local.glob("offline-run-*"))) == 8
+    # a run added since: only it is written
+    _add_run(root, "adam-32-6-seed1")
+    r = invoke("export", root, "--to", "wandb")
+    assert r.exit_code == 0 and "1 runs written" in r.stdout and "(8 already there)" in r.stdout
+    assert len(list(local.glob("offline-run-*"))) == 9
+    assert json.loads((local / "exported.json").read_text())["offline:res"] == sorted([*runs["run_id"],
+                                                                                      "adam-32-6-seed1"])
+
+
+def test_wandb_export_stopped_part_way_keeps_finished_runs_only(results, monkeypatch):
+    pytest.importorskip("wandb")
+    from lrtransfer.results import export as export_module
+    root, runs = results
+    real, calls = export_module.wandb_history, []
+
+    def fails_at_the_third_run(points):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(points)
+    monkeypatch.setattr(export_module, "wandb_history", fails_at_the_third_run)
+    with pytest.raises(RuntimeError, match="disk full"):
+        invoke("export", root, "--to", "wandb")
+    local = root / "wandb"
+    # the two finished runs are recorded and on disk; the third's half-written directory is gone
+    first_two = list(runs["run_id"][:2])
+    assert json.loads((local / "exported.json").read_text()) == {"offline:res": sorted(first_two)}
+    assert sorted(d.name.split("-", 3)[-1] for d in local.glob("offline-run-*")) == sorted(first_two)
+    monkeypatch.setattr(export_module, "wandb_history", real)
+    r = invoke("export", root, "--to", "wandb")
+    assert r.exit_code == 0 and "6 runs written" in r.stdout and "(2 already there)" in r.stdout
+    assert len(list(local.glob("offline-run-*"))) == 8
+
+
+def test_wandb_online_needs_a_login(results, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    root, _ = results
+    # an environment with no W&B credentials anywhere wandb looks
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb"))
+    r = invoke("export", root, "--to", "wandb", "--online", "--project", "p")
+    assert r.exit_code == 2
+    assert "--online: not logged in to W&B; run `wandb login`" in " ".join(r.output.split())
+    assert not (root / "wandb").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--to", "mlflow", "--project", "p"), "--project: not an option of --to mlflow (it takes --uri, --experiment); "
+                                           "--project is for --to wandb"),
+    (("--to", "tensorboard", "--online"), "--online: not an option of --to tensorboard"),
+    (("--to", "wandb", "--uri", "x"), "--uri: not an option of --to wandb (it takes --project, --entity, --online); "
+                                      "--uri is for --to tensorboard / mlflow"),
+    (("--to", "wandb", "--experiment", "x"), "--experiment: not an option of --to wandb"),
+    (("--to", "wandb", "--project", "a/b"), "--project 'a/b': W&B names are 1-128 characters without any of"),
+    (("--to", "wandb", "--entity", "team:x"), "--entity 'team:x': W&B names are"),
+])
+def test_wandb_bad_options(results, args, message):
+    pytest.importorskip("wandb")
+    root, _ = results
+    r = invoke("export", root, *args)
+    assert r.exit_code == 2 and message in " ".join(r.output.split())
+    assert not (root / "wandb").exists()

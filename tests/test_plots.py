@@ -199,6 +199,33 @@ def test_transfer_plot_ci_bars_and_verdicts(tmp_path):
     assert [s[1][1] for s in segments] == pytest.approx(adam["opt_log2_lr_fit_hi"].tolist())
 
 
+def test_transfer_plot_draws_the_law_to_a_predicted_scale():
+    from matplotlib.container import ErrorbarContainer
+    from lrtransfer.analysis.transfer import predict, verdict_table
+
+    r = runs(seeds=(0, 1, 2))
+    plain = plots.transfer_plot(r).axes[0]
+    assert len(marks(plain, "law")) == 2 and not marks(plain, "prediction")  # the law is always drawn
+    fig = plots.transfer_plot(r, predict={"width": [2048]})
+    left = fig.axes[0]
+    laws = marks(left, "law")
+    v = verdict_table(r).set_index("series")
+    for line, series in zip(laws, ("adam", "normed")):
+        x, y = line.get_data()
+        assert x[0] == pytest.approx(32) and x[-1] == pytest.approx(2048)  # extended to the target
+        assert y == pytest.approx(v.loc[series, "intercept"] + v.loc[series, "slope"] * np.log2(x))
+    p = predict(r, {"width": 2048}).set_index("series")
+    bars = [c for c in left.containers if isinstance(c, ErrorbarContainer) and c[0] is not None
+            and c[0].get_gid() == "prediction"]
+    assert len(bars) == 2
+    (lo, hi), = [seg[:, 1] for seg in bars[0].lines[2][0].get_segments()]
+    assert (lo, hi) == pytest.approx((p.loc["adam", "pred_log2_lr_lo"], p.loc["adam", "pred_log2_lr_hi"]))
+    assert 2048 in left.get_xticks()
+    assert "law's prediction, 90% PI" in [t.get_text() for t in fig.legends[1].get_texts()]
+    with pytest.raises(UserError, match=r"--predict depth=4: 'depth' is not a scale axis"):
+        plots.transfer_plot(r, predict={"depth": 4})
+
+
 def test_transfer_plot_bad_ci_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="--ci 90"):
         plots.transfer_plot(runs(), ci=90, out=tmp_path / "t.png")

@@ -34,8 +34,10 @@ def test_tune_finds_the_grid_optimum_in_fewer_runs(grid):
         assert [row["scale"] for row in r.rows] == [32, 64]
         assert all(math.isfinite(row["regret"]) for row in r.rows)
         assert r.target_tuning_seconds > 0 and r.tune_seconds > 0
+        # the grid's optimum's law at each scale: with two scales it passes through both fitted optima
+        assert sorted(r.law) == [32, 64] and all(lo <= lr <= hi for lr, lo, hi in r.law.values())
     t = tune_table(results)
-    assert set(t.columns) >= {"series", "scale", "tuned_lr", "loss", "grid_best", "regret"}
+    assert set(t.columns) >= {"series", "scale", "tuned_lr", "loss", "grid_best", "regret", "law_lr"}
     # resumable: a second call runs nothing new
     before = len(ResultStore(root / "tune").load_runs())
     tune(exp, trials=8, results_dir=root, device="cpu", seed=0)
@@ -105,8 +107,12 @@ def test_tune_output_is_rounded_with_regret_clipped_at_zero():
                    rows=[{"scale": 32, "loss": 1.0 / 3, "status": "done", "grid_best": 0.3, "regret": 1.0 / 30},
                          {"scale": 128, "loss": 0.2, "status": "done", "grid_best": 0.25, "regret": 0.0}],
                    grid_runs=27, grid_base_lr=2 ** -7.0, tune_seconds=12.3456, target_tuning_seconds=45.678,
-                   tune_flops=9 * 10 ** 9, target_tuning_flops=36 * 10 ** 9, grid_flops=81 * 10 ** 9)
+                   tune_flops=9 * 10 ** 9, target_tuning_flops=36 * 10 ** 9, grid_flops=81 * 10 ** 9,
+                   law={128: (2 ** -8, 2 ** -9.5, 2 ** -6.5)})
     text = render_tune([r])
+    # beside the transferred LR, the one the grid's optimum's law predicts (none for width 32 here)
+    assert "| 32 | done | 0.3333 | 0.3000 | 0.0333 | — |" in text
+    assert "| 128 | done | 0.2000 | 0.2500 | 0.0000 | 2^-8.00 [-9.50, -6.50] |" in text
     assert "tuned LR 2^-7.12 at width=32 in 8 runs" in text and "0.12 octaves away" in text
     assert "| 32 | done | 0.3333 | 0.3000 | 0.0333 |" in text and "| 128 | done | 0.2000 | 0.2500 | 0.0000 |" in text
     assert "9 GFLOP to tune small and transfer (9 runs) vs 36 GFLOP" in text and "(4.0x)" in text
@@ -115,7 +121,8 @@ def test_tune_output_is_rounded_with_regret_clipped_at_zero():
     import json
     doc = json.loads(render_tune([r], "json"))
     assert doc["scales"][0]["loss"] == 0.333333 and doc["compute"][0]["flops_ratio"] == 4.0
-    assert render_tune([r], "csv").splitlines()[1] == "adam,width,32,0.00717176,-7.12346,0.333333,0.3,0.0333333,done"
+    assert render_tune([r], "csv").splitlines()[1] == "adam,width,32,0.00717176,-7.12346,0.333333,0.3,0.0333333,done,,,"
+    assert render_tune([r], "csv").splitlines()[2].endswith(",done,0.00390625,0.00138107,0.0110485")
 
 
 def _toml(path, width: str):

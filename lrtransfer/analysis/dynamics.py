@@ -88,7 +88,8 @@ def has_lrwd(runs: pd.DataFrame) -> bool:
 
 
 def scale_keys(runs: pd.DataFrame) -> list[str]:
-    """width / depth where they vary within some series: each value is its own group."""
+    """The scale-like keys (``SCALE_AXES``: width, depth, batch_size, steps, ...) that vary within
+    some series: each value is its own group."""
     return [a for a in SCALE_AXES if a in runs and runs.groupby("series")[a].nunique().max() > 1]
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..errors import UserError, nearest
-from ..run.provenance import SCALE_AXES, is_metadata
+from ..run.provenance import MODEL_SCALE_AXES, SCALE_AXES, is_metadata
 from .common import check_ci, check_n_boot, check_real, group_rng, is_int, resampled_means, seed_resamples
 
 
@@ -41,19 +42,28 @@ METRIC_SPECS = {m.name: m for m in (Metric("train_loss", "final_train_loss", "mi
                                     Metric("test_loss", "final_test_loss", "min", " nats"),
                                     Metric("test_acc", "final_test_acc", "max"))}
 VERDICTS = ("transfers", "drifts", "inconclusive")
+# the fewest seeds (at every scale's optimum) for which the drift CI holds its level: measured on
+# synthetic designs, 2 seeds over-cover (95–97% at a nominal 90%), 3 and 5 cover 91–93%
+# (docs/analysis.md §3); a verdict from fewer is inconclusive and flagged few-seeds
+CALIBRATED_SEEDS = 3
 CELL_STATS = ("loss", "std", "lo", "hi", "n_seeds", "n_runs", "n_diverged", "n_failed", "diverged")
 TRANSFER_COLUMNS = ("series", "axis", "scale", "opt_lr", "opt_log2_lr", "opt_lr_fit", "opt_log2_lr_fit",
                     "opt_log2_lr_fit_lo", "opt_log2_lr_fit_hi", "best_loss", "best_loss_std", "n_seeds",
                     "base_scale", "base_lr", "loss_at_base_lr", "regret", "regret_ci_lo", "regret_ci_hi",
                     "base_lr_diverged", "base_lr_missing", "n_lrs", "n_finished", "n_diverged", "edge", "too_few",
                     "too_few_seeds", "flat")
-DRIFT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "base_lr", "drift", "drift_octaves",
+DRIFT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "base_lr", "drift", "endpoint_drift", "drift_octaves",
                  "drift_octaves_fit", "slope", "regret", "max_regret", "n_scales", "n_seeds", "flags")
 VERDICT_COLUMNS = ("series", "axis", "base_scale", "max_scale", "n_seeds", "base_lr",
                    "drift", "drift_ci_lo", "drift_ci_hi", "slope", "slope_ci_lo", "slope_ci_hi",
+                   "intercept", "intercept_ci_lo", "intercept_ci_hi", "law_scatter",
+                   "endpoint_drift", "endpoint_drift_ci_lo", "endpoint_drift_ci_hi",
                    "regret", "regret_ci_lo", "regret_ci_hi", "max_regret", "verdict", "flags", "tolerance", "ci",
                    "drift_octaves", "drift_octaves_fit", "n_scales", "loss_change_at_base_lr",
                    "loss_change_ci_lo", "loss_change_ci_hi", "worse_with_scale", "n_boot")
+PREDICTION_COLUMNS = ("series", "axis", "target", "pred_lr", "pred_log2_lr", "pred_log2_lr_lo", "pred_log2_lr_hi",
+                      "pred_lr_lo", "pred_lr_hi", "octaves_beyond", "slope", "intercept", "law_scatter", "n_scales",
+                      "n_seeds", "ci", "flags")
 # the per-scale flags of a transfer row, in the order they are listed (docs/analysis.md §5);
 # each test works on one row (a dict) and on a table's columns alike
 SCALE_FLAGS = (("no-finished", lambda r: r["n_finished"] == 0), ("edge", lambda r: r["edge"]),
@@ -80,22 +90,85 @@ def metric_column(metric: str, runs: pd.DataFrame | None = None) -> str:
 
 
 def scale_axes(runs: pd.DataFrame) -> list[str]:
-    """The scale axes (width, depth) with more than one distinct value."""
-    return [a for a in SCALE_AXES if a in runs and runs[a].nunique() > 1]
+    """The scale-like keys (``SCALE_AXES``: width, depth, batch_size, steps, ...) that take two
+    or more values within some series, in that order."""
+    return [a for a in SCALE_AXES if a in runs and _varies(runs, a)]
+
+
+def _varies(runs: pd.DataFrame, key: str) -> bool:
+    """Whether ``key`` takes two or more values within some series: a key each series runs at
+    one value (batch size set per series, say) is a condition of the series, not a scale to
+    transfer across (missing values ignored)."""
+    if "series" not in runs:
+        return _nunique(runs[key]) > 1
+    try:
+        return bool(runs.groupby("series", sort=False)[key].nunique().max() > 1)
+    except TypeError:  # unhashable values (lists, dicts)
+        return False
+
+
+def _nunique(col: pd.Series) -> int:
+    try:
+        return int(col.nunique())
+    except TypeError:  # unhashable values (lists, dicts): not a config key a run scales along
+        return 0
+
+
+def _axis_problem(runs: pd.DataFrame, key: str) -> str | None:
+    """Why ``key`` cannot be a scale axis of ``runs``, or None. A scale is a config column (not
+    the LR, seed, series, a metric or provenance) whose values are numbers > 0, read in octaves
+    (log2); a key not declared scale-like must also vary (one value is no scale to transfer
+    across), while a declared one may be constant (one scale per group)."""
+    if key not in runs:
+        return f"the runs table has no {key} column"
+    if is_metadata(key):
+        return f"{key} is not a config key a run scales along (the LR, seed, series, metrics and provenance never are)"
+    col = runs[key].dropna()
+    if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+        shown = ", ".join(map(str, list(dict.fromkeys(map(str, col)))[:3]))
+        return f"its values ({shown}) are not numbers"
+    if col.empty:
+        return f"every run has {key} missing"
+    bad = col[~(np.isfinite(col.astype(float)) & (col > 0))]
+    if len(bad):
+        return f"its values must be finite and > 0 (a scale is read in log2); it has {bad.iloc[0]:g}"
+    if key not in SCALE_AXES and _nunique(col) < 2:
+        return f"every run has {key} = {col.iloc[0]}, nothing varies along it"
+    if key not in SCALE_AXES and not _varies(runs, key):
+        return f"each series runs one {key}, so no series varies along it"
+    return None
+
+
+def axis_choices(runs: pd.DataFrame) -> list[str]:
+    """The keys ``--axis`` accepts for ``runs``: the scale-like keys it has (``SCALE_AXES``,
+    declared order), then every other numeric config column with values > 0 that varies."""
+    ordered = [a for a in SCALE_AXES if a in runs] + [c for c in runs.columns if c not in SCALE_AXES]
+    return [c for c in ordered if _axis_problem(runs, c) is None]
 
 
 def resolve_axes(runs: pd.DataFrame, axis: str | None) -> list[str]:
-    """``[axis]`` checked, or for ``None`` every varying axis (the first present one if none varies)."""
-    if axis is not None and axis not in SCALE_AXES:
-        raise UserError(f"--axis {axis!r}: allowed: {', '.join(SCALE_AXES)}")
+    """``[axis]`` checked (``axis_choices``), or for ``None`` every varying scale-like key (if
+    none varies, the model's one size: width, else depth)."""
     if axis is None:
-        axes = scale_axes(runs) or [a for a in SCALE_AXES if a in runs][:1]
+        axes = scale_axes(runs) or [a for a in MODEL_SCALE_AXES if a in runs][:1]
         if not axes:
-            raise UserError(f"the runs table has no scale column: expected one of {', '.join(SCALE_AXES)}")
+            raise UserError(f"the runs table has no scale column: none of {', '.join(SCALE_AXES)} varies, and it "
+                            f"has no {' or '.join(MODEL_SCALE_AXES)} column")
         return axes
-    if axis not in runs:
-        raise UserError(f"--axis {axis}: the runs table has no {axis} column")
+    why = _axis_problem(runs, axis)
+    if why is not None:
+        choices = axis_choices(runs)
+        raise UserError(f"--axis {axis!r}: {why}{nearest(axis, choices) if axis not in runs else ''}; allowed "
+                        f"here: {', '.join(choices) or 'none'} (the scale-like keys the runs have, and any other "
+                        f"numeric config key with values > 0 that varies)")
     return [axis]
+
+
+def transfer_axes(runs: pd.DataFrame, axis: str | None = None) -> list[str]:
+    """The axes of ``resolve_axes`` that take two or more values within some series: those a
+    transfer verdict can be given along (empty when no scale varies, e.g. a single-width
+    lr x weight-decay grid)."""
+    return [a for a in resolve_axes(runs, axis) if _varies(runs, a)]
 
 
 def _nunique_max(runs: pd.DataFrame, by: list[str], col: str) -> int:
@@ -144,7 +217,7 @@ def _series_order(runs: pd.DataFrame) -> dict:
     return {name: i for i, name in enumerate(dict.fromkeys(runs["series"]))}
 
 
-def _check_options(min_runs=3, ci=0.9, tolerance=1.0, n_boot=1000, seed=0) -> None:
+def check_options(min_runs=3, ci=0.9, tolerance=1.0, n_boot=1000, seed=0) -> None:
     """UserError naming the option for any value outside what the analysis can use."""
     if not is_int(min_runs) or min_runs < 1:
         raise UserError(f"--min-runs {min_runs!r}: allowed: an integer >= 1")
@@ -292,10 +365,17 @@ def _interp_rows(x: np.ndarray, means: np.ndarray, usable: np.ndarray, diverged:
 def _slope_rows(u: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slope of every row of ``y`` (R x K) against ``u`` (K); NaN below 2 points
     or where a row has a NaN."""
+    return _line_rows(u, y)[0]
+
+
+def _line_rows(u: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares line y = intercept + slope·u through every row of ``y`` (R x K): its slope
+    and intercept per row; NaN below 2 points or where a row has a NaN."""
     if len(u) < 2:
-        return np.full(y.shape[0], math.nan)
+        return np.full(y.shape[0], math.nan), np.full(y.shape[0], math.nan)
     du = u - u.mean()
-    return (y - y.mean(axis=1, keepdims=True)) @ du / (du @ du)
+    slope = (y - y.mean(axis=1, keepdims=True)) @ du / (du @ du)
+    return slope, y.mean(axis=1) - slope * u.mean()
 
 
 def expanded_level(level: float, n: int) -> float:
@@ -443,30 +523,121 @@ def _scale_row(sc: _Scale, base: _Scale | None, base_fit: np.ndarray, ax: str, m
             "flat": _is_flat(sc, i, std, n_seeds) if i >= 0 else False}
 
 
-def _group_intervals(scales: list[_Scale], ci: float, n_boot: int) -> dict:
-    """The group's drift, slope, regret and loss change at the largest scale, each with its CI."""
+def _group_intervals(scales: list[_Scale], ci: float, n_boot: int) -> tuple[dict, dict]:
+    """The group's numbers with their CIs: the optimum's law (slope = its exponent, intercept),
+    the pooled drift it implies, the endpoint drift, and the regret and loss change at the
+    largest scale; and the group's replicates (``boot``: row 0 the point value, rows 1.. the
+    bootstrap; docs/analysis.md §3)."""
     with_opt = [sc for sc in scales if sc.idx[0] >= 0]
-    boot = {name: np.full(n_boot + 1, math.nan) for name in ("drift", "slope", "regret", "loss_change")}
+    names = ("drift", "endpoint_drift", "slope", "intercept", "regret", "loss_change")
+    boot = {name: np.full(n_boot + 1, math.nan) for name in names}
+    u = np.log2(np.array([float(sc.scale) for sc in with_opt]))
     if with_opt:
         base, top = with_opt[0], with_opt[-1]
-        u = np.log2(np.array([float(sc.scale) for sc in with_opt]))
-        boot["drift"] = top.fit - base.fit
-        boot["slope"] = _slope_rows(u, np.column_stack([sc.fit for sc in with_opt]))
+        boot["slope"], boot["intercept"] = _line_rows(u, np.column_stack([sc.fit for sc in with_opt]))
+        # the law's trend over the scale range: every scale's optimum weighs in, not two endpoints
+        boot["drift"] = boot["slope"] * (u[-1] - u[0])
+        boot["endpoint_drift"] = top.fit - base.fit
         boot["regret"] = top.regret
         with np.errstate(invalid="ignore"):
             boot["loss_change"] = top.at_base - base.at_base
-    group = {}
     fewest = min((sc.n_seed for sc in with_opt), default=0)
+    fits, n_seeds = [sc.fit for sc in with_opt], [sc.n_seed for sc in with_opt]
+    slope_coef, intercept_coef = _law_weights(u)
+    # the law's numbers are linear in the per-scale optima, which are resampled independently
+    law = {"slope": slope_coef, "intercept": intercept_coef,
+           "drift": slope_coef * (u[-1] - u[0] if len(u) else math.nan)}
+    group = {}
     for name, samples in boot.items():
         group[name] = float(samples[0])
+        if name in law:
+            interval = functools.partial(pooled_interval, group[name], law[name], fits, n_seeds, ci)
+            group[f"{name}_ci_lo"], group[f"{name}_ci_hi"] = interval()
+            continue
         interval = _ci if name == "regret" else functools.partial(t_interval, group[name])
         group[f"{name}_ci_lo"], group[f"{name}_ci_hi"] = interval(samples[1:], ci, fewest)
-    return group
+    scatter = _law_scatter(u, fits, n_seeds)
+    group["law_scatter"] = scatter
+    boot.update(log2_scales=u, fits=fits, n_seeds_per_scale=n_seeds, n_seeds=fewest, law_scatter=scatter)
+    return group, boot
+
+
+def _law_weights(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The coefficients c_k that make the least-squares slope and intercept of points (u_k, y_k)
+    the sums Σ c_k y_k; NaN below 2 points."""
+    if len(u) < 2:
+        return np.full(len(u), math.nan), np.full(len(u), math.nan)
+    du = u - u.mean()
+    slope = du / (du @ du)
+    return slope, 1 / len(u) - u.mean() * slope
+
+
+def pooled_interval(point: float, coef: np.ndarray, fits: list[np.ndarray], n_seeds: list[int], level: float,
+                    extra_var: float = 0.0, extra_df: float = math.inf) -> tuple[float, float]:
+    """CI of a linear combination Σ c_k·F_k of per-scale fitted optima (each resampled over its own
+    n_k seeds: independent): point ± t_{(1+level)/2, df}·√(Σ c_k² v_k + extra_var), v_k the
+    bootstrap variance of F_k times n_k/(n_k−1), df by Welch–Satterthwaite (each v_k has n_k − 1
+    degrees of freedom, ``extra_var`` ``extra_df``). A t with the fewest seeds' n − 1 df, as
+    ``t_interval`` uses for one scale, over-covers a sum of several (96% at 90% on synthetic
+    designs with 3 seeds and 3–5 scales; docs/analysis.md §3). NaN for a scale with fewer than 2
+    seeds or fewer than half its replicates finite, or below 2 scales."""
+    coef = np.asarray(coef, dtype=float)
+    if len(fits) < 2 or not math.isfinite(point) or not np.all(np.isfinite(coef)):
+        return math.nan, math.nan
+    parts, dfs = [], []
+    for c, f, n in zip(coef, fits, n_seeds):
+        replicates = np.asarray(f[1:], dtype=float)
+        if 2 * int(np.isfinite(replicates).sum()) < len(replicates):
+            return math.nan, math.nan
+        v = _boot_variance(replicates, n)
+        if not math.isfinite(v):
+            return math.nan, math.nan
+        parts.append(c * c * v)
+        dfs.append(n - 1)
+    parts.append(extra_var)
+    dfs.append(extra_df)
+    parts, dfs = np.array(parts), np.array(dfs, dtype=float)
+    var = float(parts.sum())
+    if var == 0:
+        return point, point
+    df = var ** 2 / float(np.sum(np.where(parts > 0, parts ** 2 / dfs, 0.0)))
+    from scipy.stats import t
+    half = float(t.ppf((1 + level) / 2, df)) * math.sqrt(var)
+    return point - half, point + half
+
+
+def _boot_variance(samples: np.ndarray, n: int) -> float:
+    """The variance of a statistic from its replicates, times n/(n−1) (the bootstrap over n seeds
+    underestimates it by (n−1)/n, as in ``t_interval``); NaN for n < 2 or < 2 finite replicates."""
+    finite = samples[np.isfinite(samples)]
+    if n < 2 or len(finite) < 2:
+        return math.nan
+    return float(finite.var(ddof=1)) * n / (n - 1)
+
+
+def _law_scatter(u: np.ndarray, fits: list[np.ndarray], n_seeds: list[int]) -> float:
+    """τ, octaves: the standard deviation of the per-scale optima about the law beyond their own
+    seed noise, by the method of moments: E[Σ r_k²] = Σ (1 − h_k)(v_k + τ²) for the residuals r of
+    the point fit, leverages h and per-scale bootstrap variances v (docs/analysis.md §3). 0 when the
+    residuals are within the noise; NaN below 3 scales (a line through 2 points has no residual)."""
+    k = len(u)
+    if k < 3:
+        return math.nan
+    point = np.array([float(f[0]) for f in fits])
+    slope, intercept = _line_rows(u, point[None, :])
+    resid = point - (intercept[0] + slope[0] * u)
+    du = u - u.mean()
+    leverage = 1 / k + du ** 2 / (du @ du)
+    noise = np.array([_boot_variance(f[1:], n) for f, n in zip(fits, n_seeds)])
+    if not (np.all(np.isfinite(noise)) and np.all(np.isfinite(resid))):
+        return math.nan
+    return math.sqrt(max((resid @ resid - ((1 - leverage) * noise).sum()) / (k - 2), 0.0))
 
 
 def _analyse_group(g_cells: pd.DataFrame, g_seeds: pd.DataFrame, ax: str, min_runs: int, ci: float,
-                   n_boot: int, rng: np.random.Generator) -> tuple[list[dict], dict]:
-    """Transfer rows (scales ascending, without the group labels) and the group's bootstrap numbers."""
+                   n_boot: int, rng: np.random.Generator) -> tuple[list[dict], dict, dict]:
+    """Transfer rows (scales ascending, without the group labels), the group's numbers with their
+    CIs and its replicates."""
     scales = [_bootstrap_scale(scale, s, g_seeds[g_seeds[ax] == scale], n_boot, rng)
               for scale, s in g_cells.groupby(ax, sort=True)]
     base = next((sc for sc in scales if sc.idx[0] >= 0), None)
@@ -474,7 +645,7 @@ def _analyse_group(g_cells: pd.DataFrame, g_seeds: pd.DataFrame, ax: str, min_ru
     for sc in scales:
         _read_base_lr(sc, base_fit)
     rows = [_scale_row(sc, base, base_fit, ax, min_runs, ci) for sc in scales]
-    return rows, _group_intervals(scales, ci, n_boot)
+    return (rows, *_group_intervals(scales, ci, n_boot))
 
 
 def _tidy_keys(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -505,17 +676,66 @@ def _group_point(g: pd.DataFrame) -> dict:
     u = np.log2(has["scale"].astype(float).to_numpy())
     regrets = g["regret"].dropna()
     top = has.iloc[-1] if len(has) else None
+    slope = _slope_rows(u, fit.to_numpy()[None, :])[0]
     flags = _flags(g) + (" single-scale" if len(has) < 2 else "")
     return {"base_scale": g["base_scale"].iloc[0], "max_scale": top["scale"] if top is not None else math.nan,
             "base_lr": g["base_lr"].iloc[0],
-            "drift": float(fit.iloc[-1] - fit.iloc[0]) if len(fit) else math.nan,
+            "drift": float(slope * (u[-1] - u[0])) if len(fit) > 1 else (0.0 if len(fit) else math.nan),
+            "endpoint_drift": float(fit.iloc[-1] - fit.iloc[0]) if len(fit) else math.nan,
             "drift_octaves": float(grid.max() - grid.min()) if len(grid) else math.nan,
             "drift_octaves_fit": float(fit.max() - fit.min()) if len(fit) else math.nan,
-            "slope": float(_slope_rows(u, fit.to_numpy()[None, :])[0]),
+            "slope": float(slope),
             "regret": float(top["regret"]) if top is not None else math.nan,
             "max_regret": float(regrets.max()) if len(regrets) else math.nan,
             "n_scales": len(has), "n_seeds": int(has["n_seeds"].min()) if len(has) else 0,
             "flags": flags.strip()}
+
+
+def seeds_needed(drift_ci_lo: float, drift_ci_hi: float, n_seeds: int, tolerance: float = 1.0) -> float:
+    """Seeds per scale a decided verdict needs, assuming the drift CI's half-width shrinks as
+    1/√n around a fixed centre: n·(half-width / distance from the centre to the nearest of
+    ±tolerance)², rounded up; ``inf`` when the centre sits on a boundary, NaN without a CI.
+    A CI that already decides needs ``n_seeds``."""
+    if not (math.isfinite(drift_ci_lo) and math.isfinite(drift_ci_hi)) or n_seeds < 1:
+        return math.nan
+    half, centre = (drift_ci_hi - drift_ci_lo) / 2, (drift_ci_hi + drift_ci_lo) / 2
+    distance = min(abs(centre - tolerance), abs(centre + tolerance))
+    if distance == 0:
+        return math.inf
+    # the interval decides when it no longer reaches the boundary: half-width < distance
+    return float(max(n_seeds, math.floor(n_seeds * (half / distance) ** 2) + 1))
+
+
+def to_decide(row: dict, brief: bool = False) -> str:
+    """What would decide an ``inconclusive`` verdict-table row, in words ('' for a decided one):
+    the blocking flag's remedy first (an LR window past an edge, seeds, a second scale), else the
+    seeds per scale the drift CI needs (``seeds_needed``). ``brief``: a few words, for tables."""
+    if row.get("verdict") != "inconclusive":
+        return ""
+    flags = str(row.get("flags") or "").split()
+    edges = [f.split("@", 1)[1] for f in flags if f.startswith("edge@")]
+    tolerance = float(row.get("tolerance", 1.0))
+    if edges:
+        return (f"LRs past the edge at {', '.join(edges)}" if brief else
+                f"widen the LR grid past the edge at {row['axis']} {', '.join(edges)} and sweep again")
+    if "single-scale" in flags:
+        return "a 2nd scale" if brief else f"a second {row['axis']} with an optimum"
+    if any(f.startswith(("too-few@", "no-finished@")) for f in flags):
+        return ("more finished LRs" if brief else
+                "more finished LRs at the flagged scales (a narrower window, or a grid that avoids divergence)")
+    if any(f.startswith("too-few-seeds@") for f in flags) or "few-seeds" in flags:
+        return (f"≥ {CALIBRATED_SEEDS} seeds" if brief else
+                f"at least {CALIBRATED_SEEDS} finished seeds at every scale's optimum")
+    need = seeds_needed(float(row["drift_ci_lo"]), float(row["drift_ci_hi"]), int(row["n_seeds"]), tolerance)
+    if math.isnan(need):
+        return "a drift CI" if brief else "a drift CI (more seeds)"
+    if math.isinf(need):
+        return (f"drift on the ±{tolerance:g} line" if brief else
+                f"nothing short of a much finer measurement: the drift sits on the ±{tolerance:g}-octave line "
+                f"(a verdict needs it clearly inside or outside)")
+    return (f"~{int(need)} seeds/scale" if brief else
+            f"about {int(need)} seeds per scale (the CI's half-width shrinking as 1/√seeds), or half-octave LRs "
+            f"around each optimum (`sweep --until decided` adds both)")
 
 
 def verdict(drift_ci_lo: float, drift_ci_hi: float, tolerance: float = 1.0, blocked: bool = False) -> str:
@@ -539,21 +759,23 @@ def _blocked(g: pd.DataFrame) -> bool:
 
 # ----------------------------------------------------------------------------- tables
 
-def _group_summary(label: dict, ax: str, g_rows: pd.DataFrame, boot: dict, tolerance: float, ci: float,
+def _group_summary(label: dict, ax: str, g_rows: pd.DataFrame, group: dict, tolerance: float, ci: float,
                    n_boot: int) -> dict:
     """One group's verdict-table row (``VERDICT_COLUMNS`` with its labels)."""
     point = _group_point(g_rows)
-    worse = boot["loss_change_ci_lo"] > 0
-    return {**label, "axis": ax, **point, **boot, "drift": point["drift"], "slope": point["slope"],
-            "regret": point["regret"], "loss_change_at_base_lr": boot["loss_change"],
-            "verdict": verdict(boot["drift_ci_lo"], boot["drift_ci_hi"], tolerance, _blocked(g_rows)),
-            "flags": (point["flags"] + (" worse-with-scale" if worse else "")).strip(),
+    worse = group["loss_change_ci_lo"] > 0
+    # with fewer seeds than the drift CI is calibrated for, a verdict would claim a confidence it has not
+    few = 2 <= point["n_seeds"] < CALIBRATED_SEEDS
+    return {**label, "axis": ax, **point, **group, "drift": point["drift"], "slope": point["slope"],
+            "regret": point["regret"], "loss_change_at_base_lr": group["loss_change"],
+            "verdict": verdict(group["drift_ci_lo"], group["drift_ci_hi"], tolerance, _blocked(g_rows) or few),
+            "flags": (point["flags"] + (" few-seeds" if few else "") + (" worse-with-scale" if worse else "")).strip(),
             "tolerance": float(tolerance), "ci": float(ci), "worse_with_scale": bool(worse), "n_boot": n_boot}
 
 
 def _analyse_axis(runs: pd.DataFrame, metric: str, ax: str, order: dict,
-                  options: dict) -> tuple[list[str], list[dict], list[dict]]:
-    """One scale axis: its group keys, its transfer rows and its verdict rows."""
+                  options: dict) -> tuple[list[str], list[dict], list[dict], list[dict]]:
+    """One scale axis: its group keys, its transfer rows, its verdict rows and their replicates."""
     r, keys = _run_frame(runs, metric, ax)
     extra = keys[1:-2]
     # one id per group, so cells and per-seed rows can be matched even with NaN keys
@@ -562,34 +784,47 @@ def _analyse_axis(runs: pd.DataFrame, metric: str, ax: str, order: dict,
     per_seed = r.groupby(["_gid", ax, "lr", "_seed"], dropna=False, sort=False).agg(
         value=("_value", "mean"), n_fin=("_value", "count"), n_div=("_div", "sum")).reset_index()
     seeds_by_gid = dict(iter(per_seed.groupby("_gid", sort=False)))
-    rows, summaries = [], []
+    rows, summaries, boots = [], [], []
     for gid in dict.fromkeys(c["_gid"]):
         g = c[c["_gid"] == gid]
         label = {"series": g["series"].iloc[0], **{k: g[k].iloc[0] for k in extra}}
         rng = group_rng(options["seed"], (ax, *label.values()))
-        scale_rows, boot = _analyse_group(g, seeds_by_gid[gid], ax, options["min_runs"], options["ci"],
-                                          options["n_boot"], rng)
+        scale_rows, group, boot = _analyse_group(g, seeds_by_gid[gid], ax, options["min_runs"], options["ci"],
+                                                 options["n_boot"], rng)
         rows += [{**label, **row} for row in scale_rows]
-        summaries.append(_group_summary(label, ax, pd.DataFrame(scale_rows), boot, options["tolerance"],
+        summaries.append(_group_summary(label, ax, pd.DataFrame(scale_rows), group, options["tolerance"],
                                         options["ci"], options["n_boot"]))
-    return extra, rows, summaries
+        boots.append(boot)
+    return extra, rows, summaries, boots
 
 
 def analyse(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
             ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000,
             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(transfer_table, verdict_table)`` from one bootstrap (see those and docs/analysis.md)."""
-    _check_options(min_runs, ci, tolerance, n_boot, seed)
+    return analyse_with_replicates(runs, metric, axis, min_runs, ci, tolerance, n_boot, seed)[:2]
+
+
+def analyse_with_replicates(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None,
+                            min_runs: int = 3, ci: float = 0.9, tolerance: float = 1.0, n_boot: int = 1000,
+                            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """``analyse``'s two tables and, for each verdict-table row (same order), its group's bootstrap
+    replicates: a dict of arrays of 1 + ``n_boot`` rows (row 0 the point value) for ``drift``
+    (pooled), ``endpoint_drift``, ``slope``, ``intercept``, ``regret`` and ``loss_change``, with
+    ``log2_scales`` (the scales with an optimum), ``n_seeds`` (fewest seeds over them) and
+    ``law_scatter``. Seeds are resampled as units within each scale (docs/analysis.md §3)."""
+    check_options(min_runs, ci, tolerance, n_boot, seed)
     runs = _prepare(runs)
     metric_column(metric, runs)
     order = _series_order(runs)
     options = {"min_runs": min_runs, "ci": ci, "tolerance": tolerance, "n_boot": n_boot, "seed": seed}
-    rows, summaries, all_keys = [], [], []
+    rows, summaries, boots, all_keys = [], [], [], []
     for ax in resolve_axes(runs, axis):
-        extra, axis_rows, axis_summaries = _analyse_axis(runs, metric, ax, order, options)
+        extra, axis_rows, axis_summaries, axis_boots = _analyse_axis(runs, metric, ax, order, options)
         all_keys += [k for k in extra if k not in all_keys]
         rows += axis_rows
         summaries += axis_summaries
+        boots += axis_boots
     table = pd.DataFrame(rows)
     if table.empty:
         raise UserError("no runs to analyse")
@@ -601,7 +836,7 @@ def analyse(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = N
     table["best_loss"], table["loss_at_base_lr"] = sign * table["best_loss"], sign * table["loss_at_base_lr"]
     summary = pd.DataFrame(summaries)
     summary = _tidy_keys(summary[["series", *all_keys, *VERDICT_COLUMNS[1:]]], all_keys)
-    return table, summary
+    return table, summary, boots
 
 
 def transfer_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | None = None, min_runs: int = 3,
@@ -627,8 +862,9 @@ def verdict_table(runs: pd.DataFrame, metric: str = "train_loss", axis: str | No
 
 
 def group_columns(table: pd.DataFrame) -> list[str]:
-    """The group-key columns of a transfer, drift or verdict table: those not in its fixed schema."""
-    fixed = {*TRANSFER_COLUMNS, *DRIFT_COLUMNS, *VERDICT_COLUMNS}
+    """The group-key columns of a transfer, drift, verdict or prediction table: those not in its
+    fixed schema."""
+    fixed = {*TRANSFER_COLUMNS, *DRIFT_COLUMNS, *VERDICT_COLUMNS, *PREDICTION_COLUMNS}
     return [k for k in table.columns if k not in fixed]
 
 
@@ -649,3 +885,72 @@ def drift_table(table: pd.DataFrame) -> pd.DataFrame:
                      **_group_point(g.sort_values("scale", kind="stable"))})
     drift = pd.DataFrame(rows, columns=["series", *extra, *DRIFT_COLUMNS[1:]])
     return _tidy_keys(drift, extra)
+
+
+# ----------------------------------------------------------------------------- the optimum's law, extrapolated
+
+def prediction_targets(runs: pd.DataFrame, target: dict) -> list[tuple[str, float]]:
+    """``{axis: value or [values]}`` checked against the runs as (axis, value) pairs: the axis must
+    be a scale axis the runs vary, the value a positive finite number (UserError naming
+    ``--predict`` otherwise)."""
+    runs = _prepare(runs)
+    axes = [a for a in axis_choices(runs) if _nunique(runs[a].dropna()) > 1]  # a law needs two scales
+    pairs = []
+    for key, values in dict(target).items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            shown = f"{value:g}" if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
+            if key not in axes:
+                raise UserError(f"--predict {key}={shown}: {key!r} is not a scale axis the runs vary; allowed: "
+                                f"{', '.join(axes) if axes else 'none (no scale-like key takes two values)'}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise UserError(f"--predict {key}={shown}: the {key} must be a positive number (the scale to "
+                                f"predict the optimal LR at), e.g. {key}=4096")
+            pairs.append((key, float(value)))
+    return pairs
+
+
+def predict_law(boot: dict, scale: float, ci: float) -> dict:
+    """The optimum's law of one group (its replicates, ``analyse_with_replicates``) at ``scale``:
+    the predicted log2 optimal LR, its prediction interval and how far beyond the swept scales it
+    reaches (docs/analysis.md §3)."""
+    u, fits, n_seeds = boot["log2_scales"], boot["fits"], boot["n_seeds_per_scale"]
+    at = math.log2(scale)
+    slope, intercept = _law_weights(u)
+    coef = intercept + at * slope        # the prediction as Σ coef_k · (scale k's fitted optimum)
+    point = float(boot["intercept"][0] + at * boot["slope"][0])
+    tau = boot["law_scatter"]
+    # beyond the seed noise of the line: the target's own deviation from the law and the deviations
+    # the fitted line absorbed (leverage Σ coef²), both of variance τ², estimated with k − 2 df
+    extra = tau ** 2 * (1 + float(coef @ coef)) if math.isfinite(tau) else 0.0
+    lo, hi = pooled_interval(point, coef, fits, n_seeds, ci, extra, max(len(u) - 2, 1))
+    beyond = max(at - u.max(), u.min() - at, 0.0) if len(u) else math.nan
+    return {"pred_log2_lr": point, "pred_log2_lr_lo": lo, "pred_log2_lr_hi": hi, "octaves_beyond": float(beyond)}
+
+
+def predict(runs: pd.DataFrame, target: dict, metric: str = "train_loss", min_runs: int = 3, ci: float = 0.9,
+            n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The optimal LR the optimum's law (log2 η* = intercept + slope·log2 scale, fitted to every
+    scale's fitted optimum) predicts at each ``target`` scale, e.g. ``{"width": 4096}`` or
+    ``{"width": [2048, 4096]}``: one row per (series, group keys, axis, target), columns
+    ``PREDICTION_COLUMNS`` with the group keys after ``series``: ``pred_lr`` (2^``pred_log2_lr``)
+    with its prediction interval at level ``ci`` (``pred_log2_lr_lo``/``_hi``, ``pred_lr_lo``/
+    ``_hi``), ``octaves_beyond`` (octaves of scale outside the swept range, 0 inside), the law's
+    ``slope``/``intercept``/``law_scatter``, and the group's verdict-table ``flags``. NaN where a
+    group has fewer than 2 scales with an optimum (docs/analysis.md §3)."""
+    pairs = prediction_targets(runs, target)
+    rows = []
+    for ax in dict.fromkeys(a for a, _ in pairs):
+        _, summary, boots = analyse_with_replicates(runs, metric, ax, min_runs, ci, 1.0, n_boot, seed)
+        keys = group_columns(summary)
+        for row, boot in zip(summary.to_dict("records"), boots):
+            for value in (v for a, v in pairs if a == ax):
+                law = predict_law(boot, value, ci)
+                rows.append({"series": row["series"], **{k: row[k] for k in keys}, "axis": ax,
+                             "target": int(value) if float(value).is_integer() else value, **law,
+                             "pred_lr": 2.0 ** law["pred_log2_lr"], "pred_lr_lo": 2.0 ** law["pred_log2_lr_lo"],
+                             "pred_lr_hi": 2.0 ** law["pred_log2_lr_hi"], "slope": row["slope"],
+                             "intercept": row["intercept"], "law_scatter": row["law_scatter"],
+                             "n_scales": row["n_scales"], "n_seeds": row["n_seeds"], "ci": float(ci),
+                             "flags": row["flags"]})
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in PREDICTION_COLUMNS))
+    return _tidy_keys(pd.DataFrame(rows, columns=["series", *keys, *PREDICTION_COLUMNS[1:]]), keys)

@@ -6,10 +6,11 @@ from .run import keys, status, sweep, worker
 from .analyse import compare, plot, report
 from .tune import tune
 from .export import export
+from .importing import import_
 from .coordcheck import coordcheck
 from .reproduce import reproduce
 
-__all__ = ["app", "main", "sweep", "worker", "status", "keys", "plot", "report", "compare", "tune", "export",
+__all__ = ["app", "main", "sweep", "worker", "status", "keys", "plot", "report", "compare", "tune", "export", "import_",
            "coordcheck", "reproduce"]
 
 

@@ -209,12 +209,16 @@ def storage_url(url: Optional[str]) -> Optional[str]:
 
 
 def axis_name(axis) -> Optional[str]:
-    return axis.value if axis else None
+    return getattr(axis, "value", axis) or None
 
 
 # the options several commands take, declared once
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)          # the report's, tune's and compare's
-Axis = Enum("Axis", {a: a for a in SCALE_AXES}, type=str)
+# --axis: a runs-table key, checked against the runs it is read with (analysis.transfer.resolve_axes
+# lists the allowed ones), so any numeric config key can be a scale, not only SCALE_AXES
+Axis = str
+AXIS_HELP = (f"a scale-like key ({', '.join(SCALE_AXES)}) or any numeric config key with values > 0 that varies, "
+             f"e.g. weight_decay")
 METRIC_HELP = ("what to rank LRs by: " + ", ".join(f"{m.name} ({'maximized' if m.maximize else 'minimized'})"
                                                   for m in METRIC_SPECS.values()))
 Metric = Annotated[str, typer.Option("--metric", metavar="METRIC", help=METRIC_HELP)]

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError, check_choice
+from ..sweep.refine import UNTIL
 from .common import Device, Grace, Quiet, app, choice_help, err, out, say, storage_url, user_errors
 
 STATUS_FORMATS = ("table", "json")
@@ -21,7 +22,10 @@ KeysFormat = Enum("KeysFormat", {f: f for f in ("markdown", "json")}, type=str)
     "lrtransfer sweep experiments/quickstart.toml --dry-run  # grid size, finished cells, time estimate",
     "lrtransfer sweep experiments/quickstart.toml  # run it; resumes where it stopped",
     "lrtransfer sweep experiments/quickstart.toml --set width=[64,256] --set seeds=5",
-    "lrtransfer sweep experiments/quickstart.toml --jobs 1 --device cuda"))
+    "lrtransfer sweep experiments/quickstart.toml --jobs 1 --device cuda",
+    "lrtransfer sweep experiments/quickstart.toml --until decided --budget 30m  # refine until every verdict is "
+    "decided",
+    "lrtransfer sweep experiments/quickstart.toml --until decided --dry-run  # seeds a decided verdict needs"))
 @user_errors
 def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
           set_: List[str] = typer.Option([], "--set", help="override a key (run keys: `lrtransfer keys`): lr=0.01, "
@@ -37,6 +41,14 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
                                                 "directory)"),
           retries: int = typer.Option(2, help="re-runs of a run that raises, per sweep"),
           grace: Grace = 60.0,
+          until: Optional[str] = typer.Option(None, "--until", metavar="UNTIL",
+                                              help=choice_help(UNTIL, "after the grid, add refinement rounds (seeds "
+                                                               "where the drift CI is widest, half-octave LRs near "
+                                                               "each optimum, a wider window past an edge) until every "
+                                                               "transfer verdict is decided or --budget is spent; "
+                                                               "recorded in RESULTS/refinement.json")),
+          budget: Optional[str] = typer.Option(None, "--budget", help="with --until: refinement runs (e.g. 200) or "
+                                               "wall time (e.g. 90s, 30m, 2h), counted over restarts"),
           quiet: Quiet = False):
     """Run every unfinished cell of an experiment's grid (finished runs are skipped, failed ones rerun).
 
@@ -45,6 +57,12 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
     """
     from ..sweep import load_experiment, plan, results_dir_for, run_sweep
     exp = load_experiment(experiment, set_)
+    if until is not None or budget is not None:
+        if rerun:
+            raise UserError("--rerun: not with --until (a refinement adds cells to finished ones; rerun the grid "
+                            "first, then refine)")
+        _refine(exp, until, budget, dry_run, results, storage, jobs, device, retries, grace, quiet)
+        return
     if dry_run:
         planned = plan(exp, results, device, rerun=rerun, jobs=jobs)
         say(f"{exp.name} -> {results_dir_for(exp, results)}")
@@ -53,6 +71,36 @@ def sweep(experiment: Path = typer.Argument(..., help="experiment TOML file"),
     result = run_sweep(exp, results, storage=storage_url(storage), jobs=jobs, device=device, retries=retries,
                        grace=grace, rerun=rerun, progress=not quiet, console=err)
     _sweep_summary(result, results_dir_for(exp, results))
+
+
+def _refine(exp, until, budget, dry_run, results, storage, jobs, device, retries, grace, quiet) -> None:
+    """``sweep --until decided``: the grid, then refinement rounds (or, with --dry-run, the
+    seeds each undecided verdict needs)."""
+    from ..analysis.transfer import group_columns
+    from ..report.transfer import label
+    from ..sweep import refinement_estimate, results_dir_for, run_refinement
+    from ..sweep.refine import describe_estimate, parse_budget
+    from ..sweep.sweep import SweepResult
+    if until is None:
+        raise UserError(f"--budget {budget}: only with --until decided (the budget of the refinement rounds)")
+    check_choice("--until", until, UNTIL)
+    parsed = parse_budget(budget) if budget is not None else None
+    if dry_run:
+        say(f"{exp.name} -> {results_dir_for(exp, results)}")
+        for line in describe_estimate(refinement_estimate(exp, results)):
+            say(line)
+        return
+    if budget is None:
+        raise UserError("--until decided: give --budget, a run count (e.g. 200) or a wall time (e.g. 30m), so the "
+                        "refinement stops")
+    result = run_refinement(exp, parsed, results, storage=storage_url(storage), jobs=jobs,
+                            device=device, retries=retries, grace=grace, progress=not quiet, console=err)
+    for row in result.verdicts.to_dict("records"):
+        say(f"{label(row, group_columns(result.verdicts))} ({row['axis']}): {row['verdict']}, drift CI "
+            f"[{row['drift_ci_lo']:+.2f}, {row['drift_ci_hi']:+.2f}]")
+    runs = result.runs
+    failed = runs[runs["status"] == "failed"] if len(runs) else runs
+    _sweep_summary(SweepResult(runs, failed), results_dir_for(exp, results))
 
 
 def _sweep_summary(result, where: Path) -> None:

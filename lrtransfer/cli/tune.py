@@ -47,7 +47,8 @@ def tune(experiment: Path = typer.Argument(..., help="experiment TOML file (its 
          sampler: str = typer.Option("tpe", metavar="SAMPLER", help=choice_help(SAMPLERS, "the optuna sampler")),
          param: List[str] = typer.Option([], "--param", help="also search name=low:high[:log], e.g. "
                                          "weight_decay=1e-5:1e-1:log"),
-         axis: Optional[Axis] = typer.Option(None, help="scale axis to transfer along (default: the one that varies)"),
+         axis: Optional[Axis] = typer.Option(None, metavar="KEY", help="scale-like key to transfer along, one the "
+                                             "experiment varies (default: the first that varies)"),
          metric: Metric = "train_loss",
          results: Optional[Path] = typer.Option(None, help="results directory (default results/<experiment name>; "
                                                 "its grid, if any, is the reference for the regret)"),

@@ -31,6 +31,7 @@ class Request:
     color_by: str = "lr"
     quantity: str = "relative_update"
     regime: RegimeOptions = field(default_factory=RegimeOptions)
+    predict: dict | None = None     # the transfer view: {axis: [scales]} to extend the optimum's law to
     note: Callable[[str], None] = lambda text: None   # told what was left undrawn, and why
 
     def diagnostics(self) -> pd.DataFrame:

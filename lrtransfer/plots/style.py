@@ -119,6 +119,15 @@ def scale_axis(ax, scales) -> None:
         ax.set_xlim(scales[0] / 2, scales[0] * 2)
 
 
+# how a scale axis reads on a figure; any other key reads as its name, underscores as spaces
+AXIS_LABELS = {"batch_size": "batch size", "data.context": "context length", "data.samples": "training samples"}
+
+
+def axis_label(key: str) -> str:
+    """A scale axis' name on a figure: ``batch_size`` -> "batch size", ``steps`` -> "steps"."""
+    return AXIS_LABELS.get(key, str(key).replace("_", " "))
+
+
 def no_runs(ax) -> None:
     ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="gray")
 

@@ -1,9 +1,11 @@
-"""``lrtransfer compare``: the two tables of ``analysis.compare`` as markdown, JSON or CSV."""
+"""``lrtransfer compare``: the tables of ``analysis.compare.comparison`` as markdown, JSON or CSV."""
 from __future__ import annotations
 
 import pandas as pd
 
+from ..analysis import contrast
 from ..analysis.transfer import metric_spec
+from .transfer import contrast_table
 from .render import Column, check_format, headed, interval, markdown_table, num, pct, plus, records, to_csv, to_json
 
 
@@ -19,9 +21,14 @@ SCALE_TABLE = [Column("series", "series"), Column("_scale", "scale"), Column("re
                Column("best_loss", "best {noun}", num, True), Column("n_seeds", "seeds", lambda n: str(int(n)), True)]
 
 
-def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9, metric: str = "train_loss") -> str:
-    """The two tables as markdown (``render.markdown_table``): verdicts, then the optimum per scale."""
+def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9, metric: str = "train_loss",
+             contrasts: pd.DataFrame | None = None) -> str:
+    """The tables as markdown (``render.markdown_table``): one line per contrast with the first
+    directory, verdicts, the contrasts' table, then the optimum per scale."""
     p = pct(ci)
+    head = []
+    if contrasts is not None and len(contrasts):
+        head = [f"- {contrast.headline(r)}" for r in contrasts.to_dict("records")] + [""]
     noun = metric.replace("_", " ") if metric_spec(metric).maximize else "loss"
     rows = [{**r, "_axis": f"{r['axis']} {r['base_scale']:g}→{r['max_scale']:g}",
              "_verdict": f"**{r['verdict']}**" + (f" ({r['flags']})" if r.get("flags") else ""),
@@ -32,20 +39,27 @@ def markdown(scales: pd.DataFrame, verdicts: pd.DataFrame, ci: float = 0.9, metr
     ordered = scales.sort_values(["series", "axis", "scale"], kind="stable")
     per_scale = [{**r, "_scale": f"{r['axis']}={r['scale']:g}", "_optimum": _optimum(r)}
                  for r in ordered.to_dict("records")]
-    return "\n".join(["## Verdicts", "", markdown_table(rows, headed(VERDICT_TABLE, pct=p)), "",
-                      "## Optimum per scale", "",
+    between = []
+    if contrasts is not None and len(contrasts):
+        between = ["## Contrasts with the first directory", "",
+                   f"Each series against the same series in `{contrasts['series_a'].iloc[0].split(':')[0]}`: "
+                   f"|drift| there − |drift| here over the scales both cover (positive: the optimum moves less "
+                   f"here), with its {p} CI (docs/analysis.md §4).", "", contrast_table(contrasts, p), ""]
+    return "\n".join([*head, "## Verdicts", "", markdown_table(rows, headed(VERDICT_TABLE, pct=p)), "",
+                      *between, "## Optimum per scale", "",
                       f"Fitted optimal LR (log2, {p} CI) and best seed-mean {noun}; shift = this optimum minus "
                       f"`{first}`'s at the same series and scale, in octaves.", "",
                       markdown_table(per_scale, headed(SCALE_TABLE, noun=noun))]) + "\n"
 
 
 def render_comparison(scales: pd.DataFrame, verdicts: pd.DataFrame, format: str = "markdown", ci: float = 0.9,
-                      metric: str = "train_loss") -> str:
-    """markdown (``markdown``), JSON ``{"verdicts": [...], "scales": [...]}`` (strict, CI pairs as
-    lists) or CSV (the per-scale table)."""
+                      metric: str = "train_loss", contrasts: pd.DataFrame | None = None) -> str:
+    """markdown (``markdown``), JSON ``{"verdicts": [...], "scales": [...], "contrasts": [...]}``
+    (strict, CI pairs as lists) or CSV (the per-scale table)."""
     check_format(format)
     if format == "json":
-        return to_json({"metric": metric, "verdicts": records(verdicts), "scales": records(scales)})
+        return to_json({"metric": metric, "verdicts": records(verdicts), "scales": records(scales),
+                        **({"contrasts": records(contrasts)} if contrasts is not None else {})})
     if format == "csv":
         return to_csv(scales, digits=None)
-    return markdown(scales, verdicts, ci, metric)
+    return markdown(scales, verdicts, ci, metric, contrasts)

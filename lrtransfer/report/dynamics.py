@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.dynamics import (LABELS, LRWD_ALPHA, LRWD_C_RANGE, LRWD_DEGREE, LRWD_METRICS, RegimeOptions,
-                                 default_x, lrwd_cells, lrwd_table, regime_boundaries, regimes, seed_boundaries,
-                                 with_dynamics_columns, x_values)
+                                 default_x, lrwd_cells, lrwd_table, regime_boundaries, regimes, scale_keys,
+                                 seed_boundaries, with_dynamics_columns, x_values)
 from ..analysis.dynamics import CONDITION_SETUP, condition_table
-from ..run.provenance import SCALE_AXES
+from ..run.provenance import MODEL_SCALE_AXES, SCALE_AXES
 from .render import num, pct, pow2, records, signed
 from .transfer import label
 
@@ -51,7 +51,9 @@ def regime_summary(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.Dat
     table = regimes(runs, curves, diagnostics, options)
     x = x or default_x(runs)
     full = with_dynamics_columns(runs).assign(_x=x_values(runs, x))
-    cols = [c for c in ("run_id", "series", *SCALE_AXES, "seed", "status") if c in full]
+    # the model's size always, the other scale-like keys where they vary
+    shown = [k for k in SCALE_AXES if k in MODEL_SCALE_AXES or k in scale_keys(runs)]
+    cols = [c for c in ("run_id", "series", *shown, "seed", "status") if c in full]
     per_run = full[cols + ["_x"]].rename(columns={"_x": x}).merge(table, on="run_id")
     per_seed = seed_boundaries(runs, table, x)
     per_seed["note"] = [seed_note(row, x) for row in per_seed.to_dict("records")]
@@ -236,7 +238,7 @@ def lrwd_report(result: dict) -> str:
 
 def condition_summary(runs: pd.DataFrame, diagnostics: pd.DataFrame, metric: str = "train_loss") -> dict:
     """``condition_table`` as JSON-able records, with the metric it ranked LRs by. Keys: metric,
-    axis (width or depth), rows."""
+    axis (the first scale-like key that varies: width, depth, batch_size, ...), rows."""
     table = condition_table(runs, diagnostics, metric)
     axis = next((a for a in SCALE_AXES if a in table), None)
     return {"metric": metric, "axis": axis, "rows": records(table)}

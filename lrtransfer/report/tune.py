@@ -13,10 +13,19 @@ def _log2_text(x) -> str:
     return "—" if render.missing(x) or not x > 0 else f"2^{math.log2(x):.2f}"
 
 
+def _law_text(row: dict) -> str:
+    """The LR the grid's optimum's law predicts at a scale, 2^k with its prediction interval in log2."""
+    if render.missing(row["law_lr"]):
+        return "—"
+    return (f"{_log2_text(row['law_lr'])} "
+            f"{render.interval(math.log2(row['law_lr_lo']), math.log2(row['law_lr_hi']), lambda v: f'{v:.2f}')}")
+
+
 TUNE_COLUMNS = [render.Column("scale", "scale", str, True), render.Column("status", "status"),
                 render.Column("loss", "{metric}", render.num, True),
                 render.Column("grid_best", "grid best (seed mean)", render.num, True),
-                render.Column("regret", "regret", render.num, True)]
+                render.Column("regret", "regret", render.num, True),
+                render.Column("_law", "the grid's law: LR [log2 90% PI]", str, True)]
 
 
 def render_tune(results: list[TuneResult], format: str = "markdown", metric: str = "train_loss") -> str:
@@ -34,7 +43,7 @@ def render_tune(results: list[TuneResult], format: str = "markdown", metric: str
         grid = (f"; the grid's optimum at the base scale is {_log2_text(r.grid_base_lr)}, "
                 f"{r.octaves_from_grid:.2f} octaves away" if r.grid_base_lr else "")
         head = f"**{r.series}**: tuned LR {_log2_text(r.lr)} at {r.axis}={r.base_scale} in {r.trials} runs{grid}"
-        rows = table[table["series"] == r.series].to_dict("records")
+        rows = [{**row, "_law": _law_text(row)} for row in table[table["series"] == r.series].to_dict("records")]
         flops = (f"compute (training FLOPs, counted by torch): {render.flops(r.tune_flops)} to tune small and "
                  f"transfer ({cost['runs']} runs) vs {render.flops(r.target_tuning_flops)} to tune at every "
                  f"larger scale ({cost['flops_ratio']:.1f}x)"

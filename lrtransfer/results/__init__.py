@@ -1,2 +1,2 @@
 """The results store (runs, curves and diagnostics as parquet, written atomically) and its
-exports to TensorBoard and MLflow."""
+exports to TensorBoard, MLflow and Weights & Biases."""

@@ -18,8 +18,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 TRAINING_SOURCES = ("modular", "models", "optim", "data", "run/train.py", "run/batched.py", "run/spec.py",
                     "run/diagnostics.py")
 
-# The keys a transfer question scales along (the x axis of an LR-transfer figure).
-SCALE_AXES = ("width", "depth")
+# The model's size: the keys a run is named by (results/export.py) and always shown beside a run.
+MODEL_SCALE_AXES = ("width", "depth")
+# The scale-like keys, in the order a report analyses them: the keys a transfer question scales
+# along (the x axis of an LR-transfer figure), each read in octaves (log2). Model size, the
+# training horizon (steps), examples per step, the context length, the training set's size and
+# attention heads. A report analyses every one that varies; any other numeric key can be asked
+# for by name (analysis.transfer.resolve_axes). Names are runs-table columns (data keys carry
+# their ``data.`` prefix).
+SCALE_AXES = (*MODEL_SCALE_AXES, "batch_size", "steps", "data.context", "data.samples", "heads")
 
 # Config keys that locate the data rather than define it; the data fingerprint covers them.
 LOCATION_KEYS = ("data.path", "data.download")

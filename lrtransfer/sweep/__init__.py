@@ -8,7 +8,9 @@ from importlib import import_module
 _EXPORTS = {"Experiment": "config", "RunConfig": "config", "experiment_from_dict": "config",
             "load_experiment": "config", "run_id": "config", "Queue": "queue", "open_storage": "queue",
             "redact": "queue", "Plan": "sweep", "plan": "sweep", "prepare": "sweep", "results_dir_for": "sweep",
-            "run_sweep": "sweep", "work": "worker", "Reproduction": "reproduce"}
+            "run_sweep": "sweep", "work": "worker", "Reproduction": "reproduce", "run_refinement": "rounds",
+            "refinement_estimate": "rounds", "RefinementResult": "rounds", "parse_budget": "refine",
+            "plan_round": "refine"}
 
 __all__ = list(_EXPORTS)
 

@@ -108,9 +108,10 @@ class Experiment:
         return out
 
     def scale_axes(self) -> list[str]:
-        """width and/or depth, where they take more than one value."""
+        """The scale-like keys (``SCALE_AXES``: width, depth, batch_size, steps, ...) that take
+        more than one value."""
         cells = self.resolved_values()
-        return [a for a in SCALE_AXES if len({c[a] for c in cells}) > 1]
+        return [a for a in SCALE_AXES if len({c.get(a) for c in cells}) > 1]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "data": self.data, "model": self.model,

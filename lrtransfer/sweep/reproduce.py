@@ -20,7 +20,7 @@ import pandas as pd
 from ..analysis.transfer import analyse, group_columns, metric_spec, scale_flags
 from ..errors import UserError
 from ..results.store import FINISHED, ResultStore
-from ..run.provenance import MACHINE_KEYS, SCALE_AXES, code_fingerprint, machine_here, other_machine
+from ..run.provenance import MACHINE_KEYS, MODEL_SCALE_AXES, SCALE_AXES, code_fingerprint, machine_here, other_machine
 from .config import TOP_LEVEL, Experiment, experiment_from_dict
 
 DEFAULT_CELLS = 8
@@ -253,7 +253,8 @@ def _cell_report(row: dict, new: dict, how: str, spread: float, column: str, key
         holds = True   # diverged both times; the step it stopped at is not a verdict's input
     else:
         holds = math.isfinite(ratio) and ratio <= SPREADS
-    scale = {k: row.get(k) for k in SCALE_AXES}
+    # the model's size always, the other scale-like keys (batch_size, steps, ...) where they vary
+    scale = {k: row.get(k) for k in SCALE_AXES if k in MODEL_SCALE_AXES or k in keys}
     extra = {k: row.get(k) for k in keys if k not in ("series", "lr", "seed", *SCALE_AXES)}
     return {"run_id": row["run_id"], "series": row["series"], **scale, **extra, "lr": float(row["lr"]),
             "seed": row.get("seed"), "recorded_status": row["status"], "status": new["status"],

@@ -148,8 +148,8 @@ def _latest_states(trials: list, runs) -> dict[str, dict]:
 
 
 def _count_rows(cells: dict[str, dict]) -> list[dict]:
-    """A row of counts per state for each (series, scale), scales labelled by the axes that
-    vary (width, depth or both), in numeric order."""
+    """A row of counts per state for each (series, scale), scales labelled by the scale-like keys
+    that vary (width, depth, batch_size, steps, ...; width when none does), in numeric order."""
     table: dict[tuple, dict] = {}
     for c in cells.values():
         key = (c["series"], c["scale"])

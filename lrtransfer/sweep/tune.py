@@ -18,11 +18,11 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from ..analysis.transfer import metric_spec, optimum
+from ..analysis.transfer import group_columns, metric_spec, optimum, predict
 from ..errors import UserError, check_choice, nearest
 from ..results.store import FINISHED, ResultStore
 from ..run.flops import FlopCounter
-from ..run.provenance import SCALE_AXES
+from ..run.provenance import MODEL_SCALE_AXES, SCALE_AXES
 from ..run.train import execute, resolve_device
 from .config import Experiment, run_id
 from .queue import open_storage
@@ -71,6 +71,7 @@ class TuneResult:
     tune_flops: int = 0               # training FLOPs: the search at the base scale and the transfer runs
     target_tuning_flops: int = 0      # the same search run at every larger scale instead
     grid_flops: int = 0               # the full grid's recorded runs of this series
+    law: dict = field(default_factory=dict)   # scale -> (LR, PI low, PI high) the grid's optimum's law predicts
 
     @property
     def octaves_from_grid(self) -> float | None:
@@ -186,9 +187,12 @@ def tune(experiment: Experiment, series: list[str] | None = None, trials: int = 
          on_run=None) -> list[TuneResult]:
     """Tune each series at its base (smallest) scale, then transfer the LR to the other scales."""
     session = TuneSession.check(experiment, series, trials, sampler, seed, metric, device, on_run)
-    axis = _transfer_axis(experiment.scale_axes(), axis)
+    axes = experiment.scale_axes()
+    axis = _transfer_axis(axes, axis)
+    # the model's size and every scale the experiment varies are what the LR transfers across
+    fixed = ("lr", "series", "seed", *MODEL_SCALE_AXES, *axes)
     for p in params:
-        if p.name not in session.cells[0].values or p.name in ("lr", "series", "seed", *SCALE_AXES):
+        if p.name not in session.cells[0].values or p.name in fixed:
             raise UserError(f"--param {p.name}: not a searchable train/model key of this experiment")
     session.open(results_dir, storage)
     flops = FlopCounter(str(resolve_device(device)))
@@ -230,6 +234,7 @@ def _tune_series(session: TuneSession, label: str, axis: str, params, flops: Flo
     grid = session.grid
     mine_grid = grid[(grid["series"] == label)] if not grid.empty else grid
     _compare_with_grid(result, mine_grid, session.metric, flops)
+    result.law = _law_lrs(mine_grid, axis, scales, template, session.metric)
     for scale in scales:
         if scale == base:
             row = session.tune_store.row(study.best_trial.user_attrs["run_id"])
@@ -260,6 +265,21 @@ def _compare_with_grid(result: TuneResult, grid: pd.DataFrame, metric: str, flop
         result.grid_base_lr = optimum(means.index, spec.sign * means.values)["lr_fit"]
 
 
+def _law_lrs(grid: pd.DataFrame, axis: str, scales: list, template: dict, metric: str) -> dict:
+    """Per scale, the optimal LR (and its 90% prediction interval) that the optimum's law fitted to
+    the series' grid predicts there (``analysis.transfer.predict``); empty when the grid has fewer
+    than two scales with a finished run. Where the grid splits the series into groups (another
+    varying key), the group of the tuned configuration."""
+    if grid.empty or grid.loc[grid["status"] == "done", axis].nunique() < 2:
+        return {}
+    law = predict(grid, {axis: [float(s) for s in scales]}, metric)
+    for key in group_columns(law):
+        if key in template:
+            law = law[law[key] == template[key]]
+    return {row["target"]: (row["pred_lr"], row["pred_lr_lo"], row["pred_lr_hi"])
+            for row in law.to_dict("records")}
+
+
 def _scale_row(row: dict, grid: pd.DataFrame, axis: str, scale, metric: str) -> dict:
     """The tuned LR's run at ``scale`` against the grid's best there."""
     grid_best = math.nan
@@ -283,9 +303,9 @@ def _transfer_axis(axes: list[str], axis: str | None) -> str:
     """The scale axis to transfer along: ``axis`` if the experiment varies it, else its first
     varying axis; UserError when there is none to transfer along."""
     if not axes:
-        raise UserError("tune: the experiment varies neither width nor depth (each has one value), so there is "
-                        "no larger scale to transfer to; give the grid a width or depth list, "
-                        "e.g. --set width=[32,128]")
+        raise UserError(f"tune: the experiment varies neither width nor depth nor any other scale-like key "
+                        f"({', '.join(SCALE_AXES[2:])}; each has one value), so there is no larger scale to transfer "
+                        f"to; give the grid a list of one, e.g. --set width=[32,128]")
     if axis is not None and axis not in axes:
         raise UserError(f"--axis {axis}: the experiment varies only {', '.join(axes)}")
     return axis or axes[0]
@@ -293,13 +313,16 @@ def _transfer_axis(axes: list[str], axis: str | None) -> str:
 
 def tune_table(results: list[TuneResult]) -> pd.DataFrame:
     """One row per series and scale: the tuned LR, the value reached there, the grid's best and
-    the regret (≥ 0)."""
+    the regret (≥ 0), and the LR the grid's optimum's law predicts there (``law_lr``, its 90%
+    prediction interval ``law_lr_lo``/``_hi``; NaN without a grid of two or more scales)."""
     rows = []
     for r in results:
         for s in r.rows:
+            law_lr, law_lo, law_hi = r.law.get(s["scale"], (math.nan,) * 3)
             rows.append({"series": r.series, "axis": r.axis, "scale": s["scale"], "tuned_lr": r.lr,
                          "tuned_log2_lr": math.log2(r.lr), "loss": s["loss"], "grid_best": s["grid_best"],
-                         "regret": s["regret"], "status": s["status"]})
+                         "regret": s["regret"], "status": s["status"], "law_lr": law_lr, "law_lr_lo": law_lo,
+                         "law_lr_hi": law_hi})
     return pd.DataFrame(rows)
 
 
