@@ -587,6 +587,11 @@ def test_batch_size_is_a_scale_axis_with_the_known_slope():
     assert row["regret"] > 3   # the base LR is 2 octaves too small at batch 512: (2)² nats
     md = report(runs, n_boot=300)
     assert "- s across batch_size 32→512 (3 seeds): **drifts**" in md and "### s: train_loss across batch_size" in md
+    # the law extrapolated 2 octaves of batch beyond the grid: -10.2 + 0.5·11 = -4.7
+    from lrtransfer.analysis.transfer import predict
+    p = predict(runs, {"batch_size": 2048}, n_boot=300).iloc[0]
+    assert p["pred_log2_lr"] == pytest.approx(-4.7, abs=0.1) and p["octaves_beyond"] == 2
+    assert p["pred_log2_lr_lo"] <= -4.7 <= p["pred_log2_lr_hi"] and p["pred_log2_lr_hi"] - p["pred_log2_lr_lo"] < 1
 
 
 def test_steps_is_a_scale_axis_and_each_series_gets_its_verdict():
@@ -605,6 +610,14 @@ def test_steps_is_a_scale_axis_and_each_series_gets_its_verdict():
     assert v.loc["adam", "slope_ci_lo"] <= -0.5 <= v.loc["adam", "slope_ci_hi"]
     assert v.loc["normed", "verdict"] == "transfers" and v.loc["normed", "slope_ci_lo"] <= 0 <= v.loc["normed", "slope_ci_hi"]
     assert abs(v.loc["normed", "drift"]) < 0.15
+    # the law at 6400 steps (3 octaves beyond 800): adam -3.1 - 0.5·log2(6400), normed -4.3
+    from lrtransfer.analysis.transfer import predict
+    p = predict(runs, {"steps": 6400}, n_boot=300).set_index("series")
+    truth = {"adam": -3.1 - 0.5 * math.log2(6400), "normed": -4.3}
+    for name, want in truth.items():
+        assert p.loc[name, "octaves_beyond"] == 3
+        assert p.loc[name, "pred_log2_lr"] == pytest.approx(want, abs=0.15)
+        assert p.loc[name, "pred_log2_lr_lo"] <= want <= p.loc[name, "pred_log2_lr_hi"]
 
 
 def test_a_width_by_steps_grid_analyses_both_and_groups_by_the_other():

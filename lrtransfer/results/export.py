@@ -7,7 +7,6 @@ import importlib
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 
 from ..errors import UserError, nearest
 from ..run.provenance import MODEL_SCALE_AXES, is_metadata
-from .store import load_results, write_json
+from .store import atomic_directory, load_results, write_json
 
 # what each target needs importable, and the extra that installs it
 NEEDS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -138,8 +137,7 @@ def _tensorboard(rows: list[dict], curves: pd.DataFrame, logdir: Path) -> Export
         raise UserError(f"--uri {logdir}: directory {logdir.parent} does not exist")
     if logdir.exists() and not logdir.is_dir():
         raise UserError(f"--uri {logdir}: exists and is not a directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{logdir.name}.", dir=logdir.parent))
-    try:
+    with atomic_directory(logdir) as staging:
         for row, folder in zip(rows, folder_names(rows)):
             with SummaryWriter(log_dir=str(staging / folder)) as writer:
                 for name, points in curve_points(curves, row["run_id"]).items():
@@ -148,22 +146,7 @@ def _tensorboard(rows: list[dict], curves: pd.DataFrame, logdir: Path) -> Export
                 writer.add_text("run", f"{run_name(row)} ({row['status']}; run id {row['run_id']})")
                 # the final metrics go with the hyperparameters, so the HParams table can sort by them
                 writer.add_hparams(config(row), {f"hparam/{k}": v for k, v in finals(row).items()}, run_name=".")
-        _swap_in(staging, logdir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Exported("tensorboard", str(logdir), len(rows))
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` directory to ``target``, replacing an earlier one."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        target.rename(old / target.name)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- mlflow

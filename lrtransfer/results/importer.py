@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import pandas as pd
 
 from ..errors import UserError, nearest
 from ..run.provenance import SCALE_AXES, is_metadata, run_id
-from .export import _swap_in
-from .store import _UMASK, write_json, write_table
+from .store import atomic_directory, write_json, write_table
 
 SOURCES = ("auto", "csv", "parquet", "wandb", "mlflow")
 # the metrics a column can be mapped to, and the runs-table column each fills; `loss` is the loss
@@ -464,18 +461,10 @@ def import_runs(results_dir, mapping: dict[str, str], path=None, kind: str = "au
                                                  "skipped": len(skipped),
                                                  "at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")},
             "series": {name: {} for name in series}}
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        staging.chmod(0o777 & ~_UMASK)   # mkdtemp makes 0700; a results directory is shared like any other
+    with atomic_directory(root) as staging:
         write_table(runs, staging / "runs.parquet")
         if len(curves):
             write_table(curves, staging / "curves.parquet")
         skipped.to_csv(staging / SKIPPED_FILE, index=False, quoting=csv.QUOTE_MINIMAL)
         write_json(meta, staging / "experiment.json")
-        if root.exists() and not any(root.iterdir()):
-            root.rmdir()
-        _swap_in(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Imported(root, runs, curves, skipped, table.kind, long=step is not None)

@@ -2,8 +2,10 @@
 shows a results directory's layout)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +38,28 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path):
+    """Yield an empty staging directory beside ``target``; when the block finishes, it replaces
+    ``target`` whole (an earlier one included); when it raises, it is removed and ``target`` is
+    left as it was (all or nothing, as ``atomic_write`` for one file)."""
+    target = Path(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        staging.chmod(0o777 & ~_UMASK)   # mkdtemp makes 0700; results are shared like any other directory
+        yield staging
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            target.rename(old / target.name)
+        staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
