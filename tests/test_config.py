@@ -87,7 +87,8 @@ def test_bad_files(tmp_path):
 
 def test_shipped_experiments_parse():
     from pathlib import Path
-    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "experiments").glob("*.toml")) + sorted((root / "examples").glob("*.toml"))
     assert files, "experiments/ ships TOML files"
     for f in files:
         e = load_experiment(f)

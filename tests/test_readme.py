@@ -10,7 +10,7 @@ from conftest import need_shared_data
 from lrtransfer.sweep import load_experiment, plan
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml")) + sorted((ROOT / "examples").glob("*.toml"))
 COMMITTED = ("runs.parquet", "curves.parquet", "REPORT.md", "reference.json")
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import functional_call
 
 from ..errors import UserError
 
@@ -133,8 +132,13 @@ class _Probe:
         self.initial: dict[int, torch.Tensor] = {}
         self.records: list[dict] = []
         self.hooking = True                     # off while ``record`` re-runs atoms with their initial weights
-        self.hooks = [atom.register_forward_hook(lambda m, a, o, k=k: self._hook(a, o, k))
-                      for k, atom in enumerate(self.atoms)]
+        # a plain module's atom is one parameter of a torch layer (models/wrapped.py): the layer
+        # is what runs, so it is hooked and re-run; its biases and gains (role "vector") are
+        # part of their layer's output, not rows of their own
+        self.modules = [getattr(atom, "owner", atom) for atom in self.atoms]
+        self.param_names = [getattr(atom, "local_name", "weight") for atom in self.atoms]
+        self.hooks = [self.modules[k].register_forward_hook(lambda m, a, o, k=k: self._hook(a, o, k))
+                      for k, role in enumerate(self.roles) if role != "vector"]
 
     def _hook(self, args, output, k):
         if self.hooking:
@@ -151,7 +155,7 @@ class _Probe:
                 if step == 0:
                     self.initial[k] = out.clone()
                 # this atom's own step on its current input: f(W_t, x_t) - f(W_0, x_t)
-                own = out - functional_call(atom, {"weight": self.weights0[k]}, args)
+                own = out - self._initial_forward(k, args)
                 base = {"width": self.width, "atom": self.labels[k], "atom_index": k, "role": self.roles[k],
                         "step": step}
                 for quantity, t in (("output_rms", out), ("output_update_rms", out - self.initial[k]),
@@ -160,6 +164,18 @@ class _Probe:
                     self.records.append({**base, "quantity": quantity, "rms": rms, "l1": l1})
         finally:
             self.hooking = True
+
+    def _initial_forward(self, k: int, args):
+        """Atom k's module on ``args`` with its initial weight. ``forward`` itself, not the call:
+        ``args`` are what the module's forward received, after any pre-hook (μP's readout
+        multiplier on a plain module, models/wrapped.py), which must not apply twice."""
+        module, name = self.modules[k], self.param_names[k]
+        current = module._parameters[name]
+        module._parameters[name] = self.weights0[k]
+        try:
+            return module.forward(*args)
+        finally:
+            module._parameters[name] = current
 
     def remove(self) -> None:
         for h in self.hooks:

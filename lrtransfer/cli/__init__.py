@@ -8,10 +8,11 @@ from .tune import tune
 from .export import export
 from .importing import import_
 from .coordcheck import coordcheck
+from .inspect import inspect
 from .reproduce import reproduce
 
 __all__ = ["app", "main", "sweep", "worker", "status", "keys", "plot", "report", "compare", "tune", "export", "import_",
-           "coordcheck", "reproduce"]
+           "coordcheck", "inspect", "reproduce"]
 
 
 def main():

@@ -64,7 +64,8 @@ class Dataset:
 
     def model_sizes(self) -> dict:
         """The model options this data fixes (a builder takes those it needs); not user keys."""
-        return {"input_dim": math.prod(self.input_shape), "output_dim": self.num_classes,
+        return {"input_shape": tuple(self.input_shape), "num_classes": self.num_classes,
+                "input_dim": math.prod(self.input_shape), "output_dim": self.num_classes,
                 "in_channels": self.input_shape[0], "vocab_size": self.vocab_size, "context": self.context}
 
     @property

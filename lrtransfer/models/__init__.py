@@ -1,22 +1,28 @@
-"""The model families (registry.py), built only from the module algebra.
+"""The model families (registry.py), built only from the module algebra, and the user's own
+models (builder.py: a function in the user's file, plain torch wrapped by wrapped.py).
 
-``build(arch, width, depth, **options)`` returns an ``lrtransfer.modular.Module``; the same
-model serves the normalized and the unnormalized optimizer.
+``build(arch, width, depth, **options)`` and ``build_user(spec, ...)`` return an
+``lrtransfer.modular.Module``; the same model serves the normalized and the unnormalized optimizer.
 """
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from ..modular import Module
+from .builder import is_builder, load as load_builder, resolve as resolve_builder
 from .gpt import gpt
 from .key import Key
 from .mlp import resmlp
 from .param import MUP_RULES, PARAMS, apply_param
 from .registry import FAMILIES, ModelFamily, family_key, register
 from .resnet import rescnn
+from .roles import ROLES, find_roles, probe_build
+from .wrapped import Wrapped, apply_mup
 
 
 def family(arch: str) -> ModelFamily:
@@ -79,12 +85,19 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
         model = builder(width, depth, **kw)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+    return _parametrize(model, lambda w: builder(w, depth, **kw), width, param, base_width, mup_rule, condition)
+
+
+def _parametrize(model: Module, build_at, width: int, param: str, base_width: int | None, mup_rule: str,
+                 condition: bool) -> Module:
+    """``param`` and ``condition`` applied to an algebra ``model`` built at ``width``;
+    ``build_at(w)`` builds the same model at another width (μP's base shapes)."""
     base = None
     if param == "mup" and base_width not in (None, width):
         try:
             # the base model only lends its shapes: leave the global random stream alone
             with torch.random.fork_rng(devices=[]):
-                base = builder(base_width, depth, **kw)
+                base = build_at(base_width)
         except ValueError as e:
             raise ConfigError(f"model.base_width {base_width}: {e}") from e
     try:
@@ -98,5 +111,81 @@ def build(arch: str, width: int, depth: int, param: str = "modular", base_width:
     return model
 
 
-__all__ = ["build", "options", "family", "family_key", "register", "ModelFamily", "FAMILIES", "Key", "PARAMS",
-           "MUP_RULES", "apply_param", "resmlp", "rescnn", "gpt"]
+def build_user(spec: str, width: int, depth: int, sizes: dict, keys: dict, param: str = "sp",
+               base_width: int | None = None, mup_rule: str = "adam", condition: bool = False,
+               roles: dict | None = None) -> Module:
+    """The model a user's builder (``spec``, resolved: builder.py) makes at ``width`` and
+    ``depth``, given the data's ``sizes`` and its own ``keys`` ([model] keys it declares).
+
+    An ``lrtransfer.modular`` module gets what the shipped families get (``param``,
+    ``condition``). A plain ``nn.Module`` is wrapped (wrapped.py) with its weights' roles found
+    at ``width`` against 2·width (roles.py; ``roles`` settles or overrides them by name) and
+    run as built (``param = "sp"``) or under μP as the mup package applies it (``"mup"``, base
+    shapes at ``base_width``). A builder that declares ``attn_scale`` gets the multiplier of
+    its attention's 1/sqrt(d_head): 1 under SP, sqrt(base_width/width) under μP (with the
+    heads fixed, d_head grows with width, so its scale goes as 1/d_head: μP's attention)."""
+    builder = load_builder(spec)
+    where = f"model.arch {spec}"
+    _check_positive("width", width)
+    _check_positive("depth", depth)
+    if param not in PARAMS:
+        raise ConfigError(f"model.param: unknown parametrization {param!r}; allowed: {', '.join(PARAMS)}")
+    declared = builder.options()
+    if "attn_scale" in keys:
+        raise ConfigError(f"model.attn_scale: set by lrtransfer from param and base_width, not by the "
+                          f"experiment ({where})")
+    unknown = sorted(set(keys) - set(declared)) if not builder.takes_any() else []
+    if unknown:
+        allowed = [k for k in declared if k != "attn_scale"]
+        raise ConfigError(f"model.{unknown[0]}: the builder {spec} takes no argument {unknown[0]!r}; "
+                          f"it takes: {', '.join(['width', 'depth', *allowed]) }")
+    missing = [k for k, d in declared.items() if d is inspect.Parameter.empty and k not in keys and k != "attn_scale"]
+    if missing:
+        raise ConfigError(f"model.{missing[0]}: the builder {spec} needs it (a required argument); "
+                          f"set it in [model]")
+    mup_base = base_width if param == "mup" and base_width else width
+
+    def build_at(w: int):
+        kw = dict(keys)
+        if "attn_scale" in declared:
+            kw["attn_scale"] = math.sqrt(mup_base / w) if param == "mup" else 1.0
+        try:
+            return builder.function(**builder.arguments(w, depth, sizes, kw))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{where}: the builder raised {type(e).__name__}: {e} "
+                              f"(width={w}, depth={depth})") from None
+
+    model = build_at(width)
+    if isinstance(model, Module):
+        if roles:
+            raise ConfigError(f"model.roles: the builder {spec} returns an lrtransfer.modular module, "
+                              f"whose atoms carry their roles; remove the key")
+        return _parametrize(model, build_at, width, param, base_width, mup_rule, condition)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{where}: the builder returned {type(model).__name__}, not a torch.nn.Module "
+                          f"(width={width}, depth={depth})")
+    if param == "modular":
+        raise ConfigError(f"model.param: \"modular\" is the module algebra's own initialisation; a plain "
+                          f"torch.nn.Module from {spec} runs as built (param = \"sp\") or under μP "
+                          f"(param = \"mup\")")
+    if condition:
+        raise ConfigError(f"model.condition: weight conditioning is for the module algebra's Linear and "
+                          f"Conv2D atoms; {spec} returns a plain torch.nn.Module")
+    weights = find_roles(model, probe_build(build_at, 2 * width), roles, where=where, widths=(width, 2 * width))
+    wrapped = Wrapped(model, weights)
+    if param == "mup":
+        base = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+        if mup_base != width:
+            probe = probe_build(build_at, mup_base)
+            base = {n: tuple(p.shape) for n, p in probe.named_parameters(remove_duplicate=False)}
+        try:
+            apply_mup(wrapped, base, mup_rule)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"model.param mup ({where}): {e}") from None
+    return wrapped
+
+
+__all__ = ["build", "build_user", "is_builder", "load_builder", "resolve_builder", "Wrapped", "ROLES", "options",
+           "family", "family_key", "register", "ModelFamily", "FAMILIES", "Key", "PARAMS", "MUP_RULES", "apply_param", "resmlp", "rescnn", "gpt"]

@@ -105,10 +105,12 @@ def apply_param(model: Module, param: str, *, mup_rule: str = "adam", base_model
         _attention(model, sqrt_scale=True, width_mult=None)
         return model
     with torch.no_grad():
-        for atom, (init, forward, lr) in zip(atoms, table):
+        for atom, base_atom, (init, forward, lr) in zip(atoms, base_atoms, table):
             if init != 1.0:
                 atom.weight.mul_(init)
             atom.scale, atom.lr_mult = forward, lr
+            (fi, fo), (bfi, bfo) = fans(atom), fans(base_atom)
+            atom.mup = {"fan_in_mult": fi / bfi, "fan_out_mult": fo / bfo, "init": init, "forward": forward, "lr": lr}
     # d_head scales like the width: the readout's fan-in multiplier (heads are fixed)
     readout_in, readout_base_in = fans(atoms[-1])[0], fans(base_atoms[-1])[0]
     _attention(model, sqrt_scale=False, width_mult=readout_in / readout_base_in)

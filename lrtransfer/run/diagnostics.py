@@ -33,7 +33,8 @@ def _matrices(atom, w: torch.Tensor) -> torch.Tensor | None:
 
 def _name(k: int, atom) -> str:
     shape = "x".join(str(d) for d in atom.weight.shape)
-    return f"{k}:{type(atom).__name__} {shape}"
+    # a plain module's atom by its parameter's name (models/wrapped.py), the algebra's by its kind
+    return f"{k}:{getattr(atom, 'name', None) or type(atom).__name__} {shape}"
 
 
 class Diagnostics:

@@ -28,8 +28,9 @@ MODEL_SCALE_AXES = ("width", "depth")
 # their ``data.`` prefix).
 SCALE_AXES = (*MODEL_SCALE_AXES, "batch_size", "steps", "data.context", "data.samples", "heads")
 
-# Config keys that locate the data rather than define it; the data fingerprint covers them.
-LOCATION_KEYS = ("data.path", "data.download")
+# Config keys that locate the data, or a user's model file, rather than define them; the data and
+# model fingerprints cover them.
+LOCATION_KEYS = ("data.path", "data.download", "builder")
 
 
 # Config keys that say how a run is executed, not what it computes: batched with other cells
@@ -162,6 +163,9 @@ METADATA = {"run_id", "series", "lr", "seed", "status", "error", "wall_seconds",
             "elr", "lr_applied",
             # measured facts of a run (ρ₀ follows the width; ln(classes) the data), never a group
             "sphere_radius", "chance_loss",
+            # which norm a normalized step used (the algebra's, or a plain module's layerwise one);
+            # where a user's builder file is on this machine (its content: model_fingerprint)
+            "model_norm", "builder",
             # how a run executed (batched with others or alone, compiled): not what it computes,
             # and cells of one scale differ in it
             *EXECUTION_KEYS, "bundle_size", "compiled"}

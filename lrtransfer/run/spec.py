@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..models import FAMILIES, PARAMS, Key
+from ..models import FAMILIES, PARAMS, Key, is_builder
 from ..modular.newton_schulz import METHODS as NS_METHODS
 from ..optim import CONSTRAINTS, OPTIMIZERS, SCHEDULES, UPDATES, option_keys
 
@@ -97,7 +97,9 @@ LABEL = Key("label", str, "", "series only: the name figures show for the series
 def _choice_keys() -> tuple[Key, Key]:
     """``arch`` and ``optimizer``: their choices are the registered families and optimizers."""
     optimizers = ", ".join(name + (f" ({e.note})" if e.note else "") for name, e in OPTIMIZERS.items())
-    return (Key("arch", str, "mlp", "model family", "models", "model", choices=tuple(FAMILIES)),
+    return (Key("arch", str, "mlp", "model family, or your own model's builder: \"file.py:function\" "
+                "(relative to the experiment file) or \"package.module:function\"", "models", "model",
+                choices=tuple(FAMILIES)),
             Key("optimizer", str, "adam", f"base rule: {optimizers}", "optim", choices=tuple(OPTIMIZERS)))
 
 
@@ -135,9 +137,11 @@ def check_combination(values: dict) -> str | None:
     if values.get("normalize") and values.get("update") == "dualize":
         return "normalize = true means update = \"normalize\"; it contradicts update = \"dualize\""
     update = "normalize" if values.get("normalize") else values.get("update", "plain")
-    if update != "plain" and values.get("param", "modular") != "modular":
+    # a user's plain torch model runs as built (param = "sp") under its layerwise norm (models/wrapped.py)
+    own_norm = ("modular", "sp") if is_builder(values.get("arch")) else ("modular",)
+    if update != "plain" and values.get("param", "modular") not in own_norm:
         return (f"update = {update!r} sizes steps in the modular norm, which needs param = \"modular\" "
-                f"(got param = {values['param']!r})")
+                f"(a user's plain torch model: \"sp\") (got param = {values['param']!r})")
     entry = OPTIMIZERS.get(values.get("optimizer"))
     if entry is not None and entry.plain_only and update != "plain":
         return f"optimizer = \"{entry.name}\" {entry.plain_only}; it needs update = \"plain\" (got {update!r})"

@@ -29,11 +29,12 @@ import lrtransfer
 
 from ..data import Dataset, load
 from .diagnostics import Diagnostics
-from ..models import build, options
+from ..models import build, build_user, is_builder, load_builder, options
 from ..optim import OPTIMIZERS, Diverged, lr_for_elr, make_optimizer, sphere_radius
 from ..optim.constraint import fix_head
 from ..errors import UserError
 from .provenance import code_fingerprint, git_state, machine, run_id
+from . import spec
 from .spec import optimizer_options
 
 # the parameters' dtype per `dtype` key; bf16-autocast keeps float32 weights (see autocast)
@@ -103,14 +104,54 @@ def dataset_for(values: dict, device: torch.device) -> Dataset:
 
 def model_for(values: dict, ds: Dataset):
     """The run's model: its architecture options, the sizes the data fixes, its parametrization."""
+    param = values.get("param", "modular")
+    if is_builder(values["arch"]):
+        model = build_user(values.get("builder") or values["arch"], values["width"], values["depth"],
+                           ds.model_sizes(), builder_keys(values), param=param,
+                           base_width=values.get("base_width") or None, mup_rule=OPTIMIZERS[values["optimizer"]].mup,
+                           condition=values.get("condition", False), roles=values.get("roles") or None)
+        check_output(model, ds, values)
+        return model
     allowed = options(values["arch"])
     kw = {k: v for k, v in values.items() if k in allowed}
     kw.update({k: v for k, v in ds.model_sizes().items() if k in allowed})
-    param = values.get("param", "modular")
     if param != "modular":
         kw.update(param=param, base_width=values.get("base_width") or None,
                   mup_rule=OPTIMIZERS[values["optimizer"]].mup)
     return build(values["arch"], values["width"], values["depth"], condition=values.get("condition", False), **kw)
+
+
+def builder_keys(values: dict) -> dict:
+    """The [model] keys a user's builder takes, from a run's values: those it declares (with
+    ``**kwargs``, every key that is not lrtransfer's own)."""
+    builder = load_builder(values.get("builder") or values["arch"])
+    if builder.takes_any():
+        own = set(spec.BY_NAME) | {"series", "builder", "data_fingerprint", "code_fingerprint", "model_fingerprint"}
+        return {k: v for k, v in values.items() if k not in own and not k.startswith("data.")}
+    return {k: values[k] for k in builder.options() if k in values and k != "attn_scale"}
+
+
+@torch.no_grad()
+def check_output(model, ds: Dataset, values: dict) -> None:
+    """A UserError naming the builder and the cell when ``model``'s output on two test
+    examples is not the task's logits: (2, classes), or (2, context, vocabulary)."""
+    x, _ = next(iter(ds.eval_batches("test", 2, 2)))
+    x = x.to("cpu")
+    want = (len(x), ds.num_classes) if ds.kind == "classification" else (*x.shape, ds.vocab_size)
+    where = f"model.arch {values['arch']} (series {values.get('series', '')}, width={values['width']}, depth={values['depth']})"
+    was = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except Exception as e:
+        raise UserError(f"{where}: the model fails on a batch of {list(x.shape)} {str(x.dtype).replace('torch.', '')} "
+                        f"inputs: {type(e).__name__}: {e}") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{where}: the model's output is {got} for inputs {list(x.shape)}; this task needs "
+                        f"logits of shape {list(want)}")
 
 
 def optimizer_for(values: dict, model):
@@ -260,7 +301,10 @@ class Training:
                    first_train_loss=self.first_loss,
                    steps_done=(diverged_at if diverged_at is not None else self.steps),
                    lr_applied=self.opt.lr, chance_loss=math.log(self.ds.num_classes),
-                   sphere_radius=self.radius0)
+                   sphere_radius=self.radius0,
+                   # the norm normalize and dualize use: the algebra's modular norm, or a plain
+                   # module's layerwise approximation of it (models/wrapped.py)
+                   model_norm=getattr(self.model, "norm_kind", "modular"))
         if self.status == "done":
             k = self.values["final_k"]
             row["final_train_loss"] = sum(p["train_loss"] for p in curve[-k:]) / len(curve[-k:])

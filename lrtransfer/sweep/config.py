@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..data import DATASETS, fingerprint
 from ..errors import ConfigError, nearest
-from ..models import FAMILIES, family, family_key
+from ..models import FAMILIES, family, family_key, is_builder, load_builder, resolve_builder
 from ..run import spec
 from ..run.provenance import SCALE_AXES, code_fingerprint, run_id
 
@@ -68,7 +68,10 @@ class Experiment:
         """The data and code fingerprints every cell carries (the data is located, and hashed,
         once per experiment object)."""
         name, opts = self.data["dataset"], {k: v for k, v in self.data.items() if k != "dataset"}
-        return {"data_fingerprint": fingerprint(name, **opts), "code_fingerprint": code_fingerprint()}
+        out = {"data_fingerprint": fingerprint(name, **opts), "code_fingerprint": code_fingerprint()}
+        if "builder" in self.model:   # a user's model: its file's bytes are part of every run's id
+            out["model_fingerprint"] = load_builder(self.model["builder"]).fingerprint
+        return out
 
     def cells(self) -> list[RunConfig]:
         """Every run of the experiment, series by series, in grid order, fingerprints included."""
@@ -192,6 +195,34 @@ def _allowed_model_keys(arch: str) -> set[str]:
     return set(spec.defaults("model")) | {k.name for k in family(arch).keys}
 
 
+def _builder_section(model: dict, base_dir: str | Path | None) -> tuple[dict, set[str]]:
+    """[model] for a user's builder (``arch = "file.py:function"``): the keys it declares
+    (any, with ``**kwargs``), ``roles``, and ``builder``, the resolved spec every cell carries;
+    the builder is imported here, so a missing file or function stops the sweep before it starts."""
+    spec_ = resolve_builder(model["arch"], base_dir)
+    builder = load_builder(spec_)
+    allowed = set(spec.defaults("model")) | {"roles"} | (set(builder.options()) - {"attn_scale"})
+    if builder.takes_any():
+        allowed |= set(model)
+    if "attn_scale" in model:
+        raise ConfigError(f"model.attn_scale: lrtransfer sets it for {spec_} from param and base_width "
+                          f"(1 under SP, sqrt(base_width/width) under μP); remove the key")
+    for key in model:
+        if key not in allowed:
+            takes = ["width", "depth", *sorted(set(builder.options()) - {"attn_scale"})]
+            raise ConfigError(f"model.{key}: the builder {spec_} takes no argument {key!r}{nearest(key, allowed)}; "
+                              f"it takes: {', '.join(takes)} (and lrtransfer's param, base_width, roles)")
+    roles = model.get("roles", {})
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        raise ConfigError(f"model.roles: must be a table of parameter name = role, e.g. "
+                          f"roles = {{ \"lm_head.weight\" = \"output\" }}; got {roles!r}")
+    checked = {k: (v if k in ("arch", "roles") or k not in spec.BY_NAME else _check_value(k, v, "model"))
+               for k, v in model.items()}
+    if not roles:
+        checked.pop("roles", None)
+    return {**checked, "builder": spec_}, allowed
+
+
 def _any_model_keys() -> set[str]:
     """The model keys of any family: what a bare ``--set`` key may name."""
     return set(spec.defaults("model")) | {k.name for f in FAMILIES.values() for k in f.keys}
@@ -267,8 +298,12 @@ def _apply_override(raw: dict, text: str) -> None:
             raw.get("grid", {}).pop("seed", None)
         if key == "data.path" and isinstance(value, str):  # typed on the command line: from the cwd
             value = str(Path(value).expanduser().resolve())
+        if key == "model.arch" and is_builder(value):
+            value = resolve_builder(value, Path.cwd())
         _set_path(raw, key, value)
     elif key in bare:
+        if key == "arch" and is_builder(value):   # typed on the command line: from the cwd
+            value = resolve_builder(value, Path.cwd())
         _set_bare_key(raw, key, value)
     else:
         raise ConfigError(f"--set {key}: unknown key{nearest(key, bare | {'seeds'})}; use a model or train key "
@@ -351,7 +386,7 @@ def _check_cells(exp: Experiment) -> None:
     for v in exp.resolved_values():
         if v["warmup"] >= v["steps"] and v["warmup"] > 0:
             raise ConfigError(f"train.warmup: {v['warmup']} must be below steps={v['steps']} (series {v['series']})")
-        check = FAMILIES[v["arch"]].check
+        check = FAMILIES[v["arch"]].check if v["arch"] in FAMILIES else None
         why = check(v) if check is not None else None
         if why:
             raise ConfigError(f"{why} (series {v['series']})")
@@ -369,9 +404,12 @@ def experiment_from_dict(raw: dict, name: str, overrides: list[str] = (), source
     name = _check_layout(raw, name)
     data = _data_section(raw, base_dir)
     model = {**spec.defaults("model"), **raw.get("model", {})}
-    _check_value("arch", model["arch"], "model")
-    model_allowed = _allowed_model_keys(model["arch"])
-    model = _check_section("model", model, model_allowed)
+    if is_builder(model["arch"]):
+        model, model_allowed = _builder_section(model, base_dir)
+    else:
+        _check_value("arch", model["arch"], "model")
+        model_allowed = _allowed_model_keys(model["arch"])
+        model = _check_section("model", model, model_allowed)
     train_defaults = spec.defaults("train")
     train = _check_section("train", {**train_defaults, **raw.get("train", {})}, set(train_defaults))
     grid_allowed = (model_allowed | set(train_defaults)) - {"arch"}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +28,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from ..errors import UserError
 from ..results.store import ResultStore, write_json
 from ..run.provenance import other_machine
-from ..run.train import dataset_for, resolve_device
+from ..models import is_builder
+from ..run.train import dataset_for, model_for, resolve_device
 from .config import Experiment, RunConfig
 from .estimate import duration_text, planned_jobs
 from .estimate import estimate as estimate_wall
@@ -179,6 +181,7 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
     check_same_experiment(experiment, root)
     cells = experiment.cells()  # locates and fingerprints the data: a missing dataset fails here
     dataset_for(cells[0].values, resolve_device(device))  # an unreadable one here, before any run
+    check_models(cells, resolve_device(device))            # a user's model that cannot be built here
     store = ResultStore(root, **({"on_notice": on_notice} if on_notice else {}))
     store.check_writable()
     queue = Queue(open_storage(storage, root), experiment.name)
@@ -198,6 +201,23 @@ def prepare(experiment: Experiment, results_dir=None, storage: str | None = None
     n = queue.enqueue(cells, store.finished_ids(), retries=retries, rerun=rerun,
                       bundles=lambda todo: planned_jobs(todo, resolve_device(device)))
     return queue, store, n
+
+
+def check_models(cells: list, device) -> None:
+    """A user's builder (``arch = "file.py:function"``) built for the first cell of each series,
+    its roles found and its output checked against the task, before anything is written: a
+    ConfigError or UserError (exit 2) naming the builder, the key and the cell. The global random
+    stream is left as it was."""
+    if not cells or not is_builder(cells[0].values["arch"]):
+        return
+    seen = set()
+    for cell in cells:
+        v = cell.values
+        if v["series"] in seen:
+            continue
+        seen.add(v["series"])
+        with torch.random.fork_rng(devices=[]):
+            model_for(v, dataset_for(v, device))
 
 
 def run_sweep(experiment: Experiment, results_dir=None, storage: str | None = None, jobs: int | None = None,
