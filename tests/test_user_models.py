@@ -326,3 +326,30 @@ def test_the_coordinate_check_measures_a_plain_models_layers_once(tmp_path):
     assert len(start) == 3 and (start["rms"] == 0).all()
     later = df[(df.step == 2) & (df.quantity == "delta_wx_rms")]
     assert (later["rms"] > 0).all()
+
+
+def test_roles_set_in_the_experiment_file_reach_every_run(tmp_path):
+    """A weight that does not grow with width (a fixed bottleneck) is settled by [model] roles;
+    the table travels in each run's values as one JSON string (a plain runs-table column)."""
+    _builder(tmp_path, text=MLP_FILE.replace(
+        "return nn.Sequential(*layers, nn.Linear(width, output_dim, bias=bias))",
+        "return nn.Sequential(*layers, nn.Linear(width, 8), nn.Linear(8, 8), nn.Linear(8, output_dim))"))
+    series = '[series.sp]\nparam = "sp"\nlr = [0.003, 0.01]\n'
+    exp = _experiment(tmp_path, series=series)
+    results = tmp_path / "results"
+    r = invoke("sweep", exp, "--results", results, "--jobs", "1", "-q")
+    assert r.exit_code == 2 and "neither side grows" in " ".join(r.output.split())
+    exp = _experiment(tmp_path, series=series,
+                      model_extra='roles = { "6.weight" = "hidden", "7.weight" = "output", "5.weight" = "output" }')
+    r = invoke("sweep", exp, "--results", results, "--jobs", "1", "-q")
+    assert r.exit_code == 0, r.output
+    runs = pd.read_parquet(results / "runs.parquet")
+    assert len(runs) == 8 and set(runs["status"]) == {"done"}
+    assert runs["roles"].unique().tolist() == ['{"5.weight": "output", "6.weight": "hidden", "7.weight": "output"}']
+    assert invoke("report", results).exit_code == 0
+    inspected = invoke("inspect", exp, "--format", "json")
+    assert inspected.exit_code == 0, inspected.output
+    import json
+    rows = {row["name"]: row for row in json.loads(inspected.output)["weights"]}
+    assert (rows["6.weight"]["role"], rows["6.weight"]["found"]) == ("hidden", "set")
+    assert (rows["3.weight"]["role"], rows["3.weight"]["found"]) == ("hidden", "shapes")

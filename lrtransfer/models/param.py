@@ -56,7 +56,7 @@ def multipliers(roles: list[str], shapes: list[tuple[int, int]], base_shapes: li
         width_mult = m_in if inf_in else (m_out if inf_out else 1.0)  # the last infinite dim's
         if role != "output" and inf_in and not inf_out:
             raise ValueError(f"param mup: atom {k} ({role}) has an infinite fan-in and a finite fan-out; "
-                             f"only the readout (the last atom) may")
+                             f"only a readout (role \"output\") may")
         if mup_rule == "muon" and role == "hidden":
             lr = 1.0                                 # Muon's own spectral step (docstring)
         elif mup_rule == "sgd":

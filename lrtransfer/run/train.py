@@ -14,6 +14,7 @@ order, so the same cell on 1 and 2 threads gives different losses.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import re
@@ -109,7 +110,7 @@ def model_for(values: dict, ds: Dataset):
         model = build_user(values.get("builder") or values["arch"], values["width"], values["depth"],
                            ds.model_sizes(), builder_keys(values), param=param,
                            base_width=values.get("base_width") or None, mup_rule=OPTIMIZERS[values["optimizer"]].mup,
-                           condition=values.get("condition", False), roles=values.get("roles") or None)
+                           condition=values.get("condition", False), roles=_roles(values))
         check_output(model, ds, values)
         return model
     allowed = options(values["arch"])
@@ -121,12 +122,19 @@ def model_for(values: dict, ds: Dataset):
     return build(values["arch"], values["width"], values["depth"], condition=values.get("condition", False), **kw)
 
 
+def _roles(values: dict) -> dict | None:
+    """[model] roles of a run: a JSON object in its values (sweep/config.py), or a table."""
+    roles = values.get("roles")
+    return json.loads(roles) if isinstance(roles, str) else (roles or None)
+
+
 def builder_keys(values: dict) -> dict:
     """The [model] keys a user's builder takes, from a run's values: those it declares (with
     ``**kwargs``, every key that is not lrtransfer's own)."""
     builder = load_builder(values.get("builder") or values["arch"])
     if builder.takes_any():
-        own = set(spec.BY_NAME) | {"series", "builder", "data_fingerprint", "code_fingerprint", "model_fingerprint"}
+        own = set(spec.BY_NAME) | {"series", "builder", "roles", "data_fingerprint", "code_fingerprint",
+                                   "model_fingerprint"}
         return {k: v for k, v in values.items() if k not in own and not k.startswith("data.")}
     return {k: values[k] for k in builder.options() if k in values and k != "attn_scale"}
 

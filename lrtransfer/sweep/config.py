@@ -218,8 +218,9 @@ def _builder_section(model: dict, base_dir: str | Path | None) -> tuple[dict, se
                           f"roles = {{ \"lm_head.weight\" = \"output\" }}; got {roles!r}")
     checked = {k: (v if k in ("arch", "roles") or k not in spec.BY_NAME else _check_value(k, v, "model"))
                for k, v in model.items()}
-    if not roles:
-        checked.pop("roles", None)
+    checked.pop("roles", None)
+    if roles:   # one JSON string: a runs-table column of plain values, hashed the same way every time
+        checked["roles"] = json.dumps(roles, sort_keys=True)
     return {**checked, "builder": spec_}, allowed
 
 
