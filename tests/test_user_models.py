@@ -353,3 +353,28 @@ def test_roles_set_in_the_experiment_file_reach_every_run(tmp_path):
     rows = {row["name"]: row for row in json.loads(inspected.output)["weights"]}
     assert (rows["6.weight"]["role"], rows["6.weight"]["found"]) == ("hidden", "set")
     assert (rows["3.weight"]["role"], rows["3.weight"]["found"]) == ("hidden", "shapes")
+
+
+def test_a_builder_declaring_attn_scale_gets_mups_attention_multiplier(tmp_path):
+    """1 under SP and at μP's base width; sqrt(base/width) above it, so that the attention's
+    scale attn_scale/sqrt(d_head) goes as 1/d_head with the heads fixed."""
+    spec = _builder(tmp_path, text="""
+from torch import nn
+SEEN = []
+
+def build(width, depth, input_dim, output_dim, attn_scale=1.0):
+    SEEN.append((width, attn_scale))
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_dim, width), nn.ReLU(), nn.Linear(width, width),
+                         nn.ReLU(), nn.Linear(width, output_dim))
+""")
+    from lrtransfer.models import load_builder
+    seen = load_builder(spec).function.__globals__["SEEN"]
+    sizes = {"input_dim": IN, "output_dim": OUT}
+    build_user(spec, 64, 1, sizes, {}, param="sp", base_width=16)
+    assert seen[0] == (64, 1.0)
+    seen.clear()
+    build_user(spec, 64, 1, sizes, {}, param="mup", base_width=16)
+    assert seen[0] == (64, pytest.approx(0.5))        # sqrt(16 / 64)
+    assert (16, pytest.approx(1.0)) in seen            # the base build: SP's scale
+    with pytest.raises(ConfigError, match="model.attn_scale: set by lrtransfer"):
+        build_user(spec, 64, 1, sizes, {"attn_scale": 2.0}, param="sp")
