@@ -67,7 +67,9 @@ AXES = {"horizon_mnist1d": ("steps", 6400), "batch_mnist1d": ("batch_size", 2048
 CONTRASTS = {"methods_width_mnist1d": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
              "methods_width_cifar10": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
              "methods_width_shakespeare": ("mup_adam:sp_adam", "normed_adam:modular_adam", "dualized:modular_adam"),
-             "condition_width_mnist1d": ("conditioned_adam:adam", "sp_conditioned_adam:sp_adam")}
+             "condition_width_mnist1d": ("conditioned_adam:adam", "sp_conditioned_adam:sp_adam"),
+             "nanogpt_width": ("mup_adam:sp_adam", "normed_adam:sp_adam", "muon:sp_adam"),
+             "resnet_width": ("mup_adam:sp_adam", "normed_adam:sp_adam", "muon:sp_adam")}
 LABELS = {"adam": "Adam", "normed_adam": "normed Adam", "sgd": "SGD", "normed_sgd": "normed SGD",
           "sp_adam": "SP Adam", "mup_adam": "μP Adam", "modular_adam": "Adam (modular, plain)",
           "dualized": "dualized momentum (modular Muon)", "muon": "Muon", "sign": "sign descent",
