@@ -63,14 +63,20 @@ def _step_both(width: int, optimizer: str, real: bool):
     for atom, layer, g in zip(ours.atoms(), peer.layers, grads):
         atom.weight.grad = g.clone()
         layer.weight.grad = g.clone()
+    one_step(ours, peer.parameters(), optimizer)
+    return ours, peer, before
+
+
+def one_step(ours, peer_params, optimizer: str) -> None:
+    """One step of lrtransfer's ``optimizer`` on ``ours`` and of the mup package's (MuAdamW,
+    MuSGD) on ``peer_params``, from the gradients each holds, with the same settings."""
     if optimizer == "adam":
         make_optimizer(ours, "adam", LR["adam"], weight_decay=WD, schedule="constant",
                        beta1=0.9, beta2=0.99, eps=1e-8).step()
-        mup.MuAdamW(peer.parameters(), lr=LR["adam"], weight_decay=WD, betas=(0.9, 0.99), eps=1e-8).step()
+        mup.MuAdamW(peer_params, lr=LR["adam"], weight_decay=WD, betas=(0.9, 0.99), eps=1e-8).step()
     else:
         make_optimizer(ours, "sgd", LR["sgd"], weight_decay=WD, schedule="constant", momentum=0.9).step()
-        mup.MuSGD(peer.parameters(), lr=LR["sgd"], weight_decay=WD, momentum=0.9).step()
-    return ours, peer, before
+        mup.MuSGD(peer_params, lr=LR["sgd"], weight_decay=WD, momentum=0.9).step()
 
 
 @pytest.mark.parametrize("real", [False, True], ids=["zero-grad", "real-grad"])

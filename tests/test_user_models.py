@@ -16,7 +16,6 @@ from lrtransfer.models import build_user, resolve_builder
 from lrtransfer.models.roles import find_roles
 from lrtransfer.models.wrapped import Wrapped
 from lrtransfer.modular import Linear, ScaledReLU
-from lrtransfer.optim import make_optimizer
 
 IN, OUT = 40, 10
 
@@ -217,7 +216,8 @@ def test_one_mlp_built_both_ways_gets_the_same_normalized_and_dualized_updates()
 
 # -- μP on a plain torch MLP against the mup package ---------------------------------------------
 mup = pytest.importorskip("mup")
-BASE, LR, WD = 16, {"adam": 0.01, "sgd": 0.05}, 2.0
+from test_peers_mup import one_step  # noqa: E402  the same step of both optimizers as the algebra's peer test
+BASE = 16
 
 
 def _peer(width):
@@ -249,13 +249,7 @@ def test_mup_on_a_plain_mlp_matches_the_mup_package(tmp_path, width, rule):
     torch.testing.assert_close(ours(x), peer(x), rtol=0, atol=1e-6)   # the readout's 1/m forward
     F.cross_entropy(ours(x), y).backward()
     F.cross_entropy(peer(x), y).backward()
-    if rule == "adam":
-        make_optimizer(ours, "adam", LR["adam"], weight_decay=WD, schedule="constant",
-                       beta1=0.9, beta2=0.99, eps=1e-8).step()
-        mup.MuAdamW(peer.parameters(), lr=LR["adam"], weight_decay=WD, betas=(0.9, 0.99), eps=1e-8).step()
-    else:
-        make_optimizer(ours, "sgd", LR["sgd"], weight_decay=WD, schedule="constant", momentum=0.9).step()
-        mup.MuSGD(peer.parameters(), lr=LR["sgd"], weight_decay=WD, momentum=0.9).step()
+    one_step(ours, peer.parameters(), rule)
     names = [n for n, _ in ours.net.named_parameters()]
     for name, a, b in zip(names, ours_params, peer_params):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-6, msg=f"{name} after one step, width {width}")
